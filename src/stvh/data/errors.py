@@ -1,0 +1,80 @@
+"""Typed data errors that name the file and line (or clip) at fault.
+
+Every reader reports bad input through a :class:`Problems` collector: by
+default the first problem raises; with ``skip_bad=True`` the offending line or
+clip is skipped and counted instead, so a user can see how much was dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class DataError(Exception):
+    """Bad input data. ``path``/``line`` (1-based) or ``clip`` locate it."""
+
+    kind = "data error"
+
+    def __init__(self, message: str, *, path: str | Path | None = None,
+                 line: int | None = None, clip: str | None = None):
+        self.message = message
+        self.path = str(path) if path is not None else None
+        self.line = line
+        self.clip = clip
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = []
+        if self.path is not None:
+            where.append(self.path if self.line is None else f"{self.path}:{self.line}")
+        if self.clip is not None:
+            where.append(f"clip {self.clip}")
+        prefix = ", ".join(where)
+        return f"{prefix}: {self.kind}: {self.message}" if prefix else f"{self.kind}: {self.message}"
+
+
+class MalformedLine(DataError):
+    kind = "malformed line"
+
+
+class UnknownLabel(DataError):
+    kind = "unknown label"
+
+
+class BadBox(DataError):
+    kind = "bad box"
+
+
+class MissingFrame(DataError):
+    kind = "missing frame"
+
+
+class UnreadableVideo(DataError):
+    kind = "unreadable video"
+
+
+class FormatError(DataError):
+    kind = "format error"
+
+
+@dataclass
+class Problems:
+    """Collects data problems: raise at once, or skip and count (``skip_bad``)."""
+
+    skip_bad: bool = False
+    errors: list[DataError] = field(default_factory=list)
+
+    def report(self, error: DataError) -> None:
+        if not self.skip_bad:
+            raise error
+        self.errors.append(error)
+
+    def __len__(self) -> int:
+        return len(self.errors)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for e in self.errors:
+            out[e.kind] = out.get(e.kind, 0) + 1
+        return out
