@@ -1,0 +1,110 @@
+"""Decode the frames of a clip into ``(T, H, W, 3)`` uint8 RGB arrays.
+
+Images are read with PIL; videos with PyAV (imported lazily): seek to the
+keyframe at or before the first wanted frame, then decode forward. A frame's
+0-based index is derived from its timestamp at the stream's average frame rate
+(``round((pts - start_time) * time_base * fps)``); when the stream gives no
+timestamps or rate, frames are counted from the start of the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .clip import ImageFrames, VideoFrames
+from .errors import FormatError, MissingFrame, UnreadableVideo
+
+
+def read_frames(source: ImageFrames | VideoFrames) -> np.ndarray:
+    """Frames of ``source`` in window order as ``(T, H, W, 3)`` uint8 RGB."""
+    if isinstance(source, ImageFrames):
+        return _read_images(source.paths)
+    if isinstance(source, VideoFrames):
+        return _read_video(Path(source.path), list(source.indices))
+    raise TypeError(f"expected ImageFrames or VideoFrames, got {type(source).__name__}")
+
+
+def _read_images(paths: tuple[Path, ...]) -> np.ndarray:
+    from PIL import Image
+
+    cache: dict[Path, np.ndarray] = {}
+    out = []
+    for p in paths:
+        p = Path(p)
+        if p not in cache:
+            if not p.is_file():
+                raise MissingFrame("frame image not found", path=p)
+            try:
+                with Image.open(p) as im:
+                    cache[p] = np.asarray(im.convert("RGB"), dtype=np.uint8)
+            except (OSError, ValueError) as e:
+                raise FormatError(f"cannot decode image: {e}", path=p) from e
+        out.append(cache[p])
+    if not out:
+        raise ValueError("no frames to read")
+    shapes = {a.shape for a in out}
+    if len(shapes) > 1:
+        raise FormatError(f"frames of one clip differ in size: {sorted(shapes)}", path=paths[0])
+    return np.stack(out)
+
+
+def _frame_index(frame, start: int, tb, rate) -> int | None:
+    if frame.pts is None or tb is None or not rate:
+        return None
+    return int(round(float((frame.pts - start) * tb * rate)))
+
+
+def _decode(path: Path, wanted: set[int], seek: bool) -> dict[int, np.ndarray]:
+    import av
+
+    got: dict[int, np.ndarray] = {}
+    last = max(wanted)
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise UnreadableVideo("no video stream", path=path)
+        stream = container.streams.video[0]
+        tb = stream.time_base
+        rate = stream.average_rate or stream.guessed_rate
+        start = stream.start_time or 0
+        first = min(wanted)
+        use_pts = tb is not None and bool(rate)
+        if seek and use_pts and first > 0:
+            target = start + int(first / rate / tb)
+            container.seek(target, stream=stream, backward=True, any_frame=False)
+        counter = 0
+        for frame in container.decode(stream):
+            idx = _frame_index(frame, start, tb, rate) if use_pts else None
+            if idx is None:
+                if seek and first > 0:
+                    return {}  # cannot locate frames after a seek without timestamps
+                idx = counter
+            counter += 1
+            if idx in wanted and idx not in got:
+                got[idx] = frame.to_ndarray(format="rgb24")
+            if idx >= last:
+                break
+    return got
+
+
+def _read_video(path: Path, indices: list[int]) -> np.ndarray:
+    from av.error import FFmpegError
+
+    if not indices:
+        raise ValueError("no frames to read")
+    if not path.is_file():
+        raise UnreadableVideo("video file not found", path=path)
+    if min(indices) < 0:
+        raise MissingFrame(f"negative frame index {min(indices)}", path=path)
+    wanted = set(indices)
+    try:
+        got = _decode(path, wanted, seek=True)
+        if not wanted <= got.keys():  # seeking failed or timestamps are odd: decode from the start
+            got = _decode(path, wanted, seek=False)
+    except (FFmpegError, OSError) as e:
+        raise UnreadableVideo(f"cannot decode: {e}", path=path) from e
+    missing = sorted(wanted - got.keys())
+    if missing:
+        raise MissingFrame(f"frame index {missing[0]} (0-based) not in the video", path=path)
+    return np.stack([got[i] for i in indices])

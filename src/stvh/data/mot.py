@@ -1,0 +1,375 @@
+"""Reader for user data: MOT-Challenge tracks plus a video file or a frame folder.
+
+Layout (see ``docs/data-user.md``)::
+
+    <root>/tracks/<video>.txt        frame,id,x,y,w,h[,conf,...]   (1-based frames)
+    <root>/videos/<video>.<ext>      mp4/avi/mkv/mov, decoded with PyAV, index = frame - 1
+    <root>/frames/<video>/<n>.jpg    or .png/.jpeg, named by frame number (any zero padding)
+    <root>/clips.csv                 optional: video,start,end[,activity][,group]
+    <root>/splits.json               optional {"train": [...], "test": [...]}
+
+Without ``clips.csv`` each video is cut into non-overlapping windows of
+``frames_per_clip`` frames, all unlabeled.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .cad import image_header_size, read_splits_json, split_of, xywh_to_box
+from .clip import UNKNOWN, Clip, ClipDataset, ImageFrames, VideoFrames, pad_persons
+from .errors import (BadBox, FormatError, MalformedLine, MissingFrame, Problems, UnknownLabel,
+                     UnreadableVideo)
+
+VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+NO_SPLIT = "all"  # split of every clip when there is no splits.json
+
+
+@dataclass
+class _Source:
+    """Where a video's frames are: an image folder or a video file."""
+
+    path: Path
+    size: tuple[int, int]                 # (height, width)
+    images: dict[int, Path] | None = None  # frame number -> file (folders)
+    n_frames: int = 0                     # frames in the video file (0 = unknown)
+
+    def frames_for(self, frame_ids: list[int], clip_id: str) -> ImageFrames | VideoFrames | MissingFrame:
+        if self.images is not None:
+            paths = []
+            for f in frame_ids:
+                p = self.images.get(f)
+                if p is None:
+                    return MissingFrame(f"no image for frame {f}", path=self.path, clip=clip_id)
+                paths.append(p)
+            return ImageFrames(tuple(paths))
+        idx = tuple(f - 1 for f in frame_ids)
+        if self.n_frames and max(idx) >= self.n_frames:
+            return MissingFrame(f"frame {max(idx) + 1} beyond the {self.n_frames} frames of the video",
+                                path=self.path, clip=clip_id)
+        return VideoFrames(self.path, idx)
+
+
+def looks_like_mot(root: str | Path) -> bool:
+    """True when ``root/tracks`` holds at least one ``.txt`` track file."""
+    tracks = Path(root) / "tracks"
+    return tracks.is_dir() and any(p.suffix == ".txt" and p.is_file() for p in tracks.iterdir())
+
+
+def _image_folder(folder: Path, problems: Problems) -> dict[int, Path]:
+    out: dict[int, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() in IMAGE_EXTS and p.stem.isdigit() and p.is_file():
+            n = int(p.stem)
+            if n in out:
+                problems.report(FormatError(f"two images for frame {n}: {out[n].name} and {p.name}",
+                                            path=folder))
+                continue
+            out[n] = p
+    return out
+
+
+def _find_source(root: Path, video: str, problems: Problems) -> _Source | None:
+    """The frames of ``video``: ``frames/<video>/`` wins over ``videos/<video>.<ext>``."""
+    folder = root / "frames" / video
+    if folder.is_dir():
+        images = _image_folder(folder, problems)
+        if not images:
+            problems.report(MissingFrame("no frame images (<number>.jpg/.png) in the folder", path=folder))
+            return None
+        first = images[min(images)]
+        try:
+            size = image_header_size(first)
+        except (OSError, ValueError) as e:
+            problems.report(FormatError(f"cannot read image header: {e}", path=first))
+            return None
+        return _Source(folder, size, images=images)
+    for ext in VIDEO_EXTS:
+        path = root / "videos" / f"{video}{ext}"
+        if path.is_file():
+            return _probe_video(path, problems)
+    problems.report(MissingFrame(
+        f"no frames/{video}/ folder and no videos/{video}.{{{','.join(e[1:] for e in VIDEO_EXTS)}}}",
+        path=root / "tracks" / f"{video}.txt"))
+    return None
+
+
+def _probe_video(path: Path, problems: Problems) -> _Source | None:
+    import av
+    from av.error import FFmpegError
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                problems.report(UnreadableVideo("no video stream", path=path))
+                return None
+            stream = container.streams.video[0]
+            h, w = stream.codec_context.height, stream.codec_context.width
+            n = int(stream.frames or 0)
+    except (FFmpegError, OSError) as e:
+        problems.report(UnreadableVideo(f"cannot open: {e}", path=path))
+        return None
+    if not h or not w:
+        problems.report(UnreadableVideo("stream has no frame size", path=path))
+        return None
+    return _Source(path, (int(h), int(w)), n_frames=n)
+
+
+def _to_int(s: str) -> int:
+    v = float(s)
+    if not math.isfinite(v) or v != int(v):
+        raise ValueError(s)
+    return int(v)
+
+
+def _parse_tracks(path: Path, size: tuple[int, int], problems: Problems) -> dict[int, dict[int, np.ndarray]]:
+    """``{track id: {frame: box x1y1x2y2}}``; rows with ``conf == 0`` are ignored."""
+    tracks: dict[int, dict[int, np.ndarray]] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        problems.report(FormatError(f"cannot read: {e}", path=path))
+        return tracks
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        raw = raw.strip()
+        if not raw:
+            continue
+        fields = [f.strip() for f in raw.split(",")] if "," in raw else raw.split()
+        if len(fields) < 6:
+            problems.report(MalformedLine(f"expected 'frame,id,x,y,w,h[,conf,...]', got {len(fields)} fields",
+                                          path=path, line=lineno))
+            continue
+        try:
+            frame, tid = _to_int(fields[0]), _to_int(fields[1])
+            x, y, w, h = (float(f) for f in fields[2:6])
+            conf = float(fields[6]) if len(fields) > 6 else 1.0
+            if not all(math.isfinite(v) for v in (x, y, w, h, conf)):
+                raise ValueError
+        except ValueError:
+            problems.report(MalformedLine(f"non-numeric field in {raw!r}", path=path, line=lineno))
+            continue
+        if conf == 0:
+            continue
+        if frame < 1:
+            problems.report(MalformedLine(f"frame {frame} < 1 (MOT frames are 1-based)", path=path, line=lineno))
+            continue
+        if tid < 0:
+            problems.report(MalformedLine(f"track id {tid} < 0 (detections without ids are not tracks)",
+                                          path=path, line=lineno))
+            continue
+        box = xywh_to_box(x, y, w, h, size)
+        if isinstance(box, str):
+            problems.report(BadBox(box, path=path, line=lineno))
+            continue
+        track = tracks.setdefault(tid, {})
+        if frame in track:
+            problems.report(MalformedLine(f"track {tid} has two boxes at frame {frame}", path=path, line=lineno))
+            continue
+        track[frame] = box
+    return tracks
+
+
+@dataclass
+class _Video:
+    name: str
+    source: _Source
+    tracks: dict[int, dict[int, np.ndarray]]
+    first: int
+    last: int
+
+
+def _load_video(root: Path, name: str, problems: Problems) -> _Video | None:
+    source = _find_source(root, name, problems)
+    if source is None:
+        return None
+    tracks = _parse_tracks(root / "tracks" / f"{name}.txt", source.size, problems)
+    if not tracks:
+        return None
+    frames = [f for t in tracks.values() for f in t]
+    return _Video(name, source, tracks, min(frames), max(frames))
+
+
+def _persons(video: _Video, frame_ids: list[int], n_max: int) -> np.ndarray:
+    """Boxes ``(T, n, 4)`` of the ids present in the window (see module docs)."""
+    window = set(frame_ids)
+    counts = {tid: len(window & tr.keys()) for tid, tr in video.tracks.items()}
+    present = sorted((t for t, c in counts.items() if c > 0), key=lambda t: (-counts[t], t))
+    ids = sorted(present[:n_max])
+    boxes = np.zeros((len(frame_ids), len(ids), 4), dtype=np.float32)
+    for j, tid in enumerate(ids):
+        track = video.tracks[tid]
+        known = np.array(sorted(track), dtype=np.int64)
+        for i, f in enumerate(frame_ids):
+            if f in track:
+                boxes[i, j] = track[f]
+                continue
+            k = int(np.searchsorted(known, f))  # nearest frame of the track; ties -> earlier
+            cands = [known[c] for c in (k - 1, k) if 0 <= c < len(known)]
+            nearest = min(cands, key=lambda g: (abs(int(g) - f), int(g)))
+            boxes[i, j] = track[int(nearest)]
+    return boxes
+
+
+@dataclass
+class _Row:
+    line: int
+    video: str
+    start: int
+    end: int
+    activity: str
+    group: str
+
+
+def _read_clips_csv(path: Path, problems: Problems) -> list[_Row]:
+    rows: list[_Row] = []
+    try:
+        fh = open(path, newline="", encoding="utf-8")
+    except OSError as e:
+        problems.report(FormatError(f"cannot read: {e}", path=path))
+        return rows
+    with fh:
+        reader = csv.reader(fh)
+        try:
+            header = [h.strip().lower() for h in next(reader)]
+        except StopIteration:
+            return rows
+        except (csv.Error, UnicodeDecodeError) as e:
+            problems.report(MalformedLine(str(e), path=path, line=1))
+            return rows
+        missing = {"video", "start", "end"} - set(header)
+        if missing:
+            problems.report(MalformedLine(
+                f"header must name video,start,end[,activity][,group]; missing {sorted(missing)}",
+                path=path, line=1))
+            return rows
+        col = {h: i for i, h in enumerate(header)}
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except (csv.Error, UnicodeDecodeError) as e:
+                problems.report(MalformedLine(str(e), path=path, line=reader.line_num))
+                continue
+            line = reader.line_num
+            if not any(c.strip() for c in row):
+                continue
+            if len(row) != len(header):
+                problems.report(MalformedLine(f"expected {len(header)} fields, got {len(row)}",
+                                              path=path, line=line))
+                continue
+            get = lambda name: row[col[name]].strip() if name in col else ""  # noqa: E731
+            try:
+                start, end = _to_int(get("start")), _to_int(get("end"))
+            except ValueError:
+                problems.report(MalformedLine(f"start/end must be integers: {row!r}", path=path, line=line))
+                continue
+            video = get("video")
+            if not video:
+                problems.report(MalformedLine("empty video name", path=path, line=line))
+                continue
+            if end < start:
+                problems.report(MalformedLine(f"end {end} < start {start}", path=path, line=line))
+                continue
+            rows.append(_Row(line, video, start, end, get("activity"), get("group")))
+    return rows
+
+
+def read_mot(root: str | Path, *, frames_per_clip: int = 10, n_max: int = 12,
+             activities: tuple[str, ...] | list[str] | None = None,
+             skip_bad: bool = False) -> ClipDataset:
+    """Read MOT tracks + videos/frame folders (+ optional clips.csv) into a ClipDataset."""
+    root = Path(root)
+    T = int(frames_per_clip)
+    if T < 1:
+        raise ValueError("frames_per_clip must be >= 1")
+    if n_max < 1:
+        raise ValueError("n_max must be >= 1")
+    if not looks_like_mot(root):
+        raise FormatError("no tracks/<video>.txt files found", path=root)
+    problems = Problems(skip_bad=skip_bad)
+    splits = read_splits_json(root, problems)
+    csv_path = root / "clips.csv"
+    track_names = sorted(p.stem for p in (root / "tracks").iterdir() if p.suffix == ".txt" and p.is_file())
+
+    # video, start, frame ids, activity, group, clips.csv line (None without clips.csv)
+    plans: list[tuple[str, int, list[int], str, str, int | None]] = []
+    videos: dict[str, _Video | None] = {}
+
+    def video(name: str) -> _Video | None:
+        if name not in videos:
+            videos[name] = _load_video(root, name, problems)
+        return videos[name]
+
+    if csv_path.is_file():
+        rows = _read_clips_csv(csv_path, problems)
+        names = set(track_names)
+        planned: dict[tuple[str, int], int] = {}
+        vocab = tuple(activities) if activities is not None else tuple(
+            sorted({r.activity for r in rows if r.activity}))
+        for r in rows:
+            if r.video not in names:
+                problems.report(MalformedLine(f"video {r.video!r} has no tracks/{r.video}.txt",
+                                              path=csv_path, line=r.line))
+                continue
+            v = video(r.video)
+            if v is None:
+                continue  # the video's own problem was reported (skip_bad) already
+            if r.start < v.first or r.end > v.last:
+                problems.report(MalformedLine(
+                    f"frames {r.start}..{r.end} outside the track range {v.first}..{v.last} of {r.video}",
+                    path=csv_path, line=r.line))
+                continue
+            if r.activity and r.activity not in vocab:
+                problems.report(UnknownLabel(f"activity {r.activity!r} not in {list(vocab)}",
+                                             path=csv_path, line=r.line))
+                continue
+            if (r.video, r.start) in planned:
+                problems.report(MalformedLine(
+                    f"duplicate clip {r.video}/{r.start:06d} (same video and start as line "
+                    f"{planned[(r.video, r.start)]})", path=csv_path, line=r.line))
+                continue
+            planned[(r.video, r.start)] = r.line
+            ids = np.rint(np.linspace(r.start, r.end, T)).astype(np.int64).tolist()
+            plans.append((r.video, r.start, ids, r.activity, r.group or r.video, r.line))
+    else:
+        vocab = tuple(activities) if activities is not None else ()
+        for name in track_names:
+            v = video(name)
+            if v is None:
+                continue
+            for start in range(v.first, v.last - T + 2, T):
+                plans.append((name, start, list(range(start, start + T)), "", name, None))
+
+    clips: list[Clip] = []
+    for name, start, frame_ids, activity, group, line in plans:
+        v = videos[name]
+        clip_name = f"{start:06d}"
+        clip_id = f"{name}/{clip_name}"
+        boxes = _persons(v, frame_ids, n_max)
+        if boxes.shape[1] == 0:
+            if line is not None:
+                problems.report(MalformedLine(f"no tracked person in the frames of clip {clip_id}",
+                                              path=csv_path, line=line))
+            continue  # automatic windows without persons are dropped
+        frames = v.source.frames_for(frame_ids, clip_id)
+        if isinstance(frames, MissingFrame):
+            problems.report(frames)
+            continue
+        boxes, mask, actions = pad_persons(boxes, np.full(boxes.shape[1], UNKNOWN, np.int64), n_max)
+        clip = Clip(video=name, clip=clip_name, frame_ids=np.asarray(frame_ids, dtype=np.int64),
+                    boxes=boxes, mask=mask, actions=actions,
+                    activity=vocab.index(activity) if activity else UNKNOWN, group=group,
+                    image_size=v.source.size, frames=frames, tracked=True, key_index=T // 2,
+                    split=split_of(name, clip_name, splits) if splits is not None else NO_SPLIT)
+        clip.validate()
+        clips.append(clip)
+
+    return ClipDataset(format="mot", root=root, clips=clips, activities=vocab, actions=(),
+                       skipped=list(problems.errors))
