@@ -13,6 +13,8 @@ Boxes are pixels ``x1, y1, x2, y2`` with shape ``(B, T, N, 4)`` (Sec. 3) and
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor, nn
 
@@ -108,3 +110,27 @@ def distance_graph(boxes: Tensor, mask: Tensor, eps: float = 1e-4) -> Tensor:
     dist = torch.where(d2 > 0, d2.clamp_min(1e-20).sqrt(), torch.zeros_like(d2))
     g = 1.0 - dist
     return torch.where(spatial_support(mask, T), g, torch.zeros_like(g))
+
+
+class Graphs(NamedTuple):
+    """What the positional module hands to every block and to the losses."""
+
+    g_t: Tensor  # (B, N, T, T) temporal graph G_T
+    g_s: Tensor  # (B, T, N, N) spatial graph G_S
+    sup_t: Tensor  # (B, N, T, T) bool, directed support of G_T
+    sup_s: Tensor  # (B, T, N, N) bool, real x real persons
+    mask: Tensor  # (B, N) bool
+
+
+class PositionalModule(nn.Module):
+    """Sec. 4.2: boxes -> (G_T, G_S) with their supports; owns the learnable W of G_T."""
+
+    def __init__(self, max_frames: int = 64, eps: float = 1e-4):
+        super().__init__()
+        self.temporal = TemporalGraph(max_frames)
+        self.eps = eps
+
+    def forward(self, boxes: Tensor, mask: Tensor) -> Graphs:
+        T = boxes.shape[1]
+        return Graphs(self.temporal(boxes, mask), distance_graph(boxes, mask, self.eps),
+                      temporal_support(mask, T), spatial_support(mask, T), mask)

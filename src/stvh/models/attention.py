@@ -1,0 +1,112 @@
+"""Sparse graph relation attention (SGAT, Eq. 4) and its two MFAT uses (Eq. 11).
+
+Eq. 4 for one head, rows = receivers (queries), columns = senders (keys):
+
+    AT_v(f)   = softmax((W2 f)(W3 f)^T / sqrt(C))
+    AT_p(G)   = softmax(G x W)
+    Attention = AT_v (x) AT_p
+    SGAT(f,G) = Attention (W1 f)
+
+Choices (the paper leaves them open):
+
+* ``AT_v x AT_p`` is the *element-wise* product, renormalised over each row.
+  A matrix product would let a receiver attend to senders the graph forbids
+  (it would destroy the directed, "sparse" structure of G_T); the element-wise
+  product keeps every zero of either map. Since both maps are softmaxes over the
+  same support, ``AT_v * AT_p / sum = softmax(logits_v + logits_p)`` exactly
+  (the normalisers cancel), which is how it is computed (stable in log space).
+* ``G x W``: ``W`` must "accommodate the floating-point values" of G after "a
+  nonlinear transformation". A ``W`` of size ``L x L`` would tie the module to a
+  fixed number of persons and to their (arbitrary) slot order, so we apply ``W``
+  per edge: each edge value ``g`` goes through ``tanh(w1 g + c1)`` (``edge_hidden``
+  units, the nonlinearity) and is projected by ``W`` to one logit per head.
+* Multi-head: ``heads`` heads with ``C = d / heads`` channels each; heads are
+  concatenated with no output projection (Eq. 4 has none; the FFN mixes them).
+* Masking: ``support (.., L, L)`` marks allowed (receiver, sender) pairs
+  (directed for G_T, real x real persons for G_S). Unsupported pairs get weight
+  exactly 0; a receiver row with no support (a padded person) outputs zeros.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class EdgeLogits(nn.Module):
+    """Per-edge ``W tanh(w1 g + c1)``: graph ``(..., L, L)`` -> logits ``(..., H, L, L)``."""
+
+    def __init__(self, heads: int, hidden: int = 16):
+        super().__init__()
+        self.inner = nn.Linear(1, hidden)
+        self.weight = nn.Linear(hidden, heads, bias=False)  # the W of "G x W" (a row bias cancels)
+
+    def forward(self, graph: Tensor) -> Tensor:
+        z = torch.tanh(self.inner(graph.unsqueeze(-1)))  # (..., L, L, hidden)
+        return self.weight(z).movedim(-1, -3)  # (..., H, L, L)
+
+
+class SGAT(nn.Module):
+    """SGAT of Eq. 4 over the last-but-one axis of ``f (B, S, L, d)``.
+
+    ``S`` indexes independent sequences (persons for O-MFAT, frames for G-MFAT),
+    ``L`` the attended axis. ``graph (B, S, L, L)`` or ``None`` (plain
+    self-attention, used by the ablation baselines), ``support (B, S, L, L)`` bool.
+    With ``keep_attention`` the last ``AT_v``, ``AT_p`` and combined maps
+    ``(B, S, H, L, L)`` are stored (detached) in ``self.last_attention``.
+    """
+
+    def __init__(self, d: int, heads: int = 8, edge_hidden: int = 16, dropout: float = 0.0,
+                 keep_attention: bool = False):
+        super().__init__()
+        if d % heads:
+            raise ValueError(f"d={d} is not divisible by heads={heads}")
+        self.d, self.heads = d, heads
+        self.w1 = nn.Linear(d, d, bias=False)  # values  (W1)
+        self.w2 = nn.Linear(d, d, bias=False)  # queries (W2)
+        self.w3 = nn.Linear(d, d, bias=False)  # keys    (W3)
+        self.edge = EdgeLogits(heads, edge_hidden)
+        self.drop = nn.Dropout(dropout)
+        self.keep_attention = keep_attention
+        self.last_attention: dict[str, Tensor] | None = None
+
+    def _split(self, x: Tensor) -> Tensor:
+        B, S, L, _ = x.shape
+        return x.view(B, S, L, self.heads, -1).transpose(2, 3)  # (B, S, H, L, C)
+
+    def forward(self, f: Tensor, graph: Tensor | None, support: Tensor) -> Tensor:
+        B, S, L, d = f.shape
+        q, k, v = self._split(self.w2(f)), self._split(self.w3(f)), self._split(self.w1(f))  # (B, S, H, L, C)
+        logits_v = q @ k.transpose(-1, -2) / math.sqrt(d // self.heads)  # (B, S, H, L, L)
+        logits_p = self.edge(graph) if graph is not None else torch.zeros_like(logits_v)  # (B, S, H, L, L)
+        sup = support[:, :, None]  # (B, S, 1, L, L)
+        neg = torch.finfo(f.dtype).min
+        attn = torch.softmax((logits_v + logits_p).masked_fill(~sup, neg), -1) * sup  # (B, S, H, L, L)
+        if self.keep_attention:
+            self.last_attention = {
+                "visual": (torch.softmax(logits_v.masked_fill(~sup, neg), -1) * sup).detach(),
+                "positional": (torch.softmax(logits_p.masked_fill(~sup, neg), -1) * sup).detach(),
+                "combined": attn.detach(),
+            }
+        out = self.drop(attn) @ v  # (B, S, H, L, C)
+        return out.transpose(2, 3).reshape(B, S, L, d)  # (B, S, L, d)
+
+
+class ObjectMFAT(SGAT):
+    """O-MFAT (Eq. 11): SGAT over frames of each person with G_T; ``W_o`` is ``w1``.
+
+    ``f (B, N, T, d)``, ``G_T (B, N, T, T)``, ``support (B, N, T, T)`` -> ``(B, N, T, d)``.
+    """
+
+
+class GroupMFAT(SGAT):
+    """G-MFAT (Eq. 11, with G_S: the paper's "AT_p(G_T)" there is a typo): SGAT over
+    persons of each frame; ``W_g`` is ``w1``.
+
+    ``f (B, N, T, d)``, ``G_S (B, T, N, N)``, ``support (B, T, N, N)`` -> ``(B, N, T, d)``.
+    """
+
+    def forward(self, f: Tensor, graph: Tensor | None, support: Tensor) -> Tensor:
+        return super().forward(f.transpose(1, 2), graph, support).transpose(1, 2)

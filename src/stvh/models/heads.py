@@ -1,0 +1,64 @@
+"""Hashing and classification heads (Sec. 4.4, Eq. 5; Sec. 5.2, Eq. 12).
+
+Relaxation of ``sign`` during training: ``h = tanh(F_h(AVG(f)))`` is the
+real-valued code in ``[-1, 1]`` used by every loss (Eq. 5 "normalize it to
+obtain the floating-point value encoding h_i"); ``b = sign(h)`` with
+``sign(0) = +1`` is the binary code, never back-propagated through. The
+quantisation loss (Eq. 7) pushes ``|h|`` towards 1 so that ``b`` and ``h``
+agree. No straight-through estimator is used.
+
+Eq. 5 writes ``AVG(F_h(f_S))`` and Eq. 12 ``F(AVG(f))``: for an affine ``F``
+the two are equal, so we pool first (cheaper). The average runs over the
+real persons and all frames.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def binarize(h: Tensor) -> Tensor:
+    """``sign`` with ``sign(0) = +1``: ``(..., K)`` real -> ``{-1, +1}`` of the same dtype."""
+    return torch.where(h >= 0, torch.ones_like(h), -torch.ones_like(h))
+
+
+def masked_mean(f: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``f (B, N, T, d)`` over real persons and all frames -> ``(B, d)``."""
+    m = mask[:, :, None, None]  # (B, N, 1, 1)
+    total = torch.where(m, f, torch.zeros_like(f)).sum((1, 2))  # (B, d)
+    count = (mask.sum(1).clamp_min(1) * f.shape[2]).to(f.dtype)  # (B,)
+    return total / count[:, None]
+
+
+class HashHead(nn.Module):
+    """``h = tanh(F_h(AVG(f)))``: ``f (B, N, T, d)``, ``mask (B, N)`` -> ``(B, K)`` (Eq. 5 / 12)."""
+
+    def __init__(self, d: int, bits: int):
+        super().__init__()
+        self.fc = nn.Linear(d, bits)
+
+    def forward(self, f: Tensor, mask: Tensor) -> Tensor:
+        return torch.tanh(self.fc(masked_mean(f, mask)))  # (B, K)
+
+
+class ActionHead(nn.Module):
+    """``F_a`` on time-pooled per-person features: ``(B, N, T, d)`` -> logits ``(B, N, A)`` (Sec. 4.4)."""
+
+    def __init__(self, d: int, num_actions: int):
+        super().__init__()
+        self.fc = nn.Linear(d, num_actions)
+
+    def forward(self, f: Tensor) -> Tensor:
+        return self.fc(f.mean(2))  # (B, N, A)
+
+
+class ActivityHead(nn.Module):
+    """``F_c(h)``: ``(B, K)`` -> logits ``(B, C)`` (Eq. 5); also applied to binary codes."""
+
+    def __init__(self, bits: int, num_activities: int):
+        super().__init__()
+        self.fc = nn.Linear(bits, num_activities)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.fc(h)
