@@ -15,7 +15,6 @@ choices made (vote, tie-break, clamping, truncation, splits).
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -24,8 +23,10 @@ import numpy as np
 
 from .clip import UNKNOWN, Clip, ClipDataset, ImageFrames, pad_persons
 from .errors import BadBox, FormatError, MalformedLine, MissingFrame, Problems, UnknownLabel
+from .geometry import clip_box_to_image
 from .labels import (CAD_ACTIONS, CAD_ACTIVITIES_4, CAD_ACTIVITIES_5, CAED_ACTIONS,
                      CAED_ACTIVITIES)
+from .splits import read_splits
 
 # Official CAD test sequences (the split of Zhu et al. 2022 and earlier work); the rest train.
 CAD_TEST_SEQUENCES = frozenset({5, 6, 7, 8, 9, 10, 11, 15, 16, 25, 28, 29})
@@ -51,42 +52,10 @@ _FRAME_RE = re.compile(r"^frame(\d+)\.jpg$", re.IGNORECASE)
 
 # --------------------------------------------------------------------------- shared helpers
 
-def read_splits_json(root: Path, problems: Problems) -> dict[str, str] | None:
-    """Read ``<root>/splits.json`` into ``{id: split}``; ``None`` when absent.
-
-    Entries are clip ids ``"video/clip"`` or whole videos ``"video"`` (every
-    clip of the video). An id listed under two splits is a ``FormatError``.
-    """
-    path = Path(root) / "splits.json"
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        problems.report(FormatError(f"cannot parse JSON: {e}", path=path))
-        return None
-    if not isinstance(data, dict) or not all(
-            isinstance(k, str) and isinstance(v, list) and all(isinstance(i, str) for i in v)
-            for k, v in data.items()):
-        problems.report(FormatError('expected {"split": ["video/clip", ...], ...}', path=path))
-        return None
-    out: dict[str, str] = {}
-    for split, ids in data.items():
-        for i in ids:
-            i = i.strip().strip("/")
-            if i in out and out[i] != split:
-                problems.report(FormatError(f"id {i!r} listed in both {out[i]!r} and {split!r}", path=path))
-                continue
-            out[i] = split
-    return out
-
-
-UNASSIGNED = "unassigned"  # split of a clip that splits.json does not list
-
-
 def split_of(video: str, clip: str, splits: dict[str, str]) -> str:
-    """Split of a clip under a splits.json mapping (clip id first, then video)."""
-    return splits.get(f"{video}/{clip}", splits.get(video, UNASSIGNED))
+    """Split of a clip under a ``splits.json`` mapping: the clip id ``video/clip``
+    first, then a whole-video entry ``video``; ``""`` when neither is listed."""
+    return splits.get(f"{video}/{clip}", splits.get(video, ""))
 
 
 def xywh_to_box(x: float, y: float, w: float, h: float, size: tuple[int, int]) -> np.ndarray | str:
@@ -95,13 +64,12 @@ def xywh_to_box(x: float, y: float, w: float, h: float, size: tuple[int, int]) -
     ``size`` is ``(height, width)``. A box with ``w <= 0`` or ``h <= 0`` or
     entirely outside the image is bad; a box partly outside is clipped.
     """
-    H, W = size
     if w <= 0 or h <= 0:
         return f"non-positive size w={w:g} h={h:g}"
-    x1, y1, x2, y2 = x, y, x + w, y + h
-    if x2 <= 0 or y2 <= 0 or x1 >= W or y1 >= H:
-        return f"box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) entirely outside the {W}x{H} image"
-    return np.array([max(x1, 0), max(y1, 0), min(x2, W), min(y2, H)], dtype=np.float32)
+    box = clip_box_to_image((x, y, x + w, y + h), size)
+    if box is None:
+        return f"box ({x:g}, {y:g}, {x + w:g}, {y + h:g}) entirely outside the {size[1]}x{size[0]} image"
+    return box
 
 
 def image_header_size(path: Path) -> tuple[int, int]:
@@ -265,7 +233,7 @@ def read_cad(root: str | Path, *, variant: str = "cad", merge_moving: bool = Fal
     seqs = _sequence_dirs(root)
     if not seqs:
         raise FormatError("no seqNN/annotations.txt folders found", path=root)
-    splits = read_splits_json(root, problems)
+    splits = read_splits(root)
     sizes = CAD_FRAME_SIZES if variant == "cad" else CAED_FRAME_SIZES
     offsets = np.arange(lo, hi + 1, dtype=np.int64)
     clips: list[Clip] = []

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .cad import image_header_size, read_splits_json, split_of, xywh_to_box
+from .cad import image_header_size, split_of, xywh_to_box
 from .clip import UNKNOWN, Clip, ClipDataset, ImageFrames, VideoFrames, pad_persons
 from .errors import (BadBox, FormatError, MalformedLine, MissingFrame, Problems, UnknownLabel,
                      UnreadableVideo)
+from .splits import read_splits
 
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
@@ -294,7 +295,7 @@ def read_mot(root: str | Path, *, frames_per_clip: int = 10, n_max: int = 12,
     if not looks_like_mot(root):
         raise FormatError("no tracks/<video>.txt files found", path=root)
     problems = Problems(skip_bad=skip_bad)
-    splits = read_splits_json(root, problems)
+    splits = read_splits(root)
     csv_path = root / "clips.csv"
     track_names = sorted(p.stem for p in (root / "tracks").iterdir() if p.suffix == ".txt" and p.is_file())
 

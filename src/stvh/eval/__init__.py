@@ -1,0 +1,1 @@
+"""Evaluation: the paper's metrics (accuracy, MPCA, mAP@k with Hamming ranking)."""
