@@ -65,6 +65,7 @@ def data_synth(
     missing: float = typer.Option(0.05, help="Probability a person is absent from a clip."),
     label_noise: float = typer.Option(0.0, help="Probability a clip's activity label is replaced at random."),
     test_fraction: float = typer.Option(0.3, help="Fraction of each match's clips in the test split."),
+    overwrite: bool = typer.Option(False, help="Replace a synthetic dataset made with other settings in OUT."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
     """Generate the synthetic volleyball-like dataset (the embedded default)."""
@@ -73,7 +74,7 @@ def data_synth(
     result = generate(out, matches=matches, clips_per_match=clips_per_match, frames=frames,
                       size=_parse_size(size), players_per_side=players_per_side, jitter=jitter, pan=pan,
                       occlusion=occlusion, missing=missing, label_noise=label_noise, seed=seed,
-                      test_fraction=test_fraction, progress=progress)
+                      test_fraction=test_fraction, progress=progress, overwrite=overwrite)
     typer.echo(json.dumps(result, indent=2, default=str))
 
 

@@ -246,7 +246,8 @@ def court_canvas(style: MatchStyle, size: tuple[int, int], margin: int) -> np.nd
 def match_activities(seed: int, match: int, clips_per_match: int) -> np.ndarray:
     """True activity id of every clip of a match, ``(C,)``: balanced, shuffled, match-independent."""
     rng = np.random.default_rng([seed, match, _SALT_ACTIVITY])
-    return rng.permutation(np.resize(np.arange(len(VOLLEYBALL_ACTIVITIES)), clips_per_match))
+    # the remainder of clips_per_match / 8 goes to activities drawn at random per match
+    return rng.permutation(np.resize(rng.permutation(len(VOLLEYBALL_ACTIVITIES)), clips_per_match))
 
 
 def match_test_mask(seed: int, match: int, activities: np.ndarray, test_fraction: float) -> np.ndarray:
@@ -327,16 +328,17 @@ def initial_layout(side: str, players_per_side: int, size: tuple[int, int],
     """Frame-0 foot positions ``(P, 2)`` (x, y) of the team on court half ``side`` ('l' or 'r').
 
     Front row (``(P + 1) // 2`` players, listed first) near the net, back row
-    behind it, evenly spread in depth, with a small random perturbation. It
-    does not depend on the activity: every activity starts from it.
+    behind it, evenly spread in depth and zig-zagged so that neighbours in
+    depth do not hide each other, with a small random perturbation. It does
+    not depend on the activity: every activity starts from it.
     """
     if side not in ("l", "r"):
         raise ValueError(f"side must be 'l' or 'r', got {side!r}")
     H, W = size
     front = _front_count(players_per_side)
     pts = []
-    for k, xf in ((front, 0.42), (players_per_side - front, 0.22)):
-        pts += [(xf, 0.56 + 0.34 * (j + 0.5) / k) for j in range(k)]
+    for k, xf in ((front, 0.40), (players_per_side - front, 0.20)):
+        pts += [(xf + 0.04 * (-1) ** j, 0.56 + 0.34 * (j + 0.5) / k) for j in range(k)]
     pts = np.asarray(pts, np.float64) + rng.uniform(-1, 1, (players_per_side, 2)) * (0.025, 0.03)
     x = pts[:, 0] * W
     return np.stack([x if side == "l" else W - x, pts[:, 1] * H], axis=1)
@@ -471,7 +473,7 @@ def simulate_clip(activity: int, cfg: SynthConfig, rng: np.random.Generator) -> 
             a = rng.uniform(0, 0.15)
             b = float(np.clip(ue + rng.uniform(0.05, 0.25), a + 0.25, 1.0))
             th = phi + 2 * np.pi * j / len(movers)
-            move_to(i, centre[0] + 0.035 * W * np.cos(th), centre[1] + 0.05 * H * np.sin(th), a, b)
+            move_to(i, centre[0] + 0.05 * W * np.cos(th), centre[1] + 0.07 * H * np.sin(th), a, b)
             if i in jumpers:
                 role(i, "jumping")
                 z[:, i] = 0.18 * base_h[i] * np.abs(np.sin(3 * np.pi * (u - a))) * _ease(u, a, a + 0.1)
@@ -507,9 +509,9 @@ def simulate_clip(activity: int, cfg: SynthConfig, rng: np.random.Generator) -> 
     y[:] = np.clip(y, _FLOOR_Y[0] * H, _FLOOR_Y[1] * H)
 
     # --- nuisances: missing persons, occluders, annotation noise, person order ---
-    involved = grouping.astype(bool)
+    involved = grouping.astype(bool) | (actions == _ACTION["falling"])
     involved[key] = True
-    present = ~((rng.random(n) < cfg.missing) & ~involved)   # key players are never missing
+    present = ~((rng.random(n) < cfg.missing) & ~involved)   # players of the activity are never missing
     occ_person = rng.random(n) < cfg.occlusion
     occluded = np.zeros((T, n), bool)
     occluder = np.zeros((n, 4))
@@ -577,6 +579,7 @@ def annotated_boxes(scene: Scene, size: tuple[int, int]) -> np.ndarray:
 
 
 def _fill(img: np.ndarray, y0, y1, x0, x1, colour) -> None:
+    """Fill ``img[y0:y1, x0:x1]`` (clipped to the image) with ``colour``."""
     H, W = img.shape[:2]
     y0, y1, x0, x1 = max(int(y0), 0), min(int(y1), H), max(int(x0), 0), min(int(x1), W)
     if y1 > y0 and x1 > x0:
@@ -585,7 +588,13 @@ def _fill(img: np.ndarray, y0, y1, x0, x1, colour) -> None:
 
 def render_clip(scene: Scene, style: MatchStyle, size: tuple[int, int],
                 canvas: np.ndarray | None = None) -> np.ndarray:
-    """Render the clip, ``(T, H, W, 3)`` uint8. ``canvas`` = :func:`court_canvas` (built when omitted)."""
+    """Render the clip, ``(T, H, W, 3)`` uint8. ``canvas`` = :func:`court_canvas` (built when omitted).
+
+    Painter's order (far persons first), then occluders, then the ball. Each
+    person is a head, a jersey-coloured torso (the team colour, whatever the
+    role), shorts, legs and, when raised, two arms; its tight box is exactly
+    :func:`scene_boxes`.
+    """
     H, W = size
     T, n = scene.x.shape
     if canvas is None:
@@ -601,36 +610,43 @@ def render_clip(scene: Scene, style: MatchStyle, size: tuple[int, int],
     r = max(2, int(round(0.011 * W)))
     ys, xs = np.mgrid[-r:r + 1, -r:r + 1]
     disc = xs * xs + ys * ys <= r * r
-    p = _parts(scene, size)
+    p = {k: v.tolist() for k, v in _parts(scene, size).items()}  # python ints: fast scalar access
+    team = scene.team.tolist()
+    shift = scene.shift.tolist()
+    ball = np.rint(scene.ball).astype(np.int64).tolist()
+    depth_order = np.argsort(scene.y, axis=1, kind="stable").tolist()                   # (T, n) far to near
+    present = scene.present.tolist()
+    occluder = scene.occluder.tolist()
     out = np.empty((T, H, W, 3), np.uint8)
     for t in range(T):
-        dx, dy = int(scene.shift[t, 0]), int(scene.shift[t, 1])
+        dx, dy = shift[t]
         img = out[t]
         img[:] = bg[m - dy:m - dy + H, m - dx:m - dx + W]
-        people = [i for i in np.argsort(scene.y[t], kind="stable") if scene.present[i]]  # far to near
-        for i in people:
-            x1, x2 = p["x1"][t, i], p["x2"][t, i]
-            yt, ytor, ysh, yl, yb = (p[k][t, i] for k in ("yt", "y_torso", "y_shorts", "y_legs", "yb"))
+        x1s, x2s, yts, ytors, yshs, yls, ybs, ytops = (p[k][t] for k in (
+            "x1", "x2", "yt", "y_torso", "y_shorts", "y_legs", "yb", "y_top"))
+        for i in depth_order[t]:
+            if not present[i]:
+                continue
+            x1, x2, yt, ytor, ysh, yl, yb = x1s[i], x2s[i], yts[i], ytors[i], yshs[i], yls[i], ybs[i]
             bw = x2 - x1
             hw = max(1, min(bw, int(round(0.8 * (ytor - yt)))))
             hx = x1 + (bw - hw) // 2
             _fill(img, yt, ytor, hx, hx + hw, skin[i])                              # head
-            _fill(img, ytor, ysh, x1, x2, jersey[scene.team[i]])                    # jersey
-            _fill(img, ysh, yl, x1, x2, shorts[scene.team[i]])                      # shorts
+            _fill(img, ytor, ysh, x1, x2, jersey[team[i]])                          # jersey
+            _fill(img, ysh, yl, x1, x2, shorts[team[i]])                            # shorts
             lw = max(1, int(round(0.4 * bw)))
             _fill(img, yl, yb, x1, x1 + lw, skin[i])                                # legs
             _fill(img, yl, yb, x2 - lw, x2, skin[i])
-            if p["y_top"][t, i] < yt:                                               # raised arms
+            if ytops[i] < yt:                                                       # raised arms
                 aw = max(1, int(round(0.2 * bw)))
-                _fill(img, p["y_top"][t, i], ytor + 1, x1, x1 + aw, skin[i])
-                _fill(img, p["y_top"][t, i], ytor + 1, x2 - aw, x2, skin[i])
-        for i in np.flatnonzero(scene.occluded[t]):
-            bx1, by1, bx2, by2 = p["x1"][t, i], p["y_top"][t, i], p["x2"][t, i], p["yb"][t, i]
-            fx1, fy1, fx2, fy2 = scene.occluder[i]
+                _fill(img, ytops[i], ytor + 1, x1, x1 + aw, skin[i])
+                _fill(img, ytops[i], ytor + 1, x2 - aw, x2, skin[i])
+        for i in np.flatnonzero(scene.occluded[t]).tolist():
+            bx1, by1, bx2, by2 = x1s[i], ytops[i], x2s[i], ybs[i]
+            fx1, fy1, fx2, fy2 = occluder[i]
             _fill(img, by1 + fy1 * (by2 - by1), by1 + fy2 * (by2 - by1) + 1,
                   bx1 + fx1 * (bx2 - bx1), bx1 + fx2 * (bx2 - bx1) + 1, occ[i])
-        bx, by = int(round(scene.ball[t, 0])) + dx, int(round(scene.ball[t, 1])) + dy
-        y0, x0 = by - r, bx - r
+        y0, x0 = ball[t][1] + dy - r, ball[t][0] + dx - r
         sy0, sx0 = max(0, -y0), max(0, -x0)
         sy1, sx1 = min(2 * r + 1, H - y0), min(2 * r + 1, W - x0)
         if sy1 > sy0 and sx1 > sx0:
@@ -648,8 +664,9 @@ def _margin(pan: float) -> int:
 def annotation_line(scene: Scene, key: int, boxes: np.ndarray, key_index: int) -> str:
     """``<key>.jpg <activity> (x y w h action)*`` for the present persons, in annotation order."""
     parts = [f"{key}.jpg", VOLLEYBALL_ACTIVITIES[scene.label]]
-    for i in scene.order:
-        x1, y1, x2, y2 = (int(v) for v in boxes[key_index, i])
+    kb = boxes[key_index].tolist()
+    for i in scene.order.tolist():
+        x1, y1, x2, y2 = kb[i]
         parts += [str(x1), str(y1), str(x2 - x1), str(y2 - y1), VOLLEYBALL_ACTIONS[scene.actions[i]]]
     return " ".join(parts) + "\n"
 
@@ -657,12 +674,13 @@ def annotation_line(scene: Scene, key: int, boxes: np.ndarray, key_index: int) -
 def tracking_text(scene: Scene, key: int, boxes: np.ndarray, offsets: np.ndarray) -> str:
     """``pid x1 y1 x2 y2 frame lost grouping generated action`` per person (pid = annotation rank) and frame."""
     lines = []
-    for pid, i in enumerate(scene.order):
+    b, lost, offs = boxes.tolist(), scene.occluded.astype(int).tolist(), [int(o) for o in offsets]
+    for pid, i in enumerate(scene.order.tolist()):
         action = VOLLEYBALL_ACTIONS[scene.actions[i]]
-        for t, o in enumerate(offsets):
-            x1, y1, x2, y2 = (int(v) for v in boxes[t, i])
-            lines.append(f"{pid} {x1} {y1} {x2} {y2} {key + int(o)} {int(scene.occluded[t, i])} "
-                         f"{int(scene.grouping[i])} 0 {action}\n")
+        grouping = int(scene.grouping[i])
+        for t, o in enumerate(offs):
+            x1, y1, x2, y2 = b[t][i]
+            lines.append(f"{pid} {x1} {y1} {x2} {y2} {key + o} {lost[t][i]} {grouping} 0 {action}\n")
     return "".join(lines)
 
 
@@ -702,6 +720,8 @@ def _metadata(cfg: SynthConfig, complete: bool) -> dict:
 
 def _prepare_output(out: Path, cfg: SynthConfig, overwrite: bool) -> None:
     """Accept an empty/new folder or a run of the same generator, seed and params; else raise."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder; choose another output folder")
     if not out.exists() or not any(out.iterdir()):
         return
     meta_path = out / "dataset.json"

@@ -1,0 +1,1 @@
+"""Training: configs, clip tensors, the training loop, encoding."""

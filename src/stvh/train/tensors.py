@@ -1,0 +1,103 @@
+"""Clips as tensors, and the train / validation / test partition.
+
+The model never sees a reader: :func:`clips_to_tensors` turns the numpy clip
+records into stacked tensors once; batches are index selections.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..data.clip import Clip
+
+
+@dataclass
+class ClipTensors:
+    """All clips of a dataset, stacked. ``roi`` is present for cached CNN features."""
+
+    ids: list[str]
+    groups: list[str]
+    splits: list[str]
+    boxes: Tensor        # (M, T, N, 4) float32 pixels
+    mask: Tensor         # (M, N) bool
+    image_size: Tensor   # (M, 2) float32 (H, W)
+    activity: Tensor     # (M,) int64, -1 unlabeled
+    actions: Tensor      # (M, N) int64, -1 unknown
+    roi: Tensor | None = None  # (M, N, T, C, s, s) float16
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(self, index: Tensor, device: torch.device | str = "cpu") -> dict[str, Tensor]:
+        """Model inputs and labels of the clips at ``index``."""
+        out = {
+            "boxes": self.boxes[index].to(device),
+            "mask": self.mask[index].to(device),
+            "image_size": self.image_size[index].to(device),
+            "activity": self.activity[index].to(device),
+            "actions": self.actions[index].to(device),
+        }
+        if self.roi is not None:
+            out["roi"] = self.roi[index].to(device=device, dtype=torch.float32)
+        return out
+
+
+def clips_to_tensors(clips: list[Clip], roi: dict[str, np.ndarray] | None = None) -> ClipTensors:
+    """Stack clips (all with the same T and N) into :class:`ClipTensors`."""
+    if not clips:
+        raise ValueError("no clips to train or evaluate on")
+    shapes = {c.boxes.shape for c in clips}
+    if len(shapes) != 1:
+        raise ValueError(f"clips differ in (T, N, 4): {sorted(shapes)[:4]}; read them with one window and n_max")
+    stacked_roi = None
+    if roi is not None:
+        stacked_roi = torch.from_numpy(np.stack([roi[c.id] for c in clips]).astype(np.float16))
+    return ClipTensors(
+        ids=[c.id for c in clips],
+        groups=[c.group for c in clips],
+        splits=[c.split for c in clips],
+        boxes=torch.from_numpy(np.stack([c.boxes for c in clips]).astype(np.float32)),
+        mask=torch.from_numpy(np.stack([c.mask for c in clips])),
+        image_size=torch.tensor([c.image_size for c in clips], dtype=torch.float32),
+        activity=torch.tensor([c.activity for c in clips], dtype=torch.int64),
+        actions=torch.from_numpy(np.stack([c.actions for c in clips]).astype(np.int64)),
+        roi=stacked_roi,
+    )
+
+
+def _unit_hash(text: str, seed: int) -> float:
+    digest = hashlib.sha256(f"{seed}:{text}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def partition(clips: list[Clip], val_fraction: float, seed: int) -> dict[str, list[Clip]]:
+    """``train`` / ``val`` / ``test`` lists. ``val`` is carved out of the train split.
+
+    Within each visual group, the train clips are ordered by a seeded hash of
+    their id and the first ``round(val_fraction * n)`` become validation: the
+    partition is deterministic, independent of file order, and every group
+    keeps training clips. The test split is never used for model selection.
+    """
+    if not 0 <= val_fraction < 1:
+        raise ValueError("val_fraction must be in [0, 1)")
+    out: dict[str, list[Clip]] = {"train": [], "val": [], "test": []}
+    by_group: dict[str, list[Clip]] = {}
+    for c in clips:
+        if c.split == "test":
+            out["test"].append(c)
+        elif c.split in ("train", "val", ""):
+            by_group.setdefault(c.group, []).append(c)
+    for group in sorted(by_group):
+        members = sorted(by_group[group], key=lambda c: _unit_hash(c.id, seed))
+        n_val = int(round(val_fraction * len(members)))
+        if n_val >= len(members):
+            n_val = len(members) - 1
+        val_ids = {c.id for c in members[:n_val]}
+        for c in by_group[group]:
+            out["val" if c.id in val_ids else "train"].append(c)
+    return out
