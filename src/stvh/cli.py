@@ -128,6 +128,127 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
+@app.command("extract")
+@friendly_errors
+def extract_cmd(
+    data: Path = typer.Option(..., "--data", help="Dataset folder."),
+    backbone: str = typer.Option("efficientnet_lite0", help="CNN backbone (see docs/visual.md)."),
+    out: Path = typer.Option(..., "--out", help="Feature cache folder (resumes when it exists)."),
+    weights: Optional[Path] = typer.Option(None, help="Local state-dict file of the backbone."),
+    format: Optional[str] = typer.Option(None, "--format", help="Dataset format (detected when omitted)."),
+    frame_size: Optional[str] = typer.Option(None, help="Resize frames to HxW before the backbone."),
+    batch_clips: int = typer.Option(4, help="Clips per backbone call."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    seed: int = typer.Option(0, help="Seed of a randomly initialised backbone."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count bad clips instead of failing."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+):
+    """Stage 1: run the backbone once and cache per-person per-frame RoI features."""
+    from .train.extract import extract
+
+    result = extract(data, backbone, out, weights=str(weights) if weights else None, format=format,
+                     frame_size=_parse_size(frame_size) if frame_size else None, batch_clips=batch_clips,
+                     device=device, seed=seed, progress=progress, skip_bad=skip_bad)
+    typer.echo(json.dumps(result, indent=2))
+
+
+@app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@friendly_errors
+def train_cmd(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config (configs/*.yaml)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder."),
+    features: Optional[Path] = typer.Option(None, "--features", help="Feature cache (CNN backbones)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder to create."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Run folder to continue after a kill (its "
+                                                                "config, data and features are reused)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+):
+    """Stage 2: train STVH / M-STVH. Extra arguments key=value override config keys (e.g. model.bits=64)."""
+    from .train.checkpoint import CheckpointError
+    from .train.config import load_config
+    from .train.loop import fit
+
+    if resume is not None:
+        if not (resume / "config.yaml").exists():
+            _fail(f"{resume} is not a run folder (config.yaml missing)")
+        info = json.loads((resume / "run.json").read_text())
+        cfg = load_config(resume / "config.yaml", list(ctx.args))
+        out, data = resume, data or Path(info["data"])
+        features = features or (Path(info["features"]) if info.get("features") else None)
+    else:
+        if data is None or out is None:
+            _fail("--data and --out are required (or --resume RUN)")
+        cfg = load_config(config, list(ctx.args))
+    try:
+        result = fit(cfg, data, features, out, resume=resume is not None, progress=progress)
+    except CheckpointError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(result, indent=2))
+
+
+@app.command("encode")
+@friendly_errors
+def encode_cmd(
+    run: Path = typer.Option(..., "--run", help="Run folder made by `stvh train`."),
+    out: Path = typer.Option(..., "--out", help="CODES file to write (.npz)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset (default: the run's)."),
+    features: Optional[Path] = typer.Option(None, "--features", help="Feature cache (default: the run's)."),
+    checkpoint: str = typer.Option("best", help="best or last."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda."),
+):
+    """Write the codes of every depth for every clip (packed bits, ids, labels)."""
+    from .train.checkpoint import CheckpointError
+    from .train.encode import encode
+
+    try:
+        result = encode(run, out, data=data, features=features, checkpoint=checkpoint, device=device)
+    except CheckpointError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(result, indent=2))
+
+
+@app.command("eval")
+@friendly_errors
+def eval_cmd(
+    run: Path = typer.Option(..., "--run", help="Run folder; codes are encoded into RUN/codes.npz if missing."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset (default: the run's)."),
+    features: Optional[Path] = typer.Option(None, "--features", help="Feature cache (default: the run's)."),
+    as_json: bool = typer.Option(False, "--json", help="Print metrics.json."),
+):
+    """Accuracy, MPCA, action accuracy and mAP@5/10/20/50 (train = database, test = queries)."""
+    from .eval.evaluate import evaluate
+    from .train.checkpoint import CheckpointError
+    from .train.encode import encode
+
+    codes = run / "codes.npz"
+    try:
+        if data is not None or features is not None or not codes.exists():
+            encode(run, codes, data=data, features=features)
+    except CheckpointError as exc:
+        _fail(str(exc))
+    result = evaluate(codes, run)
+    m = result["metrics"]
+    if as_json:
+        typer.echo(json.dumps(m, indent=2, sort_keys=True))
+        return
+    typer.echo(format_headline(m, result["details"]))
+    typer.echo(f"metrics written to {run / 'metrics.json'}")
+
+
+def format_headline(m: dict, details: dict) -> str:
+    """A short table: accuracy and mAP@10 per depth, activity vs visual focus."""
+    bits, depth = details["bits"], details["depth"]
+    lines = [f"accuracy (MCA) {m['mca']:.4f}   MPCA {m['mpca']:.4f}   action accuracy {m['action_acc']:.4f}",
+             f"{'depth':>6} {'activity mAP@10':>16} {'visual mAP@10':>14} {'activity (F)':>13} {'visual (F)':>11}"]
+    for t in range(1, depth + 1):
+        row = [m[f"map@10/activity/K{bits}/depth{t}"], m[f"map@10/visual/K{bits}/depth{t}"]]
+        der = [m.get(f"map@10/activity/K{bits}/depth{t}/derived"), m.get(f"map@10/visual/K{bits}/depth{t}/derived")]
+        cells = "".join(f"{v:>13.4f}" if v is not None else f"{'-':>13}" for v in der)
+        lines.append(f"{t:>6} {row[0]:>16.4f} {row[1]:>14.4f}{cells}")
+    return "\n".join(lines)
+
+
 @app.command("demo")
 @friendly_errors
 def demo(

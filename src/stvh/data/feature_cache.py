@@ -3,7 +3,8 @@
 On a CPU the backbone is far too slow to run every epoch, so ``stvh extract``
 runs it once and stores ``roi (N, T, C, s, s)`` per clip. Layout (a folder)::
 
-    FEATS/meta.json            backbone, weights hash, frame size, roi size, channels, version
+    FEATS/meta.json            backbone, weights hash, frame size, roi size, channels, reduction, version
+    FEATS/pca.npz              optional channel projection (``reduction = "pca<k>"``)
     FEATS/shard-00000.h5       up to ``shard_size`` clips, one gzip-compressed dataset per clip
     ...
 
@@ -25,7 +26,7 @@ from .errors import DataError
 
 FORMAT_VERSION = 1
 # Keys whose values must agree between a cache and the extraction that reuses it.
-IDENTITY_KEYS = ("format_version", "backbone", "weights_hash", "frame_size", "roi_size", "channels")
+IDENTITY_KEYS = ("format_version", "backbone", "weights_hash", "frame_size", "roi_size", "channels", "reduction")
 
 
 class CacheError(DataError):

@@ -53,12 +53,13 @@ class SGAT(nn.Module):
 
     ``S`` indexes independent sequences (persons for O-MFAT, frames for G-MFAT),
     ``L`` the attended axis. ``graph (B, S, L, L)`` or ``None`` (plain
-    self-attention, used by the ablation baselines), ``support (B, S, L, L)`` bool.
+    self-attention, used by the ablation baselines, which build it with
+    ``edge_hidden=None``), ``support (B, S, L, L)`` bool.
     With ``keep_attention`` the last ``AT_v``, ``AT_p`` and combined maps
     ``(B, S, H, L, L)`` are stored (detached) in ``self.last_attention``.
     """
 
-    def __init__(self, d: int, heads: int = 8, edge_hidden: int = 16, dropout: float = 0.0,
+    def __init__(self, d: int, heads: int = 8, edge_hidden: int | None = 16, dropout: float = 0.0,
                  keep_attention: bool = False):
         super().__init__()
         if d % heads:
@@ -67,7 +68,7 @@ class SGAT(nn.Module):
         self.w1 = nn.Linear(d, d, bias=False)  # values  (W1)
         self.w2 = nn.Linear(d, d, bias=False)  # queries (W2)
         self.w3 = nn.Linear(d, d, bias=False)  # keys    (W3)
-        self.edge = EdgeLogits(heads, edge_hidden)
+        self.edge = EdgeLogits(heads, edge_hidden) if edge_hidden else None  # None: plain self-attention
         self.drop = nn.Dropout(dropout)
         self.keep_attention = keep_attention
         self.last_attention: dict[str, Tensor] | None = None
@@ -80,7 +81,8 @@ class SGAT(nn.Module):
         B, S, L, d = f.shape
         q, k, v = self._split(self.w2(f)), self._split(self.w3(f)), self._split(self.w1(f))  # (B, S, H, L, C)
         logits_v = q @ k.transpose(-1, -2) / math.sqrt(d // self.heads)  # (B, S, H, L, L)
-        logits_p = self.edge(graph) if graph is not None else torch.zeros_like(logits_v)  # (B, S, H, L, L)
+        use_graph = graph is not None and self.edge is not None
+        logits_p = self.edge(graph) if use_graph else torch.zeros_like(logits_v)  # (B, S, H, L, L)
         sup = support[:, :, None]  # (B, S, 1, L, L)
         neg = torch.finfo(f.dtype).min
         attn = torch.softmax((logits_v + logits_p).masked_fill(~sup, neg), -1) * sup  # (B, S, H, L, L)

@@ -1,8 +1,8 @@
 """Hashing and classification heads (Sec. 4.4, Eq. 5; Sec. 5.2, Eq. 12).
 
-Relaxation of ``sign`` during training: ``h = tanh(F_h(AVG(f)))`` is the
+Relaxation of ``sign`` during training: ``h = tanh(LN(F_h(AVG(f))))`` is the
 real-valued code in ``[-1, 1]`` used by every loss (Eq. 5 "normalize it to
-obtain the floating-point value encoding h_i"); ``b = sign(h)`` with
+obtain the floating-point value encoding h_i", see :class:`HashHead`); ``b = sign(h)`` with
 ``sign(0) = +1`` is the binary code, never back-propagated through. The
 quantisation loss (Eq. 7) pushes ``|h|`` towards 1 so that ``b`` and ``h``
 agree. No straight-through estimator is used.
@@ -32,14 +32,29 @@ def masked_mean(f: Tensor, mask: Tensor) -> Tensor:
 
 
 class HashHead(nn.Module):
-    """``h = tanh(F_h(AVG(f)))``: ``f (B, N, T, d)``, ``mask (B, N)`` -> ``(B, K)`` (Eq. 5 / 12)."""
+    """``h = tanh(LN(F_h(AVG(f))))``: ``f (B, N, T, d)``, ``mask (B, N)`` -> ``(B, K)`` (Eq. 5 / 12).
 
-    def __init__(self, d: int, bits: int):
+    ``norm="layer"`` (default) standardises each code over its K entries
+    (LayerNorm) before tanh: Eq. 5's "normalize it". Without it (``"none"``,
+    the literal ``tanh(F_h(.))``) the pairwise L_q (Eq. 7) often collapses all
+    codes of a batch onto one saturated vector early in training, when the
+    codes of different clips are still alike (their ``b_i^T b_j`` is ~K); the
+    normalisation keeps the pre-activations at unit scale so tanh does not
+    saturate before the classes separate. It is per code, so codes never depend
+    on the rest of the batch (BatchNorm would, and with the paper's batch of 2
+    it would force the two codes to be opposite).
+    """
+
+    def __init__(self, d: int, bits: int, norm: str = "layer"):
         super().__init__()
+        if norm not in ("layer", "none"):
+            raise ValueError(f"hash norm must be 'layer' or 'none', got {norm!r}")
         self.fc = nn.Linear(d, bits)
+        self.norm = nn.LayerNorm(bits) if norm == "layer" else nn.Identity()
 
     def forward(self, f: Tensor, mask: Tensor) -> Tensor:
-        return torch.tanh(self.fc(masked_mean(f, mask)))  # (B, K)
+        z = self.fc(masked_mean(f, mask))  # (B, K)
+        return torch.tanh(self.norm(z))  # (B, K)
 
 
 class ActionHead(nn.Module):

@@ -237,7 +237,7 @@ def fit(cfg: dict, data_dir: str | Path, features: str | Path | None, out: str |
             opt.step()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
-            bar.set_postfix(loss=f"{float(terms['total']):.3f}")
+            bar.set_postfix(loss=f"{terms['total'].item():.3f}")
         sched.step()
         row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0, 3)}
         row.update({f"loss_{k}": v / max(len(batches), 1) for k, v in sorted(sums.items())})

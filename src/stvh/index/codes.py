@@ -1,0 +1,313 @@
+"""The CODES file: binary codes of every clip at every focus, plus labels.
+
+``stvh encode`` writes it, ``stvh index build`` reads it.  One ``.npz`` file,
+written atomically (temporary file in the same folder, fsync, ``os.replace``),
+holding no pickled objects (it loads with ``allow_pickle=False``):
+
+============  ===================  ==============================================
+key           dtype / shape        meaning
+============  ===================  ==============================================
+``format``    str scalar           ``"stvh-codes"``
+``version``   int scalar           file format version (1)
+``ids``       str (M,)             clip id ``"video/clip"``, unique
+``codes``     uint8 (M, Y, K/8)    packed bits, ``np.packbits`` default
+                                   (big-endian) order; bit 1 <-> code +1,
+                                   bit 0 <-> code -1; depth index 0 is focus 1
+                                   (shallowest), Y-1 is focus Y (deepest)
+``bits``      int scalar           K, one of 16, 32, 64, 128
+``depth``     int scalar           Y (number of foci), >= 1
+``activity``  int64 (M,)           group-activity class index, -1 = unlabeled
+``group``     str (M,)             group / subset name ("" when unknown)
+``split``     str (M,)             "train" / "val" / "test" / ""
+``filter``    float32 (K, K)       optional: the M-STVH filter matrix F (Eq. 16)
+``meta``      str scalar (JSON)    model name, run, seed, activity_names, ...
+============  ===================  ==============================================
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+VALID_BITS = (16, 32, 64, 128)
+CODES_FORMAT = "stvh-codes"
+CODES_VERSION = 1
+
+
+class CodeFileError(ValueError):
+    """A CODES or index file that cannot be read; the message names the file."""
+
+    def __init__(self, path: str | Path, message: str):
+        self.path = str(path)
+        self.message = message
+        super().__init__(f"{self.path}: {message}")
+
+
+# --------------------------------------------------------------------------- bits
+
+def check_bits(bits: int) -> int:
+    """Return ``bits`` as int when it is a supported code length, else ValueError."""
+    try:
+        b = int(bits)
+    except (TypeError, ValueError):
+        raise ValueError(f"code length must be one of {VALID_BITS}, got {bits!r}") from None
+    if b not in VALID_BITS or b != bits:
+        raise ValueError(f"code length must be one of {VALID_BITS}, got {bits!r}")
+    return b
+
+
+def pack_codes(signs: np.ndarray, *, strict: bool = True) -> np.ndarray:
+    """Pack codes ``(..., K)`` into bits ``uint8 (..., K/8)`` (bit = code > 0).
+
+    ``strict=True`` (default) requires every value to be -1 or +1 (bool arrays
+    are taken as bits).  ``strict=False`` packs any real array by its sign
+    (``> 0`` -> 1), e.g. raw tanh outputs.
+    """
+    a = np.asarray(signs)
+    if a.ndim == 0:
+        raise ValueError("codes must have at least one dimension (the K code entries)")
+    if a.shape[-1] % 8 != 0 or a.shape[-1] == 0:
+        raise ValueError(f"code length {a.shape[-1]} is not a positive multiple of 8")
+    if a.dtype == np.bool_:
+        bits = a
+    else:
+        if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+            raise ValueError(f"codes must be numeric or bool, got dtype {a.dtype}")
+        if strict and a.size and not np.all((a == 1) | (a == -1)):
+            bad = a[(a != 1) & (a != -1)].ravel()[0]
+            raise ValueError(f"codes must contain only -1 and +1 (found {bad!r}); "
+                             "use strict=False to binarise real values by their sign")
+        bits = a > 0
+    return np.packbits(bits, axis=-1)
+
+
+def unpack_codes(packed: np.ndarray, bits: int) -> np.ndarray:
+    """Inverse of :func:`pack_codes`: ``uint8 (..., K/8)`` -> ``int8 (..., K)`` in {-1, +1}."""
+    p = np.asarray(packed)
+    if p.dtype != np.uint8:
+        raise ValueError(f"packed codes must be uint8, got {p.dtype}")
+    if p.ndim == 0 or p.shape[-1] * 8 != bits:
+        raise ValueError(f"packed codes of {bits} bits need last dimension {bits // 8}, "
+                         f"got shape {p.shape}")
+    b = np.unpackbits(p, axis=-1).astype(np.int8)
+    return b * 2 - 1
+
+
+# --------------------------------------------------------------------------- atomic io
+
+def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write ``path`` via ``write(fh)`` on a temp file in the same folder, fsync, rename.
+
+    A crash at any point leaves the previous file (or none) and no temp file
+    (except after a hard kill, where a ``.<name>.*.tmp`` file may remain; it is
+    never read).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:  # pragma: no cover - platforms without directory fsync
+        pass
+
+
+def save_npz_atomic(path: str | Path, arrays: Mapping[str, Any]) -> None:
+    """``np.savez`` (uncompressed) to ``path`` atomically."""
+    def write(fh):
+        np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
+    atomic_write(path, write)
+
+
+def load_npz(path: str | Path, required: Sequence[str], what: str,
+             error: type[CodeFileError] = CodeFileError) -> dict[str, np.ndarray]:
+    """Read every member of an ``.npz`` into memory, or raise ``error`` (a :class:`CodeFileError`)."""
+    path = Path(path)
+    if not path.exists():
+        raise error(path, f"{what} file not found")
+    if path.is_dir():
+        raise error(path, f"{what} path is a directory, expected an .npz file")
+    try:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise error(path, f"not a {what} file (a bare .npy array, expected .npz)")
+        with z:
+            data = {k: z[k] for k in z.files}
+    except CodeFileError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, zipfile.LargeZipFile,
+            NotImplementedError, RuntimeError) as exc:
+        raise error(path, f"corrupt or unreadable {what} file ({type(exc).__name__}: {exc})") from exc
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise error(path, f"{what} file lacks key(s) {missing} (has {sorted(data)})")
+    return data
+
+
+def scalar(data: Mapping[str, np.ndarray], key: str, path, kind=int, error: type[CodeFileError] = CodeFileError):
+    a = data[key]
+    if a.ndim != 0:
+        raise error(path, f"key {key!r} must be a scalar, got shape {a.shape}")
+    try:
+        return kind(a.item())
+    except (TypeError, ValueError) as exc:
+        raise error(path, f"key {key!r} has bad value {a.item()!r}") from exc
+
+
+def str_array(values: Sequence[str] | np.ndarray, n: int, name: str) -> np.ndarray:
+    a = np.asarray(values if values is not None else [""] * n)
+    if n == 0 and a.size == 0:
+        return np.zeros(0, dtype="<U1")
+    if a.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {a.shape}")
+    if a.dtype.kind not in "US":
+        if a.dtype == object and all(isinstance(v, str) for v in a):
+            a = a.astype(str)
+        else:
+            raise ValueError(f"{name} must hold strings, got dtype {a.dtype}")
+    return a.astype(str) if n else np.zeros(0, dtype="<U1")
+
+
+# --------------------------------------------------------------------------- CodeSet
+
+@dataclass
+class CodeSet:
+    """Binary codes of M clips at Y foci (see the module docstring for the file)."""
+
+    ids: np.ndarray                       # str (M,)
+    codes: np.ndarray                     # uint8 (M, Y, K/8)
+    bits: int
+    activity: np.ndarray | None = None    # int64 (M,), -1 unlabeled
+    group: np.ndarray | None = None       # str (M,)
+    split: np.ndarray | None = None       # str (M,)
+    filter: np.ndarray | None = None      # float32 (K, K)
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.bits = check_bits(self.bits)
+        codes = np.asarray(self.codes)
+        if codes.dtype != np.uint8:
+            raise ValueError(f"codes must be packed uint8, got {codes.dtype} (use pack_codes or CodeSet.from_signs)")
+        if codes.ndim == 2:
+            codes = codes[:, None, :]
+        if codes.ndim != 3 or codes.shape[2] != self.bits // 8 or codes.shape[1] < 1:
+            raise ValueError(f"codes of {self.bits} bits must have shape (M, depth, {self.bits // 8}), "
+                             f"got {codes.shape}")
+        self.codes = np.ascontiguousarray(codes)
+        m = codes.shape[0]
+        self.ids = str_array(self.ids, m, "ids")
+        if len(set(self.ids.tolist())) != m:
+            seen, dup = set(), None
+            for i in self.ids.tolist():
+                if i in seen:
+                    dup = i
+                    break
+                seen.add(i)
+            raise ValueError(f"duplicate clip id {dup!r}")
+        act = np.full(m, -1, np.int64) if self.activity is None else np.asarray(self.activity)
+        if act.shape != (m,) or not (np.issubdtype(act.dtype, np.integer) or act.size == 0):
+            raise ValueError(f"activity must be integers of shape ({m},), got {act.dtype} {act.shape}")
+        self.activity = act.astype(np.int64)
+        self.group = str_array(self.group, m, "group")
+        self.split = str_array(self.split, m, "split")
+        if self.filter is not None:
+            f = np.asarray(self.filter, dtype=np.float32)
+            if f.shape != (self.bits, self.bits):
+                raise ValueError(f"filter must have shape ({self.bits}, {self.bits}), got {f.shape}")
+            if not np.all(np.isfinite(f)):
+                raise ValueError("filter contains non-finite values")
+            self.filter = f
+        self.meta = dict(self.meta or {})
+
+    # ---- construction helpers
+    @classmethod
+    def from_signs(cls, ids, signs: np.ndarray, **kw) -> "CodeSet":
+        """Build from ±1 codes ``(M, Y, K)`` (or ``(M, K)`` for one focus)."""
+        s = np.asarray(signs)
+        if s.ndim == 2:
+            s = s[:, None, :]
+        return cls(ids=ids, codes=pack_codes(s), bits=s.shape[-1], **kw)
+
+    @property
+    def depth(self) -> int:
+        return int(self.codes.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.codes.shape[0])
+
+    def signs(self, focus: int | None = None) -> np.ndarray:
+        """±1 codes: ``(M, Y, K)``, or ``(M, K)`` at 1-based ``focus``."""
+        if focus is None:
+            return unpack_codes(self.codes, self.bits)
+        return unpack_codes(self.codes[:, self._focus_index(focus)], self.bits)
+
+    def _focus_index(self, focus: int) -> int:
+        if isinstance(focus, bool) or not isinstance(focus, (int, np.integer)) or not 1 <= focus <= self.depth:
+            raise ValueError(f"unknown focus {focus!r}: this code set has foci 1..{self.depth}")
+        return int(focus) - 1
+
+    # ---- io
+    def save(self, path: str | Path) -> None:
+        arrays = {
+            "format": np.array(CODES_FORMAT), "version": np.array(CODES_VERSION),
+            "ids": self.ids, "codes": self.codes, "bits": np.array(self.bits),
+            "depth": np.array(self.depth), "activity": self.activity,
+            "group": self.group, "split": self.split,
+            "meta": np.array(json.dumps(self.meta, sort_keys=True)),
+        }
+        if self.filter is not None:
+            arrays["filter"] = self.filter
+        save_npz_atomic(path, arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CodeSet":
+        path = Path(path)
+        d = load_npz(path, ["ids", "codes", "bits", "depth", "activity", "group", "split"], "CODES")
+        if "format" in d and str(d["format"]) != CODES_FORMAT:
+            raise CodeFileError(path, f"not a CODES file (format {str(d['format'])!r}, expected {CODES_FORMAT!r})")
+        bits = scalar(d, "bits", path)
+        if bits not in VALID_BITS:
+            raise CodeFileError(path, f"code length {bits} not supported (must be one of {VALID_BITS})")
+        depth = scalar(d, "depth", path)
+        codes = d["codes"]
+        if codes.dtype != np.uint8 or codes.ndim != 3 or codes.shape[1:] != (depth, bits // 8):
+            raise CodeFileError(path, f"codes must be uint8 of shape (M, {depth}, {bits // 8}) for "
+                                      f"depth {depth} and {bits} bits, got {codes.dtype} {codes.shape}")
+        m = codes.shape[0]
+        for key in ("ids", "activity", "group", "split"):
+            if d[key].shape != (m,):
+                raise CodeFileError(path, f"{key} must have shape ({m},) to match codes, got {d[key].shape}")
+        meta = {}
+        if "meta" in d:
+            try:
+                meta = json.loads(str(d["meta"]))
+            except json.JSONDecodeError as exc:
+                raise CodeFileError(path, f"meta is not valid JSON: {exc}") from exc
+        try:
+            return cls(ids=d["ids"], codes=codes, bits=bits, activity=d["activity"], group=d["group"],
+                       split=d["split"], filter=d.get("filter"), meta=meta)
+        except ValueError as exc:
+            raise CodeFileError(path, str(exc)) from exc

@@ -1,0 +1,179 @@
+"""What ``stvh index build`` and ``stvh search`` run (the CLI only parses options).
+
+* :func:`build_index` -- CODES file -> saved index, returns a summary dict.
+* :func:`search_index` -- saved index + a query (a stored clip, or a codes file)
+  -> result rows (dicts); :func:`format_results` renders them as a table.
+
+Searching with ``clip_id`` uses that clip's own stored code at the chosen
+focus (derived via F in compact mode) and *excludes the clip itself* from
+its results: the k rows are the k nearest other clips.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .base import CodeIndex, UnknownIdError, create_index, load_index
+from .codes import CodeFileError, CodeSet, pack_codes, unpack_codes
+from .storage import check_mode
+
+
+def _default_milvus_uri(out: Path) -> str:
+    return str(out.with_name(out.name + ".milvus.db"))
+
+
+def build_index(codes_path: str | Path, out: str | Path, *, mode: str = "all", backend: str = "faiss",
+                uri: str | None = None, collection: str | None = None) -> dict[str, Any]:
+    """Build an index from a CODES file and save it to ``out``; returns a summary.
+
+    ``backend``: ``faiss`` (default = auto), ``numpy``, ``short``,
+    ``faiss-flat`` or ``milvus`` (``uri``: a ``.db`` path for Milvus Lite --
+    default ``<out>.milvus.db`` -- or ``http://host:port``; the collection is
+    replaced).  ``mode='compact'`` keeps only the deepest codes plus the
+    filter F from the CODES file and derives the other foci (Eq. 16-17).
+    """
+    t0 = time.perf_counter()
+    codes_path, out = Path(codes_path), Path(out)
+    check_mode(mode)
+    cs = CodeSet.load(codes_path)
+    if mode == "compact" and cs.depth > 1 and cs.filter is None:
+        raise CodeFileError(codes_path, "compact mode needs the filter matrix F, but this CODES file has no "
+                                        "'filter' (train M-STVH with a filter, or use --mode all)")
+    meta = {"codes": str(codes_path), "source_meta": cs.meta}
+    if "activity_names" in cs.meta:
+        meta["activity_names"] = cs.meta["activity_names"]
+    kw: dict[str, Any] = {"mode": mode, "filter": cs.filter if mode == "compact" and cs.depth > 1 else None,
+                          "meta": meta}
+    if backend == "milvus":
+        kw["uri"] = uri or _default_milvus_uri(out)
+        kw["collection"] = collection or "stvh_codes"
+        kw["overwrite"] = True
+    elif uri is not None:
+        raise ValueError("--uri is only used with --backend milvus")
+    index = create_index(backend, cs.bits, cs.depth, **kw)
+    try:
+        index.add(cs.ids, cs.codes, activity=cs.activity, group=cs.group)
+        index.save(out)
+        summary: dict[str, Any] = {"index": str(out), **index.describe(), **index.storage()}
+        summary["bytes_on_disk"] = out.stat().st_size
+        if hasattr(index, "engine"):
+            summary["engine"] = index.engine()
+        if mode == "compact" and cs.depth > 1 and len(cs):
+            # how well the derived foci reproduce the encoder's own codes (1.0 = identical)
+            agree = []
+            for f in range(1, cs.depth + 1):
+                derived = unpack_codes(index.codes_of(cs.ids.tolist(), f), cs.bits)
+                agree.append(round(float((derived == cs.signs(f)).mean()), 6))
+            summary["derived_bit_agreement"] = agree
+    finally:
+        index.close()
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    return summary
+
+
+def _read_query_codes(path: Path, index: CodeIndex, focus: int | None) -> tuple[list[str], np.ndarray]:
+    """Queries from a CODES ``.npz``, a ``.npy`` array (packed or ±1), or text lines of K '0'/'1'."""
+    d = index.focus_index(focus)
+    if not path.exists():
+        raise CodeFileError(path, "query codes file not found")
+    if path.suffix == ".npz":
+        cs = CodeSet.load(path)
+        if cs.bits != index.bits:
+            raise CodeFileError(path, f"codes have {cs.bits} bits but the index has {index.bits}")
+        if cs.depth != index.depth:
+            raise CodeFileError(path, f"codes have {cs.depth} foci but the index has {index.depth}")
+        return cs.ids.tolist(), cs.codes[:, d]
+    if path.suffix == ".npy":
+        try:
+            a = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise CodeFileError(path, f"unreadable .npy ({exc})") from exc
+    else:
+        try:
+            lines = [ln.strip().replace(" ", "") for ln in path.read_text().splitlines() if ln.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CodeFileError(path, f"unreadable text file ({exc})") from exc
+        if not lines or any(set(ln) - {"0", "1"} for ln in lines):
+            raise CodeFileError(path, f"expected lines of {index.bits} '0'/'1' characters")
+        if any(len(ln) != index.bits for ln in lines):
+            raise CodeFileError(path, f"wrong code length: every line must have {index.bits} bits")
+        a = pack_codes(np.array([[c == "1" for c in ln] for ln in lines]))
+    try:
+        q = index.prepare_queries(a, d)
+    except ValueError as exc:
+        raise CodeFileError(path, str(exc)) from exc
+    return [f"q{i}" for i in range(q.shape[0])], q
+
+
+def search_index(index_path: str | Path, *, clip_id: str | None = None, codes_file: str | Path | None = None,
+                 focus: int | None = None, k: int = 10) -> list[dict[str, Any]]:
+    """Search a saved index; returns rows ``{query, focus, rank, clip, distance, activity, group}``.
+
+    Exactly one of ``clip_id`` (a stored clip ``VIDEO/CLIP``; itself excluded
+    from the results) or ``codes_file`` (``.npz`` CODES, ``.npy`` codes, or
+    text lines of K '0'/'1') is required.  ``focus`` is 1-based, default the
+    deepest.
+    """
+    if (clip_id is None) == (codes_file is None):
+        raise ValueError("give exactly one of clip_id (--clip) or codes_file (--codes-file)")
+    index_path = Path(index_path)
+    index = load_index(index_path)
+    try:
+        d = index.focus_index(focus)
+        if clip_id is not None:
+            if clip_id not in index:
+                raise UnknownIdError(f"clip {clip_id!r} is not in the index {index_path}")
+            names = [clip_id]
+            q = index.codes_of([clip_id], d + 1)
+            ids, dist = index.search(q, k + 1, focus=d + 1)
+            keep = ids[0] != clip_id
+            ids, dist = ids[:, keep][:, :k], dist[:, keep][:, :k]
+        else:
+            names, q = _read_query_codes(Path(codes_file), index, d + 1)
+            ids, dist = index.search(q, k, focus=d + 1)
+        flat = list(dict.fromkeys(ids.ravel().tolist()))
+        act, grp = index.labels_of(flat) if flat else (np.empty(0, np.int64), np.empty(0, object))
+        labels = {c: (int(a), str(g)) for c, a, g in zip(flat, act, grp)}
+        names_of = index.meta.get("activity_names") or []
+    finally:
+        index.close()
+    rows = []
+    for i, name in enumerate(names):
+        for r in range(ids.shape[1]):
+            clip = ids[i, r]
+            a, g = labels[clip]
+            row = {"query": name, "focus": d + 1, "rank": r + 1, "clip": clip, "distance": int(dist[i, r]),
+                   "activity": a, "group": g}
+            if names_of and 0 <= a < len(names_of):
+                row["activity_name"] = names_of[a]
+            rows.append(row)
+    return rows
+
+
+def format_results(rows: list[dict[str, Any]]) -> str:
+    """Plain-text table of :func:`search_index` rows (query column only when several queries)."""
+    if not rows:
+        return "(no results)"
+    several = len({r["query"] for r in rows}) > 1
+    cols = (["query"] if several else []) + ["rank", "clip", "distance", "activity", "group"]
+
+    def cell(r, c):
+        if c == "activity":
+            return r.get("activity_name") or ("-" if r["activity"] < 0 else str(r["activity"]))
+        return str(r[c]) if r[c] != "" else "-"
+
+    table = [cols] + [[cell(r, c) for c in cols] for r in rows]
+    widths = [max(len(row[j]) for row in table) for j in range(len(cols))]
+    right = {"rank", "distance"}
+    lines = []
+    for n, row in enumerate(table):
+        lines.append("  ".join(v.rjust(w) if cols[j] in right else v.ljust(w)
+                               for j, (v, w) in enumerate(zip(row, widths))).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    header = f"focus {rows[0]['focus']}" + ("" if several else f", query {rows[0]['query']}")
+    return header + "\n" + "\n".join(lines)

@@ -1,0 +1,119 @@
+"""FAISS backend ("faiss", the default = auto) and raw FAISS ("faiss-flat").
+
+``faiss-flat`` runs FAISS's exact binary k-NN kernel (``hammings_knn_hc``, the
+one behind ``IndexBinaryFlat.search``) directly over the index's own packed
+codes (no second copy).  Its k-heap orders by (distance, id) and only
+replaces the top on a strictly smaller distance while scanning ids upward,
+so ties come out in insertion order; a one-time self-check against numpy
+verifies that on first use (if a FAISS build ever disagrees, the numpy scan
+is used instead, with a warning).
+
+``faiss`` (auto) picks per search (rule measured by ``benchmarks/search.py``):
+
+* K = 16 and n >= 20,000, or K = 32 and n >= 200,000
+  (:data:`SHORT_MIN_ROWS`): the short-code bucket tables
+  (:mod:`stvh.index.short_codes`); FAISS's heap drowns in ties at K = 16
+  (slower than at K = 128) and the tables' cost grows with the probed
+  buckets, not with n;
+* otherwise FAISS (K >= 64: a flat scan is compute bound and FAISS's kernel
+  is the fastest we have; small n: a scan is a fraction of a millisecond and
+  beats the tables' fixed per-query cost).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from .base import InMemoryIndex
+from .numpy_backend import brute_force_topk
+from .short_codes import ShortCodeMixin
+
+SHORT_MIN_ROWS = {16: 20_000, 32: 200_000}   # measured crossovers (benchmarks/search.py --crossover)
+_faiss = None
+_TIES_OK: bool | None = None
+
+
+def import_faiss():
+    global _faiss
+    if _faiss is None:
+        try:
+            import faiss  # noqa: PLC0415
+        except ImportError as exc:  # pragma: no cover - faiss-cpu is a core dependency
+            raise ImportError("the 'faiss' index backend needs faiss: pip install faiss-cpu "
+                              "(or use backend='numpy')") from exc
+        _faiss = faiss
+    return _faiss
+
+
+def faiss_knn(db: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """FAISS exact Hamming k-NN: ``(positions int64 (q,k), distances int32 (q,k))``; k <= n."""
+    faiss = import_faiss()
+    db = np.ascontiguousarray(db, dtype=np.uint8)
+    queries = np.ascontiguousarray(queries, dtype=np.uint8)
+    nq, nb = queries.shape
+    D = np.empty((nq, k), np.int32)
+    I = np.empty((nq, k), np.int64)
+    heap = faiss.int_maxheap_array_t()
+    heap.k = k
+    heap.nh = nq
+    heap.ids = faiss.swig_ptr(I)
+    heap.val = faiss.swig_ptr(D)
+    faiss.hammings_knn_hc(heap, faiss.swig_ptr(queries), faiss.swig_ptr(db), db.shape[0], nb, 1)
+    return I, D
+
+
+def faiss_ties_in_order() -> bool:
+    """One-time check: does FAISS return ties in insertion order (as numpy does)?"""
+    global _TIES_OK
+    if _TIES_OK is None:
+        rng = np.random.default_rng(12345)
+        pool = rng.integers(0, 256, (6, 8), dtype=np.uint8)
+        db = pool[rng.integers(0, 6, 3000)]
+        q = pool[:3]
+        ok = True
+        for k in (1, 7, 50, 600, 3000):
+            a = faiss_knn(db, q, k)
+            b = brute_force_topk(db, q, k, 64)
+            ok &= bool(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]))
+        _TIES_OK = ok
+        if not ok:  # pragma: no cover - depends on the FAISS build
+            warnings.warn("this FAISS build does not return Hamming ties in insertion order; "
+                          "stvh uses its numpy scan instead (exact, slower)", RuntimeWarning, stacklevel=2)
+    return _TIES_OK
+
+
+def flat_topk(db: np.ndarray, queries: np.ndarray, k: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    if faiss_ties_in_order():
+        return faiss_knn(db, queries, k)
+    return brute_force_topk(db, queries, k, bits)  # pragma: no cover
+
+
+class FaissFlatIndex(InMemoryIndex):
+    """Always FAISS's flat binary k-NN kernel (exact, ties in insertion order)."""
+
+    backend = "faiss-flat"
+
+    def __init__(self, bits, depth=1, **kw):
+        import_faiss()
+        super().__init__(bits, depth, **kw)
+
+    def _search_positions(self, d, q, k):
+        return flat_topk(self.depth_codes(d), q, k, self._bits)
+
+
+class FaissIndex(ShortCodeMixin, FaissFlatIndex):
+    """The default backend ("faiss" = auto): short-code tables for K <= 32, FAISS otherwise."""
+
+    backend = "faiss"
+
+    def engine(self, n: int | None = None) -> str:
+        """Which engine a search over ``n`` rows uses: ``"short"`` or ``"faiss"``."""
+        n = len(self) if n is None else n
+        return "short" if self._bits in SHORT_MIN_ROWS and n >= SHORT_MIN_ROWS[self._bits] else "faiss"
+
+    def _search_positions(self, d, q, k):
+        if self.engine() == "short":
+            return self._short_table(d).search(q, k)
+        return flat_topk(self.depth_codes(d), q, k, self._bits)

@@ -1,0 +1,168 @@
+"""Losses of STVH (Eq. 6-9) and M-STVH (Eq. 13-15).
+
+Normalisation: the paper writes sums over the batch (Eq. 6-8); we use means
+(over labelled clips / persons, over the B^2 pairs of Eq. 7, over the B
+anchors of Eq. 8) so the weights lambda / mu do not depend on the batch size.
+
+Totals: ``L = L_cls + lambda1 L_q + lambda2 L_CON`` (Eq. 9) and
+``L = L_cls + mu1 L_q + mu2 L_H + mu3 L_recon`` (Eq. 15), with
+``L_cls = L_acty + 0.5 L_action``. Every term has a weight in
+:class:`LossConfig`; a weight of 0 switches the term off (it is not computed
+and is absent from the returned dict): the loss ablation of Table 7.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .models.heads import binarize
+from .models.output import ModelOutput
+
+
+@dataclass
+class LossConfig:
+    """Loss weights. Defaults are M-STVH's (Sec. 6.1.2): mu1 = 0.1, mu2 = 0.5, mu3 = 0.01.
+
+    ``layer_weights``: the w_(tau) of Eq. 14, shallow first; ``None`` means
+    ``tau / sum(tau)`` (linear in depth, sums to 1; "smaller for shallow layers").
+    """
+
+    acty: float = 1.0
+    action: float = 0.5
+    quant: float = 0.1
+    contrast: float = 0.5
+    recon: float = 0.01
+    layer_weights: tuple[float, ...] | None = None
+
+    @classmethod
+    def stvh(cls, **kw) -> "LossConfig":
+        """Eq. 9 defaults: lambda1 = 0.1, lambda2 = 0.5, no reconstruction."""
+        return cls(**{"recon": 0.0, **kw})
+
+    @classmethod
+    def mstvh(cls, **kw) -> "LossConfig":
+        """Eq. 15 defaults: mu1 = 0.1, mu2 = 0.5, mu3 = 0.01."""
+        return cls(**kw)
+
+
+def _zero(like: Tensor) -> Tensor:
+    return like.sum() * 0.0  # keeps the graph (and device) when nothing is labelled
+
+
+def activity_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """Eq. 6 L_acty: cross-entropy ``logits (B, C)`` vs ``target (B,)``; ``-1`` ignored; mean."""
+    if not bool((target >= 0).any()):
+        return _zero(logits)
+    return F.cross_entropy(logits, target, ignore_index=-1)
+
+
+def action_loss(logits: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Eq. 6 L_action: CE over real persons with a label: ``logits (B, N, A)``, ``target (B, N)``, ``mask (B, N)``."""
+    keep = mask.bool() & (target >= 0)  # (B, N)
+    if not bool(keep.any()):
+        return _zero(logits)
+    return F.cross_entropy(logits[keep], target[keep])
+
+
+def quantization_loss(h: Tensor, b: Tensor | None = None) -> Tensor:
+    """Eq. 7: mean over all pairs (i, j) of ``exp(|h_i.h_j - b_i.b_j| / K)``; ``h, b (B, K)``.
+
+    ``b`` defaults to ``sign(h)`` (sign(0) = +1), detached. The minimum is 1
+    (``exp(0)``), reached when every ``|h_k| = 1``.
+    """
+    b = binarize(h).detach() if b is None else b.detach().to(h.dtype)
+    K = h.shape[-1]
+    gap = (h @ h.T - b @ b.T).abs() / K  # (B, B)
+    return torch.exp(gap).mean()
+
+
+def cosine_sim_exp(a: Tensor, b: Tensor) -> Tensor:
+    """``S[i, j] = sim(a_i, b_j) = exp(cos(a_i, b_j))`` of Eq. 8: ``(B, K), (B, K) -> (B, B)``."""
+    return torch.exp(F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T)
+
+
+def contrastive_loss(a: Tensor, h: Tensor) -> Tensor:
+    """Eq. 8: mean over i of ``log(sum_j [sim(a_i, b_j) + sim(a_j, b_i)] / sim(a_i, b_i))``.
+
+    ``a (B, K)`` is the GCN encoding, ``h (B, K)`` stands for ``b``: the real
+    code is used (sign has no gradient, and L_CON must train the model).
+    """
+    S = cosine_sim_exp(a, h)  # (B, B), S[i, j] = sim(a_i, h_j)
+    num = S.sum(1) + S.sum(0)  # sum_j sim(a_i, h_j) + sim(a_j, h_i)
+    return torch.log(num / S.diagonal()).mean()
+
+
+def recon_loss(recon: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """Eq. 13: ``(1/d) ||f_roi - f~_roi||^2`` per real person and frame, averaged.
+
+    ``recon, target (B, N, T, r)``, ``mask (B, N)``; the target is detached.
+    """
+    err = ((recon - target.detach()) ** 2).mean(-1)  # (B, N, T)  the 1/d sum
+    m = mask.bool()[:, :, None].expand_as(err)
+    if not bool(m.any()):
+        return _zero(recon)
+    return err[m].mean()
+
+
+def layer_weights(depth: int, weights: tuple[float, ...] | None = None) -> list[float]:
+    """w_(tau) of Eq. 14, shallow first: given ones, or ``tau / sum(tau)``."""
+    if weights is None:
+        total = depth * (depth + 1) / 2
+        return [(t + 1) / total for t in range(depth)]
+    if len(weights) != depth:
+        raise ValueError(f"{len(weights)} layer weights for {depth} depths")
+    return list(weights)
+
+
+def layered_activity_loss(logits: list[Tensor], target: Tensor, weights: tuple[float, ...] | None = None) -> Tensor:
+    """Eq. 14: ``sum_tau w_(tau) CE(logits_(tau), target)``; depth 1 gives Eq. 6's L_acty."""
+    w = layer_weights(len(logits), weights)
+    return sum(wt * activity_loss(lg, target) for wt, lg in zip(w, logits))
+
+
+def total_loss(out: ModelOutput, activity: Tensor, actions: Tensor, config: LossConfig) -> dict[str, Tensor]:
+    """All terms of Eq. 9 / Eq. 15 for a model output; returns named terms and ``"total"``.
+
+    ``activity (B,)`` and ``actions (B, N)`` are label ids (``-1`` = unknown).
+    L_q is averaged over the codes of all depths (each is retrieved);
+    L_CON uses the deepest code (the activity-focused one, matched by ``a``).
+    """
+    mask = out.mask if out.mask is not None else torch.ones(actions.shape, dtype=torch.bool, device=actions.device)
+    terms: dict[str, Tensor] = {}
+    cls = None
+    if config.acty:
+        terms["acty"] = layered_activity_loss(out.activity_logits, activity, config.layer_weights)
+        cls = config.acty * terms["acty"]
+    if config.action:
+        terms["action"] = action_loss(out.action_logits, actions, mask)
+        cls = config.action * terms["action"] if cls is None else cls + config.action * terms["action"]
+    total = cls if cls is not None else _zero(out.h[-1])
+    if cls is not None:
+        terms["cls"] = cls
+    if config.quant:
+        terms["quant"] = torch.stack([quantization_loss(h) for h in out.h]).mean()
+        total = total + config.quant * terms["quant"]
+    if config.contrast and out.contrast is not None:
+        terms["contrast"] = contrastive_loss(out.contrast, out.h[-1])
+        total = total + config.contrast * terms["contrast"]
+    if config.recon and out.recon is not None and out.recon_target is not None:
+        terms["recon"] = recon_loss(out.recon, out.recon_target, mask)
+        total = total + config.recon * terms["recon"]
+    terms["total"] = total
+    return terms
+
+
+def stvh_loss(out: ModelOutput, activity: Tensor, actions: Tensor,
+              config: LossConfig | None = None) -> dict[str, Tensor]:
+    """Eq. 9: ``L_cls + lambda1 L_q + lambda2 L_CON`` (defaults ``LossConfig.stvh()``)."""
+    return total_loss(out, activity, actions, config or LossConfig.stvh())
+
+
+def mstvh_loss(out: ModelOutput, activity: Tensor, actions: Tensor,
+               config: LossConfig | None = None) -> dict[str, Tensor]:
+    """Eq. 15: ``L_cls + mu1 L_q + mu2 L_H + mu3 L_recon`` (defaults ``LossConfig.mstvh()``)."""
+    return total_loss(out, activity, actions, config or LossConfig.mstvh())

@@ -1,0 +1,76 @@
+"""M-STVH (Sec. 5, Fig. 5): ``depth`` (Upsilon) stacked MSF blocks, a code per depth.
+
+* MSF stack (Eq. 10-11): block ``tau`` maps ``f_(tau)`` to ``f_(tau+1)``; the
+  output of block ``tau`` (``tau = 1..Upsilon``) feeds hash head ``F_(tau)`` and
+  activity head ``tau`` (Eq. 12, Eq. 14). Lists in the output run shallow
+  (visual-focused) to deep (activity-focused).
+* Actions (Sec. 5.2): Eq. 12's text says "h_(Upsilon)", but a pooled code has no
+  per-person axis, so ``F_a`` reads the time-pooled per-person output of the
+  deepest block.
+* Reconstruction (Sec. 5, Eq. 13): a two-layer MLP decodes, per person and
+  frame, the visual module's ``recon_target`` (the reduced ``f_roi``) from the
+  output of the *first* MSF block: the shallow, visual-focused features are
+  the ones asked to keep the object's visual content; deeper ones are free to
+  drift towards activity semantics. The target is detached (a trainable
+  backbone must not shrink its own target).
+* L_CON (Eq. 8) uses the deepest code: the GCN encoding ``a_i`` describes the
+  group activity, the focus of the deepest code.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .blocks import MSFBlock, zero_padded
+from .graphs import Graphs
+from .heads import ActivityHead, HashHead, binarize
+from .output import ModelOutput
+from .stvh import HashingModel
+
+
+class MSTVH(HashingModel):
+    """M-STVH: ``forward(boxes (B,T,N,4), mask (B,N), image_size (B,2), frames=None, roi=None)``."""
+
+    def __init__(self, bits: int = 128, depth: int = 3, d: int = 1024, num_activities: int = 8,
+                 num_actions: int = 9, heads: int = 8, dropout: float = 0.1, backbone: str = "none",
+                 visual: dict | None = None, visual_module: nn.Module | None = None, ffn_mult: int = 4,
+                 edge_hidden: int = 16, gcn_hidden: int = 64, max_frames: int = 64,
+                 keep_attention: bool = False, hash_norm: str = "layer"):
+        super().__init__(bits=bits, d=d, num_activities=num_activities, num_actions=num_actions,
+                         backbone=backbone, visual=visual, visual_module=visual_module,
+                         max_frames=max_frames, gcn_hidden=gcn_hidden, keep_attention=keep_attention)
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self.depth = depth
+        self.blocks = self._make_blocks(d, heads, depth, dropout=dropout, ffn_mult=ffn_mult,
+                                        edge_hidden=edge_hidden, keep_attention=keep_attention)
+        self.hash_heads = nn.ModuleList([HashHead(d, bits, hash_norm) for _ in range(depth)])
+        self.activity_heads = nn.ModuleList([ActivityHead(bits, num_activities) for _ in range(depth)])
+        r = int(self.visual.recon_dim)
+        self.decoder = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, r))
+
+    def _make_blocks(self, d: int, heads: int, depth: int, **kw) -> nn.ModuleList:
+        return nn.ModuleList([MSFBlock(d, heads, **kw) for _ in range(depth)])
+
+    def _stack(self, f: Tensor, g: Graphs, boxes: Tensor, image_size: Tensor) -> list[Tensor]:
+        """Per-depth features ``[f_(2), .., f_(Upsilon+1)]``, each ``(B, N, T, d)``."""
+        feats = []
+        for blk in self.blocks:
+            f = blk(f, g)
+            feats.append(f)
+        return feats
+
+    def forward(self, boxes: Tensor, mask: Tensor, image_size: Tensor, frames=None, roi=None) -> ModelOutput:
+        f, target, g, mask = self._inputs(boxes, mask, image_size, frames, roi)  # f (B, N, T, d)
+        feats = self._stack(f, g, boxes, image_size)
+        h = [head(x, mask) for head, x in zip(self.hash_heads, feats)]  # each (B, K)
+        action_logits = self.action_head(feats[-1])  # (B, N, A)
+        recon = zero_padded(self.decoder(feats[0]), mask)  # (B, N, T, r)
+        return ModelOutput(
+            h=h, b=[binarize(x).detach() for x in h],
+            activity_logits=[head(x) for head, x in zip(self.activity_heads, h)],
+            action_logits=action_logits, recon=recon,
+            recon_target=None if target is None else zero_padded(target.detach(), mask),
+            graphs=(g.g_t, g.g_s), contrast=self.gcn(action_logits, g.g_s, mask), mask=mask,
+            attention=self._attention(self.blocks),
+        )
