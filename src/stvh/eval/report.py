@@ -383,6 +383,8 @@ def _curves_section(run: _Run) -> str:
               if p[1]]
     if not panels:
         return _note("metrics.csv has no loss, validation or lr columns")
+    from matplotlib.ticker import MaxNLocator
+
     fig = _figure(4.6 * len(panels), 3.4)
     be = best_epoch(rows)
     marker = "o" if len(rows) < 30 else None
@@ -402,6 +404,9 @@ def _curves_section(run: _Run) -> str:
             ax.axvline(be, color="grey", ls=":", lw=1, label=f"best epoch {be}")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(rows) == 1:
+            ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     return _png(fig, "training curves") + (
@@ -441,7 +446,7 @@ def _confusion_section(run: _Run) -> str:
                 continue
             colour = "white" if show[p, t] > 0.55 else "black"
             if counts[p, t] or p == t:
-                ax.text(t, p, f"{show[p, t]:.2f}\n({counts[p, t]})", ha="center", va="center", fontsize=7,
+                ax.text(t, p, f"{show[p, t]:.2f}\n({counts[p, t]})", ha="center", va="center", fontsize=8,
                         color=colour)
     ax.set_xticks(range(C), [f"{labels[t]}\n(n={int(per_true[t])})" for t in range(C)], rotation=45, ha="right",
                   fontsize=8)
@@ -571,9 +576,13 @@ def _key_frame(clip) -> np.ndarray | None:
     return None
 
 
-def clip_thumbnail(clip, width: int = THUMB_WIDTH, numbers: bool = False, highlight: int | None = None):
-    """Key frame of ``clip`` (or a blank canvas of its image size) with the boxes of its
-    real persons, scaled to ``width`` px: ``(image (h, w, 3) uint8, had_frame)``."""
+def clip_thumbnail(clip, width: int = THUMB_WIDTH, highlight: int | None = None):
+    """Key frame of ``clip`` (or a blank canvas of its image size when it has no
+    readable frame) with the boxes of its real persons, scaled to ``width`` px.
+
+    Returns ``(image (h, w, 3) uint8, had_frame, boxes)`` with ``boxes`` a dict
+    person slot -> ``(x1, y1, x2, y2)`` in thumbnail pixels.
+    """
     from PIL import Image, ImageDraw
 
     H, W = (int(v) for v in clip.image_size)
@@ -594,14 +603,14 @@ def clip_thumbnail(clip, width: int = THUMB_WIDTH, numbers: bool = False, highli
     draw = ImageDraw.Draw(img)
     boxes = np.asarray(clip.boxes[clip.key_index], dtype=float)
     line = max(1, round(img.width / 160))
+    drawn = {}
     for n in np.flatnonzero(clip.mask):
         x1, y1, x2, y2 = boxes[n]
         xy = (x1 * sx * scale, y1 * sy * scale, x2 * sx * scale, y2 * sy * scale)
         colour = (255, 40, 40) if n == highlight else ((255, 215, 0) if had else (40, 70, 160))
         draw.rectangle(xy, outline=colour, width=line + (1 if n == highlight else 0))
-        if numbers:
-            draw.text((xy[0] + 1, max(0, xy[1] - 11)), str(int(n)), fill=colour)
-    return np.asarray(img), had
+        drawn[int(n)] = xy
+    return np.asarray(img), had, drawn
 
 
 class _Thumbs:
@@ -620,7 +629,7 @@ class _Thumbs:
                 self.unknown += 1
                 img = np.full((90, 160, 3), 236, np.uint8)
             else:
-                img, had = clip_thumbnail(clip)
+                img, had, _ = clip_thumbnail(clip)
                 self.missing_frames += not had
             self.cache[clip_id] = img
         return self.cache[clip_id]
@@ -652,8 +661,8 @@ def _retrieval_section(run: _Run, top_k: int, queries: int) -> str:
     depth = cs.depth
     parts = []
     for qi in rows:
-        fig = _figure(1.9 * (top_k + 1) + 0.4, 1.55 * depth + 0.7)
-        gs = fig.add_gridspec(depth, top_k + 1, wspace=0.08, hspace=0.42)
+        fig = _figure(1.9 * (top_k + 1) + 0.7, 1.55 * depth + 0.7)
+        gs = fig.add_gridspec(depth, top_k + 2, wspace=0.08, hspace=0.42, width_ratios=[1, 0.18] + [1] * top_k)
         ax = fig.add_subplot(gs[:, 0])
         ax.imshow(thumbs.get(str(cs.ids[qi])))
         _frame_axis(ax, BLUE)
@@ -662,7 +671,7 @@ def _retrieval_section(run: _Run, top_k: int, queries: int) -> str:
         for t in range(depth):
             idx, dist = top_k_by_hamming(signs[qi, t], signs[db_rows, t], top_k)
             for j, (r, dd) in enumerate(zip(db_rows[idx], dist)):
-                ax = fig.add_subplot(gs[t, j + 1])
+                ax = fig.add_subplot(gs[t, j + 2])
                 ax.imshow(thumbs.get(str(cs.ids[r])))
                 _frame_axis(ax, GREEN if cs.group[r] == cs.group[qi] else RED)
                 same_act = cs.activity[r] == cs.activity[qi] and cs.activity[qi] >= 0
@@ -741,10 +750,18 @@ def _renorm(a: np.ndarray) -> np.ndarray:
     return np.divide(a, s, out=np.zeros_like(a), where=s > 0)
 
 
-_KIND_LABELS = {
-    "mfat": ("O-MFAT", "G-MFAT", "MSF block"),
-    "pvf": ("temporal PVF (object interleaving)", "spatial PVF (group interleaving)", "PVF layer"),
-    "joint": ("joint attention, person's T×T block", "joint attention, key-frame N×N block", "transformer block"),
+_KIND_LABELS = {  # kind -> (temporal title, spatial title, unit, caption text)
+    "mfat": ("O-MFAT", "G-MFAT", "MSF block",
+             "the combined map of Eq. 4 (visual x positional term). Top row: O-MFAT of one person over the frames "
+             "of the clip; bottom row: G-MFAT over the real persons of the key frame"),
+    "pvf": ("temporal PVF", "spatial PVF", "layer",
+            "the combined map of Eq. 4 (visual x positional term). Top row: SGAT of the temporal PVF block "
+            "(object interleaving) of one person over the frames of the clip; bottom row: SGAT of the spatial PVF "
+            "block (group interleaving) over the real persons of the key frame"),
+    "joint": ("joint: person", "joint: key frame", "block",
+              "this baseline has no O-MFAT / G-MFAT: its transformer block attends jointly over all N x T "
+              "person-frame tokens. Top row: the block of that joint map between the frames of one person; bottom "
+              "row: the block between the real persons of the key frame (each row renormalised to sum to 1)"),
 }
 
 
@@ -806,13 +823,11 @@ def _attention_section(run: _Run, attention_clips: int) -> str:
     finally:
         torch.set_num_threads(threads)
         model.set_keep_attention(False)
-    labels = _KIND_LABELS[kind]
-    cap = (f"Attention of one test clip per figure, averaged over heads (the combined map of Eq. 4: visual x "
-           f"positional term). Top row: {labels[0]} of one person over the frames of the clip (rows = receiving "
-           "frame, columns = attended frame, offsets from the key frame); the person shown is the one receiving the "
-           "most attention at the deepest layer in the key frame (red box). Bottom row: "
-           f"{labels[1]} over the real persons of the key frame (rows = receiving person, columns = attended "
-           "person; numbers = box labels in the key frame). One column per depth, shallow to deep.")
+    cap = (f"Attention of one test clip per figure, averaged over heads: {_KIND_LABELS[kind][3]}. Top row: rows = "
+           "receiving frame, columns = attended frame, labelled by their offset from the key frame; the person shown "
+           "is the one receiving the most attention in the key frame at the deepest layer (red box). Bottom row: "
+           "rows = receiving person, columns = attended person, numbered as the boxes of the key frame. One column "
+           "per depth, shallow to deep.")
     return "".join(parts) + f'<p class="caption">{cap}</p>'
 
 
@@ -821,16 +836,20 @@ def _attention_figure(clip, kind: str, layers: list[dict], names: list[str], act
     # the person most attended in the key frame at the deepest layer
     incoming = layers[-1]["spatial"].mean(0) if len(real) else np.zeros(0)
     person = int(real[int(np.argmax(incoming))]) if len(real) else 0
-    thumb, _ = clip_thumbnail(clip, numbers=True, highlight=person)
+    thumb, _, boxes = clip_thumbnail(clip, width=2 * THUMB_WIDTH, highlight=person)
     D = len(layers)
     T = layers[0]["temporal"].shape[-1]
-    fig = _figure(2.7 * (D + 1) + 0.6, 5.6)
-    gs = fig.add_gridspec(2, D + 1, wspace=0.35, hspace=0.45)
+    fig = _figure(2.7 * D + 4.6, 5.8)
+    gs = fig.add_gridspec(2, D + 1, wspace=0.35, hspace=0.45, width_ratios=[1.7] + [1] * D)
     ax = fig.add_subplot(gs[0, 0])
     ax.imshow(thumb)
+    for n, (x1, y1, _, _) in boxes.items():
+        ax.text(x1, y1 - 1, str(n), fontsize=7, fontweight="bold", ha="left", va="bottom",
+                color="red" if n == person else "black",
+                bbox=dict(boxstyle="square,pad=0.05", fc="white", ec="none", alpha=0.7))
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title("key frame", fontsize=9)
+    ax.set_title("key frame (person slots)", fontsize=9)
     action = clip.actions[person] if person < len(clip.actions) else -1
     action_name = actions[action] if 0 <= action < len(actions) else "?"
     info = fig.add_subplot(gs[1, 0])
@@ -838,7 +857,7 @@ def _attention_figure(clip, kind: str, layers: list[dict], names: list[str], act
     info.text(0, 0.9, f"clip {clip.id}\nactivity {_class_name(names, int(clip.activity))}\n"
                       f"{len(real)} persons, {T} frames\nperson shown: {person} ({action_name})",
               fontsize=8, va="top", transform=info.transAxes)
-    tl, sl, unit = _KIND_LABELS[kind]
+    tl, sl, unit, _ = _KIND_LABELS[kind]
     vt = max(float(L["temporal"][person].max()) for L in layers) or 1.0
     vs = max(float(L["spatial"].max()) if L["spatial"].size else 0.0 for L in layers) or 1.0
     offsets = [str(t - clip.key_index) for t in range(T)]
@@ -848,7 +867,7 @@ def _attention_figure(clip, kind: str, layers: list[dict], names: list[str], act
         step = max(1, T // 8)
         ax.set_xticks(range(0, T, step), offsets[::step], fontsize=7)
         ax.set_yticks(range(0, T, step), offsets[::step], fontsize=7)
-        ax.set_title(f"{tl.split(',')[0]}, {unit} {d + 1}", fontsize=8)
+        ax.set_title(f"{tl}, {unit} {d + 1}", fontsize=8)
         if d == 0:
             ax.set_ylabel("frame (receiver)", fontsize=8)
         ax = fig.add_subplot(gs[1, d + 1])
@@ -856,7 +875,7 @@ def _attention_figure(clip, kind: str, layers: list[dict], names: list[str], act
         step = max(1, len(real) // 12)
         ax.set_xticks(range(0, len(real), step), [str(p) for p in real[::step]], fontsize=7)
         ax.set_yticks(range(0, len(real), step), [str(p) for p in real[::step]], fontsize=7)
-        ax.set_title(f"{sl.split(',')[0]}, {unit} {d + 1}", fontsize=8)
+        ax.set_title(f"{sl}, {unit} {d + 1}", fontsize=8)
         if d == 0:
             ax.set_ylabel("person (receiver)", fontsize=8)
     temporal_axes, spatial_axes = fig.axes[2::2], fig.axes[3::2]

@@ -11,11 +11,13 @@
 from .base import (BACKENDS, CodeIndex, DuplicateIdError, IndexFileError, InMemoryIndex, UnknownIdError,
                    backend_class, create_index, load_index)
 from .codes import VALID_BITS, CodeFileError, CodeSet, pack_codes, unpack_codes
+from .commands import build_index, format_results, search_index
 from .storage import MODES, bits_per_clip, compression_ratio, derive_packed, derive_signs, storage_bits
 
 __all__ = [
     "BACKENDS", "CodeIndex", "InMemoryIndex", "DuplicateIdError", "IndexFileError", "UnknownIdError",
     "backend_class", "create_index", "load_index",
     "VALID_BITS", "CodeFileError", "CodeSet", "pack_codes", "unpack_codes",
+    "build_index", "search_index", "format_results",
     "MODES", "bits_per_clip", "compression_ratio", "derive_packed", "derive_signs", "storage_bits",
 ]

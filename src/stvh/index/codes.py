@@ -20,7 +20,7 @@ key           dtype / shape        meaning
 ``group``     str (M,)             group / subset name ("" when unknown)
 ``split``     str (M,)             "train" / "val" / "test" / ""
 ``filter``    float32 (K, K)       optional: the M-STVH filter matrix F (Eq. 16)
-``meta``      str scalar (JSON)    model name, run, seed, activity_names, ...
+``meta``      str scalar (JSON)    model name, run, seed, activities (names), ...
 ============  ===================  ==============================================
 """
 

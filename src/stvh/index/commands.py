@@ -44,8 +44,9 @@ def build_index(codes_path: str | Path, out: str | Path, *, mode: str = "all", b
         raise CodeFileError(codes_path, "compact mode needs the filter matrix F, but this CODES file has no "
                                         "'filter' (train M-STVH with a filter, or use --mode all)")
     meta = {"codes": str(codes_path), "source_meta": cs.meta}
-    if "activity_names" in cs.meta:
-        meta["activity_names"] = cs.meta["activity_names"]
+    names = cs.meta.get("activity_names") or cs.meta.get("activities")   # `stvh encode` writes "activities"
+    if isinstance(names, list) and all(isinstance(x, str) for x in names):
+        meta["activity_names"] = names
     kw: dict[str, Any] = {"mode": mode, "filter": cs.filter if mode == "compact" and cs.depth > 1 else None,
                           "meta": meta}
     if backend == "milvus":

@@ -22,6 +22,7 @@ is used instead, with a warning).
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import numpy as np
@@ -47,21 +48,39 @@ def import_faiss():
     return _faiss
 
 
+_local = threading.local()
+
+
+def _heap(nq: int, k: int):
+    """A reusable FAISS result heap with its output buffers, per thread and (nq, k)."""
+    cache = getattr(_local, "heaps", None)
+    if cache is None:
+        cache = _local.heaps = {}
+    hit = cache.get((nq, k))
+    if hit is None:
+        faiss = import_faiss()
+        D = np.empty((nq, k), np.int32)
+        I = np.empty((nq, k), np.int64)
+        heap = faiss.int_maxheap_array_t()
+        heap.k = k
+        heap.nh = nq
+        heap.ids = faiss.swig_ptr(I)
+        heap.val = faiss.swig_ptr(D)
+        if len(cache) >= 16:
+            cache.clear()
+        hit = cache[(nq, k)] = (heap, D, I)
+    return hit
+
+
 def faiss_knn(db: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """FAISS exact Hamming k-NN: ``(positions int64 (q,k), distances int32 (q,k))``; k <= n."""
     faiss = import_faiss()
     db = np.ascontiguousarray(db, dtype=np.uint8)
     queries = np.ascontiguousarray(queries, dtype=np.uint8)
     nq, nb = queries.shape
-    D = np.empty((nq, k), np.int32)
-    I = np.empty((nq, k), np.int64)
-    heap = faiss.int_maxheap_array_t()
-    heap.k = k
-    heap.nh = nq
-    heap.ids = faiss.swig_ptr(I)
-    heap.val = faiss.swig_ptr(D)
+    heap, D, I = _heap(nq, k)
     faiss.hammings_knn_hc(heap, faiss.swig_ptr(queries), faiss.swig_ptr(db), db.shape[0], nb, 1)
-    return I, D
+    return I.copy(), D.copy()
 
 
 def faiss_ties_in_order() -> bool:
@@ -114,6 +133,7 @@ class FaissIndex(ShortCodeMixin, FaissFlatIndex):
         return "short" if self._bits in SHORT_MIN_ROWS and n >= SHORT_MIN_ROWS[self._bits] else "faiss"
 
     def _search_positions(self, d, q, k):
-        if self.engine() == "short":
+        m = SHORT_MIN_ROWS.get(self._bits)
+        if m is not None and self._n >= m:
             return self._short_table(d).search(q, k)
-        return flat_topk(self.depth_codes(d), q, k, self._bits)
+        return flat_topk(self._codes[d, :self._n], q, k, self._bits)

@@ -20,6 +20,7 @@ DEFAULTS: dict = {
         "n_max": None,           # reader default (12 Volleyball, 13 CAD) when None
         "window": None,          # (first, last) frame offsets; reader default when None
         "val_fraction": 0.15,    # carved out of the train split, per visual group
+        "reader": {},            # extra reader options, e.g. {merge_moving: true} for CAD
     },
     "model": {
         "name": "mstvh",
@@ -46,8 +47,8 @@ DEFAULTS: dict = {
         "batch_size": 8,
         "lr": 1.0e-5,
         "weight_decay": 0.0,
-        "milestones": [],
-        "gamma": 0.1,
+        "lr_steps": [],          # [[epoch, lr], ...]: from that (1-based) epoch on, use lr
+
         "grad_clip": 5.0,
         "select": "val_map@10",  # val_map@10 | val_mca
         "device": "auto",
@@ -65,7 +66,7 @@ def _merge(base: dict, update: dict, where: str = "") -> dict:
     for key, value in update.items():
         if key not in base:
             raise ConfigError(f"unknown config key {where + key!r}; known: {', '.join(sorted(base))}")
-        if isinstance(base[key], dict):
+        if isinstance(base[key], dict) and base[key]:
             if not isinstance(value, dict):
                 raise ConfigError(f"config key {where + key!r} must be a mapping")
             _merge(base[key], value, f"{where}{key}.")

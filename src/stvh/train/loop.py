@@ -80,7 +80,7 @@ def model_from_config(cfg: dict, num_activities: int, num_actions: int, in_chann
 def load_data(cfg: dict, data_dir: str | Path, features: str | Path | None):
     """Read the dataset and (for CNN backbones) its cached RoI features."""
     d = cfg["data"]
-    kwargs = {}
+    kwargs = dict(d.get("reader") or {})
     if d["n_max"] is not None:
         kwargs["n_max"] = d["n_max"]
     if d["window"] is not None:
@@ -95,6 +95,20 @@ def load_data(cfg: dict, data_dir: str | Path, features: str | Path | None):
         roi = cache.load([c.id for c in dataset.clips])
         in_channels = int(cache.meta["channels"])
     return dataset, roi, in_channels
+
+
+def lr_factor(base_lr: float, steps) -> "callable":
+    """LambdaLR factor for ``lr_steps`` ``[[epoch, lr], ...]`` (1-based epochs, as the paper counts:
+    Volleyball uses 1e-5, then 5e-6 from epoch 11 and 1e-6 from epoch 21)."""
+    table = sorted((int(e), float(lr)) for e, lr in steps)
+
+    def factor(epoch: int) -> float:  # epoch: 0-based count of finished epochs
+        lr = base_lr
+        for start, value in table:
+            if epoch + 1 >= start:
+                lr = value
+        return lr / base_lr
+    return factor
 
 
 def _forward(model, batch):
@@ -187,7 +201,7 @@ def fit(cfg: dict, data_dir: str | Path, features: str | Path | None, out: str |
     t = cfg["train"]
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=t["lr"],
                            weight_decay=t["weight_decay"])
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(t["milestones"]), gamma=t["gamma"])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(t["lr"], t["lr_steps"]))
     lcfg = loss_config(cfg)
 
     start_epoch, best = 0, {"epoch": -1, "score": -math.inf}
