@@ -16,7 +16,7 @@ def codes_file(tmp_path, *, bits=32, depth=3, m=40, filt=True, seed=0):
     perm = np.eye(bits, dtype=np.float32)[rng.permutation(bits)] if filt else None
     cs = CodeSet.from_signs([f"{i // 5}/{i}" for i in range(m)], signs, activity=np.arange(m) % 4 - 1,
                             group=["left", "right"] * (m // 2), split=["train"] * m, filter=perm,
-                            meta={"model": "mstvh", "activity_names": ["spike", "set", "pass"]})
+                            meta={"model": "mstvh", "activities": ["spike", "set", "pass"]})
     p = tmp_path / "codes.npz"
     cs.save(p)
     return p, cs

@@ -35,7 +35,7 @@ def friendly_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (DataError, ValueError, FileExistsError, FileNotFoundError) as exc:
+        except (DataError, ValueError, FileExistsError, FileNotFoundError, ImportError, ConnectionError) as exc:
             _fail(str(exc))
     return wrapper
 
@@ -247,6 +247,61 @@ def format_headline(m: dict, details: dict) -> str:
         cells = "".join(f"{v:>13.4f}" if v is not None else f"{'-':>13}" for v in der)
         lines.append(f"{t:>6} {row[0]:>16.4f} {row[1]:>14.4f}{cells}")
     return "\n".join(lines)
+
+
+index_app = typer.Typer(help="Hamming indexes of codes: build, then `stvh search`.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("build")
+@friendly_errors
+def index_build(
+    codes: Path = typer.Option(..., "--codes", help="CODES file written by `stvh encode`."),
+    out: Path = typer.Option(..., "--out", help="Index file to write."),
+    mode: str = typer.Option("all", help="all: every depth's code; compact: deepest code + filter matrix F."),
+    backend: str = typer.Option("faiss", help="faiss (exact, auto fast path for short codes) | numpy | milvus."),
+    uri: Optional[str] = typer.Option(None, help="Milvus URI: a local .db file (Milvus Lite) or http://host:port."),
+    collection: Optional[str] = typer.Option(None, help="Milvus collection name."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+):
+    """Build a search index from a CODES file."""
+    from .index.commands import build_index
+
+    summary = build_index(codes, out, mode=mode, backend=backend, uri=uri, collection=collection)
+    typer.echo(json.dumps(summary, indent=2, default=str) if as_json else
+               "\n".join(f"{k}: {v}" for k, v in summary.items()))
+
+
+@app.command("search")
+@friendly_errors
+def search_cmd(
+    index: Path = typer.Option(..., "--index", help="Index file from `stvh index build`."),
+    clip: Optional[str] = typer.Option(None, "--clip", help="Query by an indexed clip id VIDEO/CLIP."),
+    codes_file: Optional[Path] = typer.Option(None, "--codes-file", help="Query codes: CODES .npz, .npy or 0/1 text."),
+    focus: Optional[int] = typer.Option(None, "--focus", help="Depth tau to search (1 = visual ... deepest = activity)."),
+    k: int = typer.Option(10, "-k", "--k", help="Results per query."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON rows."),
+):
+    """Top-k clips by Hamming distance at a focus depth."""
+    from .index.commands import format_results, search_index
+
+    if (clip is None) == (codes_file is None):
+        _fail("give exactly one of --clip or --codes-file")
+    rows = search_index(index, clip_id=clip, codes_file=codes_file, focus=focus, k=k)
+    typer.echo(json.dumps(rows, indent=2, default=str) if as_json else format_results(rows))
+
+
+@app.command("report")
+@friendly_errors
+def report_cmd(
+    run: Path = typer.Option(..., "--run", help="Run folder (after `stvh eval`)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default RUN/report.html)."),
+):
+    """Write one self-contained HTML page with the paper's figures for a run."""
+    from .eval.report import write_report
+
+    path = write_report(run, out)
+    typer.echo(f"report written to {path}")
 
 
 @app.command("demo")

@@ -26,10 +26,12 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import importlib.util
 import io
 import json
 import math
 import re
+import shlex
 import warnings
 from pathlib import Path
 
@@ -196,11 +198,11 @@ class _Run:
 
     @property
     def train_hint(self) -> str:
-        return f"train with {_cmd('stvh train --data DATA --out ' + str(self.path))}"
+        return f"train with {_cmd('stvh train --data DATA --out ' + shlex.quote(str(self.path)))}"
 
     @property
     def eval_hint(self) -> str:
-        return f"run {_cmd('stvh eval --run ' + str(self.path))}"
+        return f"run {_cmd('stvh eval --run ' + shlex.quote(str(self.path)))}"
 
     def config(self):
         def fn():
@@ -316,8 +318,9 @@ def _header(run: _Run) -> str:
             b = bits if bits in table else sorted(table)[-1]
             depths = sorted({d for d, der in table[b] if not der})
             if depths:
-                head.append((f"activity mAP@10 (depth {depths[-1]})", table[b][(depths[-1], False)].get(("activity", 10))))
-                head.append((f"visual mAP@10 (depth {depths[0]})", table[b][(depths[0], False)].get(("visual", 10))))
+                deep, shallow = table[b][(depths[-1], False)], table[b][(depths[0], False)]
+                head.append((f"activity mAP@10 (depth {depths[-1]})", deep.get(("activity", 10))))
+                head.append((f"visual mAP@10 (depth {depths[0]})", shallow.get(("visual", 10))))
         items.append(("headline", " &nbsp;·&nbsp; ".join(f"{_esc(k)} <b>{_fmt(v)}</b>" for k, v in head)))
     dl = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in items)
     toc = " · ".join(f'<a href="#{a}">{_esc(t)}</a>' for a, t in SECTIONS.items())
@@ -379,8 +382,8 @@ def _curves_section(run: _Run) -> str:
     series = lambda c: np.array([r.get(c, math.nan) for r in rows], dtype=float)  # noqa: E731
     if "score" in cols and not any(np.allclose(series("score"), series(v), equal_nan=True) for v in vals):
         vals.append("score")
-    panels = [p for p in (("loss terms", losses), ("validation", vals), ("learning rate", ["lr"] if "lr" in cols else []))
-              if p[1]]
+    lr = ["lr"] if "lr" in cols else []
+    panels = [p for p in (("loss terms", losses), ("validation", vals), ("learning rate", lr)) if p[1]]
     if not panels:
         return _note("metrics.csv has no loss, validation or lr columns")
     from matplotlib.ticker import MaxNLocator
@@ -913,10 +916,8 @@ def write_report(run: str | Path, out: str | Path | None = None, *, top_k: int =
         raise FileNotFoundError(f"run folder {path} does not exist (train one with `stvh train --out {path}`)")
     if top_k < 1 or queries < 0 or attention_clips < 0:
         raise ValueError("top_k must be >= 1, queries and attention_clips >= 0")
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise ImportError("stvh report needs matplotlib: pip install matplotlib") from None
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ImportError("stvh report needs matplotlib: pip install matplotlib")
     out = path / "report.html" if out is None else Path(out)
     r = _Run(path)
     body = []
