@@ -9,9 +9,24 @@ error, so a typo never silently does nothing.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-5`` (no dot) as a float, as YAML 1.2 does."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
 
 DEFAULTS: dict = {
     "seed": 0,
@@ -80,7 +95,7 @@ def parse_override(text: str) -> dict:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.sub=value")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else None
+    value = _yaml(raw) if raw.strip() else None
     out: dict = {}
     node = out
     parts = key.strip().split(".")
@@ -96,7 +111,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if path is not None:
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            data = _yaml(path.read_text(encoding="utf-8")) or {}
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
         except yaml.YAMLError as exc:

@@ -1,0 +1,117 @@
+"""Training: config, partition, lr schedule, resume-after-kill equivalence, checkpoints, encode, eval."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from stvh.data.formats import read_dataset
+from stvh.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from stvh.train.config import ConfigError, load_config
+from stvh.train.loop import fit, lr_factor
+from stvh.train.tensors import clips_to_tensors, partition
+
+TINY = ["model.d=16", "model.d_v=8", "model.heads=2", "model.bits=16", "model.depth=2", "model.backbone=none",
+        "train.epochs=3", "train.batch_size=4", "train.lr=3e-3", "data.val_fraction=0.25"]
+
+
+def test_config_defaults_overrides_and_errors(tmp_path):
+    cfg = load_config(None, ["model.bits=64", "train.lr=1e-4", "train.lr_steps=[[11, 5e-6], [21, 1e-6]]"])
+    assert cfg["model"]["bits"] == 64 and cfg["train"]["lr"] == pytest.approx(1e-4)
+    assert cfg["train"]["lr_steps"] == [[11, 5e-6], [21, 1e-6]] and cfg["model"]["name"] == "mstvh"
+    with pytest.raises(ConfigError, match="unknown config key 'model.bitz'"):
+        load_config(None, ["model.bitz=3"])
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        load_config(None, ["model.bits"])
+    (tmp_path / "c.yaml").write_text("model: {bits: 32}\ntrain: {lr: 1e-5}\n")
+    cfg = load_config(tmp_path / "c.yaml", ["model.depth=4"])
+    assert (cfg["model"]["bits"], cfg["model"]["depth"], cfg["train"]["lr"]) == (32, 4, 1e-5)
+    (tmp_path / "bad.yaml").write_text("model: [1, 2\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "none.yaml")
+
+
+def test_paper_configs_load():
+    for name in ("volleyball", "cad", "caed"):
+        cfg = load_config(f"configs/{name}.yaml")
+        assert cfg["train"]["lr"] == pytest.approx(1e-5) and cfg["train"]["epochs"] == 60
+        assert cfg["model"]["bits"] == 128 and cfg["model"]["depth"] == (3 if name == "volleyball" else 4)
+    assert load_config("configs/cad.yaml")["data"]["reader"] == {"merge_moving": True}
+
+
+def test_volleyball_lr_schedule():
+    f = lr_factor(1e-5, [[11, 5e-6], [21, 1e-6]])
+    lrs = [1e-5 * f(e) for e in range(25)]  # e = finished epochs; epoch e + 1 runs with lrs[e]
+    assert lrs[9] == pytest.approx(1e-5) and lrs[10] == pytest.approx(5e-6)
+    assert lrs[19] == pytest.approx(5e-6) and lrs[20] == pytest.approx(1e-6)
+
+
+def test_partition(tiny_synth):
+    clips = read_dataset(tiny_synth).clips
+    parts = partition(clips, 0.25, seed=0)
+    assert {c.split for c in parts["test"]} == {"test"}
+    assert not {c.id for c in parts["val"]} & {c.id for c in parts["train"]}
+    assert len(parts["train"]) + len(parts["val"]) == sum(c.split == "train" for c in clips)
+    assert {c.group for c in parts["val"]} <= {c.group for c in parts["train"]}
+    again = partition(list(reversed(clips)), 0.25, seed=0)
+    assert sorted(c.id for c in again["val"]) == sorted(c.id for c in parts["val"])
+    t = clips_to_tensors(parts["train"])
+    assert t.boxes.shape[1:] == (4, 12, 4) and t.mask.dtype == torch.bool and len(t) == len(parts["train"])
+    with pytest.raises(ValueError, match="no clips"):
+        clips_to_tensors([])
+
+
+def test_resume_after_kill_gives_identical_weights(tiny_synth, tmp_path):
+    cfg = load_config(None, TINY)
+    fit(cfg, tiny_synth, None, tmp_path / "full", progress=False)
+    fit(cfg, tiny_synth, None, tmp_path / "killed", progress=False, stop_after=1)
+    assert load_checkpoint(tmp_path / "killed" / "last.pt")["epoch"] == 0
+    fit(cfg, tiny_synth, None, tmp_path / "killed", progress=False, resume=True)
+    a = load_checkpoint(tmp_path / "full" / "last.pt")
+    b = load_checkpoint(tmp_path / "killed" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 2
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    rows_a = (tmp_path / "full" / "metrics.csv").read_text().splitlines()
+    rows_b = (tmp_path / "killed" / "metrics.csv").read_text().splitlines()
+    assert len(rows_a) == len(rows_b) == 4
+    strip = lambda rows: [",".join(r.split(",")[:2] + r.split(",")[3:]) for r in rows]  # drop "seconds"
+    assert strip(rows_a) == strip(rows_b)
+    with pytest.raises(FileExistsError, match="--resume"):
+        fit(cfg, tiny_synth, None, tmp_path / "full", progress=False)
+    info = json.loads((tmp_path / "full" / "run.json").read_text())
+    assert info["seed"] == 0 and len(info["activities"]) == 8
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="bad.pt is corrupt"):
+        load_checkpoint(tmp_path / "bad.pt")
+    save_checkpoint(tmp_path / "other.pt", {"weights": 1})
+    with pytest.raises(CheckpointError, match="not a stvh checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    save_checkpoint(tmp_path / "ok.pt", {"model": {}, "config": {}})
+    data = (tmp_path / "ok.pt").read_bytes()
+    (tmp_path / "ok.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(tmp_path / "ok.pt")
+
+
+def test_same_seed_same_codes(tiny_synth, tmp_path):
+    from stvh.index.codes import CodeSet
+    from stvh.train.encode import encode
+
+    cfg = load_config(None, TINY + ["train.epochs=1"])
+    for name in ("a", "b"):
+        fit(cfg, tiny_synth, None, tmp_path / name, progress=False)
+        encode(tmp_path / name, tmp_path / name / "codes.npz", device="cpu")
+    a, b = CodeSet.load(tmp_path / "a" / "codes.npz"), CodeSet.load(tmp_path / "b" / "codes.npz")
+    assert np.array_equal(a.codes, b.codes) and a.depth == 2 and a.bits == 16
+    assert a.filter is not None and a.filter.shape == (16, 16)
