@@ -304,21 +304,22 @@ def report_cmd(
     typer.echo(f"report written to {path}")
 
 
-@app.command("demo")
+@app.command("demo", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @friendly_errors
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), help="Folder for everything the demo writes."),
-    seed: int = typer.Option(0, help="Random seed."),
+    ctx: typer.Context,
+    out: Path = typer.Option(Path("runs/demo"), help="Folder for everything the demo writes (resumes)."),
+    seed: int = typer.Option(0, help="Random seed (data, initialisation, shuffling)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
 ):
-    """Run the main job on the embedded default: generate the synthetic dataset and summarise it."""
-    from .data.formats import read_dataset
-    from .data.synth import generate
+    """The main job on the embedded default: synthetic data, features, M-STVH, eval, report, index, a query.
 
-    data_dir = out / "data"
-    typer.echo(f"[1/2] synthetic dataset -> {data_dir}")
-    generate(data_dir, seed=seed, progress=sys.stderr.isatty())
-    typer.echo("[2/2] dataset summary")
-    typer.echo(format_summary(read_dataset(data_dir).summary()))
+    Extra key=value arguments override keys of the synthetic config (e.g. train.epochs=5).
+    """
+    from .demo import run_demo
+
+    run_demo(out, seed=seed, progress=progress and sys.stderr.isatty(), echo=typer.echo,
+             overrides=tuple(ctx.args))
 
 
 def main() -> None:  # pragma: no cover - console entry

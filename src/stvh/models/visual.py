@@ -602,7 +602,8 @@ class VisualModule(nn.Module):
     """
 
     def __init__(self, backbone: str = "none", d: int = 1024, d_v: int = 512, roi_size: int = 5,
-                 weights: str | None = None, train_backbone: bool = False, in_channels: int | None = None):
+                 weights: str | None = None, train_backbone: bool = False, in_channels: int | None = None,
+                 geometry: bool = False):
         super().__init__()
         valid = ("none",) + backbone_names()
         if backbone not in valid:
@@ -639,6 +640,10 @@ class VisualModule(nn.Module):
             self.backbone.eval()
         self.roi_embed = RoIEmbedding(self.in_channels, d_v, d, roi_size)
         self.recon_dim = self.d_v
+        # Optional extension (off in the paper configs): add the box-geometry embedding to the RoI
+        # embedding. RoIAlign normalises every box to 5x5, so box size and motion are otherwise seen
+        # only through the graphs; see docs/visual.md.
+        self.box_geometry = BoxGeometryEmbedding(d) if geometry else None
 
     def train(self, mode: bool = True) -> "VisualModule":
         super().train(mode)
@@ -726,5 +731,7 @@ class VisualModule(nn.Module):
         mask = mask.to(param.device)
         reduced = self.roi_embed.reduce_roi(roi)
         f_v = self.roi_embed.embed_reduced(reduced, mask)
+        if self.box_geometry is not None:
+            f_v = f_v + self.box_geometry(boxes.to(param.dtype), mask, size.to(param.dtype))[0]
         recon = reduced.detach().mean(dim=(-2, -1)) * mask.to(reduced.dtype).view(B, N, 1, 1)
         return f_v, recon

@@ -48,6 +48,8 @@ DEFAULTS: dict = {
         "backbone": "none",
         "weights": None,
         "train_backbone": False,
+        "geometry": False,       # extension: add box-geometry features to CNN RoI features
+        "hash_norm": "layer",
     },
     "loss": {
         "acty": 1.0,
@@ -70,6 +72,7 @@ DEFAULTS: dict = {
         "log_every": 0,
     },
     "filter": {"steps": 400, "lr": 0.01},
+    "extract": {"frame_size": None, "pca": None},  # used by `stvh demo` to build the cache
 }
 
 

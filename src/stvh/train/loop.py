@@ -71,7 +71,9 @@ def model_from_config(cfg: dict, num_activities: int, num_actions: int, in_chann
     m = cfg["model"]
     kwargs = dict(bits=m["bits"], depth=m["depth"], d=m["d"], num_activities=num_activities,
                   num_actions=num_actions, heads=m["heads"], dropout=m["dropout"], backbone=m["backbone"],
-                  d_v=m["d_v"], weights=m["weights"], train_backbone=m["train_backbone"])
+                  d_v=m["d_v"], weights=m["weights"], train_backbone=m["train_backbone"], hash_norm=m["hash_norm"])
+    if m["geometry"]:
+        kwargs["geometry"] = True
     if in_channels is not None:
         kwargs["in_channels"] = in_channels
     return build(m["name"], **kwargs)

