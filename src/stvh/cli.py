@@ -140,6 +140,8 @@ def extract_cmd(
     batch_clips: int = typer.Option(4, help="Clips per backbone call."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     seed: int = typer.Option(0, help="Seed of a randomly initialised backbone."),
+    pca: Optional[int] = typer.Option(None, help="Store the RoI channels projected on their top-k principal "
+                                                 "directions (fitted on training clips) instead of all C."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count bad clips instead of failing."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
@@ -148,7 +150,7 @@ def extract_cmd(
 
     result = extract(data, backbone, out, weights=str(weights) if weights else None, format=format,
                      frame_size=_parse_size(frame_size) if frame_size else None, batch_clips=batch_clips,
-                     device=device, seed=seed, progress=progress, skip_bad=skip_bad)
+                     device=device, seed=seed, progress=progress, skip_bad=skip_bad, pca=pca)
     typer.echo(json.dumps(result, indent=2))
 
 

@@ -127,5 +127,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return cfg
 
 
+def complete_config(cfg: dict) -> dict:
+    """Fill keys added since a run was saved with their defaults (old runs stay loadable)."""
+    return _merge(copy.deepcopy(DEFAULTS), cfg)
+
+
 def dump_config(cfg: dict) -> str:
     return yaml.safe_dump(cfg, sort_keys=False)

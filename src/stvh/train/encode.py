@@ -19,6 +19,7 @@ from ..data.atomic import atomic_path
 from ..index.codes import CodeSet
 from ..models.filter import fit_filter
 from .checkpoint import CheckpointError, load_checkpoint
+from .config import complete_config
 from .loop import load_data, model_from_config, predict, resolve_device
 from .tensors import clips_to_tensors
 
@@ -34,7 +35,7 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str | torch.devi
     if checkpoint == "best" and not path.exists():
         path = run / "last.pt"
     state = load_checkpoint(path)
-    cfg = state["config"]
+    cfg = complete_config(state["config"])
     model = model_from_config(cfg, len(info["activities"]), len(info["actions"]), info.get("in_channels"))
     try:
         model.load_state_dict(state["model"])
