@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet -e '.[dev,milvus]'
+	$(PIP) install -qq -e '.[dev,milvus]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -13,6 +13,9 @@
   the ones asked to keep the object's visual content; deeper ones are free to
   drift towards activity semantics. The target is detached (a trainable
   backbone must not shrink its own target).
+  Option ``recon_from="code"`` decodes it from the shallowest *code* h_(1)
+  instead (one vector per clip, so it learns the clip's mean appearance): the
+  visual-focused code is then trained to keep the visual content itself.
 * L_CON (Eq. 8) uses the deepest code: the GCN encoding ``a_i`` describes the
   group activity, the focus of the deepest code.
 """
@@ -35,7 +38,7 @@ class MSTVH(HashingModel):
                  num_actions: int = 9, heads: int = 8, dropout: float = 0.1, backbone: str = "none",
                  visual: dict | None = None, visual_module: nn.Module | None = None, ffn_mult: int = 4,
                  edge_hidden: int = 16, gcn_hidden: int = 64, max_frames: int = 64,
-                 keep_attention: bool = False, hash_norm: str = "layer"):
+                 keep_attention: bool = False, hash_norm: str = "layer", recon_from: str = "block"):
         super().__init__(bits=bits, d=d, num_activities=num_activities, num_actions=num_actions,
                          backbone=backbone, visual=visual, visual_module=visual_module,
                          max_frames=max_frames, gcn_hidden=gcn_hidden, keep_attention=keep_attention)
@@ -46,8 +49,11 @@ class MSTVH(HashingModel):
                                         edge_hidden=edge_hidden, keep_attention=keep_attention)
         self.hash_heads = nn.ModuleList([HashHead(d, bits, hash_norm) for _ in range(depth)])
         self.activity_heads = nn.ModuleList([ActivityHead(bits, num_activities) for _ in range(depth)])
+        if recon_from not in ("block", "code"):
+            raise ValueError(f"recon_from must be 'block' or 'code', got {recon_from!r}")
+        self.recon_from = recon_from
         r = int(self.visual.recon_dim)
-        self.decoder = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, r))
+        self.decoder = nn.Sequential(nn.Linear(bits if recon_from == "code" else d, d), nn.GELU(), nn.Linear(d, r))
 
     def _make_blocks(self, d: int, heads: int, depth: int, **kw) -> nn.ModuleList:
         return nn.ModuleList([MSFBlock(d, heads, **kw) for _ in range(depth)])
@@ -65,7 +71,12 @@ class MSTVH(HashingModel):
         feats = self._stack(f, g, boxes, image_size)
         h = [head(x, mask) for head, x in zip(self.hash_heads, feats)]  # each (B, K)
         action_logits = self.action_head(feats[-1])  # (B, N, A)
-        recon = zero_padded(self.decoder(feats[0]), mask)  # (B, N, T, r)
+        if self.recon_from == "code":  # the shallowest code must carry the clip's appearance
+            B, N, T = feats[0].shape[:3]
+            recon = self.decoder(h[0])[:, None, None, :].expand(B, N, T, -1)  # (B, N, T, r)
+        else:
+            recon = self.decoder(feats[0])  # (B, N, T, r)
+        recon = zero_padded(recon, mask)
         return ModelOutput(
             h=h, b=[binarize(x).detach() for x in h],
             activity_logits=[head(x) for head, x in zip(self.activity_heads, h)],

@@ -50,6 +50,7 @@ DEFAULTS: dict = {
         "train_backbone": False,
         "geometry": False,       # extension: add box-geometry features to CNN RoI features
         "hash_norm": "layer",
+        "recon_from": "block",   # M-STVH: L_recon decodes f_roi from the first block ("block") or code ("code")
     },
     "loss": {
         "acty": 1.0,

@@ -74,6 +74,8 @@ def model_from_config(cfg: dict, num_activities: int, num_actions: int, in_chann
                   d_v=m["d_v"], weights=m["weights"], train_backbone=m["train_backbone"], hash_norm=m["hash_norm"])
     if m["geometry"]:
         kwargs["geometry"] = True
+    if m["name"] in MSTVH_LIKE:
+        kwargs["recon_from"] = m["recon_from"]
     if in_channels is not None:
         kwargs["in_channels"] = in_channels
     return build(m["name"], **kwargs)
