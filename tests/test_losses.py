@@ -13,14 +13,6 @@ from stvh.models.gcn import ContrastiveGCN, contrastive_adjacency
 from stvh.models.output import ModelOutput
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids spin contention on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _ce(logits, k):
     return -math.log(math.exp(logits[k]) / sum(math.exp(v) for v in logits))

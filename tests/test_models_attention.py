@@ -10,14 +10,6 @@ import torch
 from stvh.models.attention import SGAT, GroupMFAT, ObjectMFAT
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids spin contention on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _fix(module, d=2):
     """W1 = W2 = W3 = I, edge logits = 1 * tanh(1 * g + 0) (one head)."""

@@ -12,14 +12,6 @@ from stvh.models.filter import (FilterMatrix, bit_agreement, compression_ratio, 
 from stvh.models.heads import binarize
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids spin contention on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_sign_of_zero_is_plus_one():
     assert binarize(torch.tensor([0.0, -0.0, 1e-9, -1e-9, -2.0])).tolist() == [1, 1, 1, -1, -1]

@@ -11,14 +11,6 @@ from stvh.models.graphs import (PositionalModule, TemporalGraph, distance_graph,
                                 spatial_support, temporal_support)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids spin contention on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 A = [0.0, 0.0, 2.0, 2.0]  # area 4
 Bx = [1.0, 1.0, 3.0, 3.0]  # area 4, overlap 1 with A -> IoU 1/7
 

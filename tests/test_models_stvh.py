@@ -15,14 +15,6 @@ NAMES = ["stvh", "mstvh", "mstvh_bd", "mstvh_ed"]
 SMALL = dict(d=16, heads=2, num_activities=4, num_actions=5, gcn_hidden=8, edge_hidden=4, ffn_mult=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids spin contention on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _boxes(B, T, N, gen):
     xy = torch.rand(B, T, N, 2, generator=gen) * torch.tensor([1000.0, 500.0])

@@ -30,15 +30,6 @@ TITLES = ["Training curves", "Confusion matrix", "Class Hamming distance", "mAP 
 IMG = re.compile(r'<img alt="([^"]*)" src="data:image/png;base64,([^"]*)"')
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids spin contention on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("report") / "data"
@@ -276,18 +267,13 @@ def real_run(data_dir, tmp_path_factory) -> Path:
     from stvh.train.encode import encode
     from stvh.train.loop import fit
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run = tmp_path_factory.mktemp("real") / "run"
-        cfg = load_config(None, ["model.d=32", "model.d_v=16", "model.heads=2", "model.bits=16",
-                                 "model.backbone=none", "train.epochs=1", "train.batch_size=8", "train.lr=0.001",
-                                 "filter.steps=20"])
-        fit(cfg, data_dir, None, run, progress=False)
-        encode(run, run / "codes.npz", device="cpu")
-        evaluate(run / "codes.npz", run)
-    finally:
-        torch.set_num_threads(n)
+    run = tmp_path_factory.mktemp("real") / "run"
+    cfg = load_config(None, ["model.d=32", "model.d_v=16", "model.heads=2", "model.bits=16",
+                             "model.backbone=none", "train.epochs=1", "train.batch_size=8", "train.lr=0.001",
+                             "filter.steps=20"])
+    fit(cfg, data_dir, None, run, progress=False)
+    encode(run, run / "codes.npz", device="cpu")
+    evaluate(run / "codes.npz", run)
     return run
 
 
