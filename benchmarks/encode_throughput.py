@@ -119,10 +119,17 @@ def count_flops(model, data, batch_size: int) -> tuple[float, dict]:
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         _forward(model, batch)
+    counts = {name: sum(ops.values()) / n / 1e9 for name, ops in counter.get_flop_counts().items()}
+    root = type(model).__name__
     per_module = {}
-    for name, ops in counter.get_flop_counts().items():
-        if name != "Global" and name.count(".") <= 2:
-            per_module[name] = sum(ops.values()) / n / 1e9
+    for child, _ in model.named_children():  # top-level parts; a ModuleList is the sum of its members
+        key = f"{root}.{child}"
+        if key in counts:
+            per_module[child] = counts[key]
+        else:
+            members = [v for k, v in counts.items() if k.startswith(key + ".") and k.count(".") == 2]
+            if members:
+                per_module[child] = sum(members)
     return counter.get_total_flops() / n, per_module
 
 
@@ -166,7 +173,7 @@ def main(argv=None) -> int:
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, cpus {os.cpu_count()}, "
           f"load {os.getloadavg()[0]:.2f}")
     print(f"# model FLOP per clip (FlopCounterMode): {flop_clip / 1e9:.4f} GFLOP")
-    top = sorted(((v, k) for k, v in flop_modules.items() if k.count(".") == 1), reverse=True)[:6]
+    top = sorted(((v, k) for k, v in flop_modules.items()), reverse=True)[:6]
     print("#   largest parts: " + ", ".join(f"{k} {v:.4f}" for v, k in top))
     print()
     print(f"{'threads':>7}{'clips/s':>10}{'GFLOP/clip':>12}{'GFLOP/s':>10}{'matmul GFLOP/s':>16}{'achieved/matmul':>17}")

@@ -3,6 +3,7 @@
     python benchmarks/volleyball_sample.py                      # M-STVH and STVH, 30 epochs each
     python benchmarks/volleyball_sample.py --models mstvh --epochs 5 --out /tmp/vs.json
     python benchmarks/volleyball_sample.py --tracks on          # use the tracking files where present
+    python benchmarks/volleyball_sample.py --seeds 0 1 2        # means (and std) over three seeds
 
 Data: ``<repo>/../shared/data/volleyball-sample`` (``--data``): matches 7 and 10
 (official train split, all their annotated clips; the trainer carves its
@@ -36,7 +37,11 @@ Baselines measured in the same run:
   (and of a nearest-centroid classifier, ``boxes_nc``); mAP@10 of 64-bit
   sign-of-random-projection codes (LSH, seeded) of the standardised descriptor.
 
-Every figure is printed beside its ratio to both baselines; all of it goes to
+One seed is noisy on 111 queries (the binomial standard error of an accuracy
+near 0.5 is 0.047, and two seeds of the same model can differ by more than
+that): ``--seeds`` trains every model once per seed and prints means (and
+standard deviations); the LSH codes of the ``boxes`` baseline use the same
+seeds.  Every figure is printed beside its ratio to both baselines; all of it goes to
 ``--out`` (default ``benchmarks/results/volleyball_sample.json``).  Exits 0
 with a message when the sample is absent.
 """
@@ -73,7 +78,8 @@ def parse_args(argv=None):
     ap.add_argument("--d", type=int, default=128)
     ap.add_argument("--d-v", type=int, default=32)
     ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--seed", type=int, default=0, help="training seed and LSH seed")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0],
+                    help="training and LSH seeds; figures are means over them (default: %(default)s)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="extra config overrides for both models, e.g. loss.contrast=0.2")
     ap.add_argument("--runs", help="keep the run folders here (default: a temporary folder, removed)")
@@ -91,11 +97,11 @@ def sample_missing(data: Path) -> str | None:
     return None
 
 
-def make_config(args, model: str) -> dict:
+def make_config(args, model: str, seed: int) -> dict:
     from stvh.train.config import load_config
 
     overrides = [
-        f"seed={args.seed}",
+        f"seed={seed}",
         "data.format=volleyball",
         # one override for the whole reader mapping: a second data.reader.* override would be refused
         # (the default {} is replaced by the first one, which then has no other keys)
@@ -227,60 +233,81 @@ def main(argv=None) -> int:
     from stvh.train.tensors import clips_to_tensors
 
     t_start = time.perf_counter()
-    cfg0 = make_config(args, args.models[0])
+    cfg0 = make_config(args, args.models[0], args.seeds[0])
     dataset, _, _ = load_data(cfg0, data, None)
     tensors = clips_to_tensors(dataset.clips)
-    base = baselines(tensors, args.seed, args.bits)
-    sizes = base.pop("_sizes")
     groups = sorted({(c.group, c.split) for c in dataset.clips}, key=lambda g: int(g[0]))
     tracked = {s: sum(c.tracked for c in dataset.clips if c.split == s) for s in ("train", "test")}
+    per_seed: dict[int, dict] = {}
+    for seed in args.seeds:
+        per_seed[seed] = baselines(tensors, seed, args.bits)
+    sizes = per_seed[args.seeds[0]]["_sizes"]
+    for r in per_seed.values():
+        r.pop("_sizes")
     print(f"# data {data}: matches {', '.join(f'{g}({s})' for g, s in groups)}; "
           f"{sizes['train']} database clips (train split, incl. the trainer's val part), {sizes['test']} queries; "
           f"tracks {args.tracks} (tracked clips: train {tracked['train']}, test {tracked['test']})")
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, load {os.getloadavg()[0]:.2f}")
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, load {os.getloadavg()[0]:.2f}; "
+          f"seeds {' '.join(map(str, args.seeds))}")
 
-    results = {"majority": base["majority"], "boxes": base["boxes"], "boxes_nc": base["boxes_nc"]}
     configs = {}
     tmp = None
     root = Path(args.runs) if args.runs else Path(tmp := tempfile.mkdtemp(prefix="stvh-vs-"))
     try:
-        for name in args.models:
-            cfg = make_config(args, name)
-            configs[name] = cfg
-            run = root / name
-            if (run / "last.pt").exists():
-                raise SystemExit(f"error: {run} already holds a run; choose another --runs folder")
-            print(f"# training {name} ({args.epochs} epochs) ...", flush=True)
-            results[name] = train_and_eval(cfg, data, run)
-            r = results[name]
-            print(f"#   {name}: best epoch {r['best_epoch']} (val mAP@10 {r['best_val']:.3f}), "
-                  f"train {r['train_s']:.0f}s, encode+eval {r['encode_eval_s']:.1f}s", flush=True)
+        for seed in args.seeds:
+            for name in args.models:
+                cfg = make_config(args, name, seed)
+                configs[name] = cfg
+                run = root / f"{name}-seed{seed}"
+                if (run / "last.pt").exists():
+                    raise SystemExit(f"error: {run} already holds a run; choose another --runs folder")
+                print(f"# training {name}, seed {seed} ({args.epochs} epochs) ...", flush=True)
+                r = per_seed[seed][name] = train_and_eval(cfg, data, run)
+                print(f"#   {name}: best epoch {r['best_epoch']} (val mAP@10 {r['best_val']:.3f}), "
+                      f"train {r['train_s']:.0f}s, encode+eval {r['encode_eval_s']:.1f}s", flush=True)
     finally:
         if tmp is not None:
             import shutil
             shutil.rmtree(tmp, ignore_errors=True)
 
-    maj, box = results["majority"], results["boxes"]
+    methods = ["majority", "boxes", "boxes_nc"] + list(args.models)
+    keys = ("acc", "mpca", "map@10")
+    summary = {}
+    for name in methods:
+        vals = {k: np.array([per_seed[s][name][k] for s in args.seeds]) for k in keys}
+        summary[name] = {k: float(v.mean()) for k, v in vals.items()}
+        summary[name].update({f"{k}_std": float(v.std()) for k, v in vals.items()})
+        if name == "mstvh":
+            for k in ("acc_per_depth", "map@10_per_depth"):
+                summary[name][k] = np.mean([per_seed[s][name][k] for s in args.seeds], axis=0).tolist()
+    maj, box = summary["majority"], summary["boxes"]
 
     def ratio(a, b):
         return round(a / b, 3) if b else None
 
+    many = len(args.seeds) > 1
     print()
-    print(f"{'method':<24}{'acc':>7}{'mpca':>7}{'mAP@10':>8}   {'acc/maj':>8}{'acc/box':>8}"
-          f"{'mAP/maj':>8}{'mAP/box':>8}")
+    print(("mean over seeds (std)\n" if many else "")
+          + f"{'method':<24}{'acc':>7}{'mpca':>7}{'mAP@10':>8}   {'acc/maj':>8}{'acc/box':>8}"
+          f"{'mAP/maj':>8}{'mAP/box':>8}" + (f"{'acc std':>9}{'mAP std':>9}" if many else ""))
     labels = {"majority": "majority class", "boxes": "boxes mean-pool LR+LSH", "boxes_nc": "boxes mean-pool NC+LSH",
               "stvh": f"STVH K{args.bits}", "mstvh": f"M-STVH K{args.bits} depth{args.depth}"}
     ratios = {}
-    for name, r in results.items():
+    for name, r in summary.items():
         ratios[name] = {"acc/majority": ratio(r["acc"], maj["acc"]), "acc/boxes": ratio(r["acc"], box["acc"]),
                         "map@10/majority": ratio(r["map@10"], maj["map@10"]),
                         "map@10/boxes": ratio(r["map@10"], box["map@10"])}
         q = ratios[name]
         print(f"{labels[name]:<24}{r['acc']:>7.3f}{r['mpca']:>7.3f}{r['map@10']:>8.3f}   "
-              f"{q['acc/majority']:>8.2f}{q['acc/boxes']:>8.2f}{q['map@10/majority']:>8.2f}{q['map@10/boxes']:>8.2f}")
-    if "mstvh" in results:
-        r = results["mstvh"]
+              f"{q['acc/majority']:>8.2f}{q['acc/boxes']:>8.2f}{q['map@10/majority']:>8.2f}{q['map@10/boxes']:>8.2f}"
+              + (f"{r['acc_std']:>9.3f}{r['map@10_std']:>9.3f}" if many else ""))
+    n_q = sizes["test"]
+    se = {name: (r["acc"] * (1 - r["acc"]) / n_q) ** 0.5 if n_q else None for name, r in summary.items()}
+    print(f"(binomial standard error of one seed's acc over {n_q} queries: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in se.items()) + ")")
+    if "mstvh" in summary:
+        r = summary["mstvh"]
         print("\nM-STVH per depth (shallow -> deep): acc " + " ".join(f"{v:.3f}" for v in r["acc_per_depth"])
               + " | mAP@10 " + " ".join(f"{v:.3f}" for v in r["map@10_per_depth"]))
 
@@ -291,7 +318,8 @@ def main(argv=None) -> int:
                  "threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                  "loadavg": os.getloadavg(), "data": str(data), "sizes": sizes, "tracked_clips": tracked,
                  "seconds": round(total, 1)},
-        "args": vars(args), "configs": configs, "results": results, "ratios": ratios,
+        "args": vars(args), "configs": configs, "summary": summary, "ratios": ratios,
+        "acc_standard_error": se, "per_seed": {str(k): v for k, v in per_seed.items()},
     }
     write_text_atomic(args.out, json.dumps(record, indent=2, default=lambda o: o.tolist()
                                            if isinstance(o, np.ndarray) else str(o)))

@@ -40,7 +40,7 @@ def run_demo(out: str | Path, *, seed: int = 0, progress: bool = True, echo: Cal
     total, t_all = 7, time.time()
 
     t = _stage(echo, 1, total, f"synthetic dataset -> {data}")
-    generate(data, seed=seed, progress=progress)
+    generate(data, seed=seed, progress=progress, **cfg["synth"])
     s = read_dataset(data).summary()
     echo(f"      {s['clips']} clips ({s['clips_per_split']}), {s['groups']} matches, "
          f"{len(s['activities'])} activities  [{time.time() - t:.0f}s]")

@@ -2,8 +2,9 @@
 
 * :mod:`.codes` -- the CODES file (``stvh encode`` output), pack/unpack.
 * :mod:`.base` -- the one API, :class:`CodeIndex`; :func:`create_index`, :func:`load_index`.
-* backends: ``faiss`` (default, auto: short-code tables for K <= 32, FAISS for K >= 64),
-  ``faiss-flat``, ``short``, ``numpy`` (reference), ``milvus`` (scale-out, optional extra).
+* backends: ``faiss`` (default, auto: short-code tables for large K <= 32 indexes, else a flat
+  scan by stvh's C kernel :mod:`.kernel`, or FAISS when it is not built), ``faiss-flat``,
+  ``kernel``, ``short``, ``numpy`` (reference), ``milvus`` (scale-out, optional extra).
 * :mod:`.storage` -- ``all`` / ``compact`` multi-focus storage (paper Eq. 16-18).
 * :mod:`.commands` -- what ``stvh index build`` and ``stvh search`` run.
 """

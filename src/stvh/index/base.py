@@ -1,6 +1,6 @@
 """One API for every index backend: :class:`CodeIndex`.
 
-Semantics shared by all backends (numpy, faiss/auto, short, milvus):
+Semantics shared by all backends (numpy, faiss/auto, faiss-flat, short, kernel, milvus):
 
 * ``add(ids, codes)`` appends rows; the order of ``add`` calls (and of the ids
   inside one call) is the *insertion order*.  ``remove`` keeps the relative
@@ -457,6 +457,7 @@ _BACKENDS: dict[str, str] = {
     "auto": "stvh.index.faiss_backend:FaissIndex",
     "faiss-flat": "stvh.index.faiss_backend:FaissFlatIndex",
     "short": "stvh.index.short_codes:ShortCodeIndex",
+    "kernel": "stvh.index.kernel:KernelIndex",
     "milvus": "stvh.index.milvus_backend:MilvusIndex",
 }
 BACKENDS = tuple(_BACKENDS)
@@ -471,7 +472,7 @@ def backend_class(name: str) -> type[CodeIndex]:
 
 
 def create_index(backend: str = "faiss", bits: int = 64, depth: int = 1, **kw) -> CodeIndex:
-    """A new empty index of ``backend`` ("faiss" = auto, "numpy", "short", "faiss-flat", "milvus")."""
+    """A new empty index of ``backend`` ("faiss" = auto, "numpy", "short", "faiss-flat", "kernel", "milvus")."""
     return backend_class(backend)(bits, depth, **kw)
 
 
@@ -479,7 +480,7 @@ def load_index(path: str | Path, *, backend: str | None = None, **kw) -> CodeInd
     """Load an index saved by any backend.
 
     ``backend`` overrides the engine for in-memory indexes (numpy / faiss /
-    short / faiss-flat share one file format); Milvus manifests always
+    short / faiss-flat / kernel share one file format); Milvus manifests always
     reconnect to Milvus.
     """
     path = Path(path)

@@ -62,7 +62,7 @@ def build_index(codes_path: str | Path, out: str | Path, *, mode: str = "all", b
         summary: dict[str, Any] = {"index": str(out), **index.describe(), **index.storage()}
         summary["bytes_on_disk"] = out.stat().st_size
         if hasattr(index, "engine"):
-            summary["engine"] = index.engine()
+            summary["engine"] = index.engine(detail=True)
         if mode == "compact" and cs.depth > 1 and len(cs):
             # how well the derived foci reproduce the encoder's own codes (1.0 = identical)
             agree = []

@@ -8,16 +8,19 @@ so ties come out in insertion order; a one-time self-check against numpy
 verifies that on first use (if a FAISS build ever disagrees, the numpy scan
 is used instead, with a warning).
 
-``faiss`` (auto) picks per search (rule measured by ``benchmarks/search.py``):
+``faiss`` (auto) picks per search between two engines (rule measured by
+``benchmarks/search.py --crossover``):
 
-* K = 16 and n >= 20,000, or K = 32 and n >= 200,000
-  (:data:`SHORT_MIN_ROWS`): the short-code bucket tables
-  (:mod:`stvh.index.short_codes`); FAISS's heap drowns in ties at K = 16
-  (slower than at K = 128) and the tables' cost grows with the probed
-  buckets, not with n;
-* otherwise FAISS (K >= 64: a flat scan is compute bound and FAISS's kernel
-  is the fastest we have; small n: a scan is a fraction of a millisecond and
-  beats the tables' fixed per-query cost).
+* the short-code bucket tables (:mod:`stvh.index.short_codes`) for K = 16
+  and K = 32 once n >= :data:`SHORT_MIN_ROWS` ``[K]``: their cost grows with
+  the probed buckets, not with n;
+* otherwise a flat scan ("faiss" in :meth:`FaissIndex.engine`), run by
+  stvh's C kernel (:mod:`stvh.index.kernel`, 1.3-4x faster than FAISS's) when
+  the extension is built, else by FAISS's kernel.
+
+The thresholds depend on which flat scan is available: against the C
+kernel the tables only pay off from ~1M rows (K = 16) / ~2M rows (K = 32);
+against FAISS (whose heap drowns in ties at K = 16) from 20k / 200k rows.
 """
 
 from __future__ import annotations
@@ -27,11 +30,15 @@ import warnings
 
 import numpy as np
 
+from . import kernel
 from .base import InMemoryIndex
 from .numpy_backend import brute_force_topk
 from .short_codes import ShortCodeMixin
 
-SHORT_MIN_ROWS = {16: 20_000, 32: 200_000}   # measured crossovers (benchmarks/search.py --crossover)
+# measured crossovers, tables vs flat scan (benchmarks/search.py --crossover; docs/index.md)
+SHORT_MIN_ROWS_VS_KERNEL = {16: 1_000_000, 32: 2_000_000}
+SHORT_MIN_ROWS_VS_FAISS = {16: 20_000, 32: 200_000}
+SHORT_MIN_ROWS = dict(SHORT_MIN_ROWS_VS_KERNEL if kernel.AVAILABLE else SHORT_MIN_ROWS_VS_FAISS)
 _faiss = None
 _TIES_OK: bool | None = None
 
@@ -123,17 +130,27 @@ class FaissFlatIndex(InMemoryIndex):
 
 
 class FaissIndex(ShortCodeMixin, FaissFlatIndex):
-    """The default backend ("faiss" = auto): short-code tables for K <= 32, FAISS otherwise."""
+    """The default backend ("faiss" = auto): short-code tables for large K <= 32 indexes, a flat scan otherwise."""
 
     backend = "faiss"
 
-    def engine(self, n: int | None = None) -> str:
-        """Which engine a search over ``n`` rows uses: ``"short"`` or ``"faiss"``."""
+    def engine(self, n: int | None = None, *, detail: bool = False) -> str:
+        """Which engine a search over ``n`` rows uses: ``"short"`` (tables) or ``"faiss"`` (flat scan).
+
+        ``detail=True`` names the flat scan's implementation instead of
+        ``"faiss"``: ``"kernel"`` (stvh's C kernel) or ``"faiss-flat"`` (FAISS).
+        """
         n = len(self) if n is None else n
-        return "short" if self._bits in SHORT_MIN_ROWS and n >= SHORT_MIN_ROWS[self._bits] else "faiss"
+        if self._bits in SHORT_MIN_ROWS and n >= SHORT_MIN_ROWS[self._bits]:
+            return "short"
+        if not detail:
+            return "faiss"
+        return "kernel" if kernel.AVAILABLE else "faiss-flat"
 
     def _search_positions(self, d, q, k):
         m = SHORT_MIN_ROWS.get(self._bits)
         if m is not None and self._n >= m:
             return self._short_table(d).search(q, k)
+        if kernel.AVAILABLE:
+            return kernel.kernel_topk(self._codes[d, :self._n], q, k)
         return flat_topk(self._codes[d, :self._n], q, k, self._bits)

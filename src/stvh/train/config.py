@@ -74,6 +74,7 @@ DEFAULTS: dict = {
     },
     "filter": {"steps": 400, "lr": 0.01},
     "extract": {"frame_size": None, "pca": None},  # used by `stvh demo` to build the cache
+    "synth": {},                                    # generator options of `stvh demo`
 }
 
 
