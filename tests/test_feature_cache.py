@@ -59,3 +59,13 @@ def test_corrupt_shard_and_missing_meta(tmp_path):
         FeatureCache(tmp_path / "f")
     with pytest.raises(CacheError, match="meta.json missing"):
         FeatureCache(tmp_path)
+
+
+def test_tiny_values_are_kept_in_float32(tmp_path):
+    tiny = (roi(1).astype(np.float32) * 1e-8)
+    with FeatureCacheWriter(tmp_path / "f", META) as w:
+        w.add("v/0", tiny)
+        w.add("v/1", roi(2))
+    cache = FeatureCache(tmp_path / "f")
+    assert cache["v/0"].dtype == np.float32 and np.array_equal(cache["v/0"], tiny)
+    assert cache["v/1"].dtype == np.float16

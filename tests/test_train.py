@@ -115,3 +115,11 @@ def test_same_seed_same_codes(tiny_synth, tmp_path):
     a, b = CodeSet.load(tmp_path / "a" / "codes.npz"), CodeSet.load(tmp_path / "b" / "codes.npz")
     assert np.array_equal(a.codes, b.codes) and a.depth == 2 and a.bits == 16
     assert a.filter is not None and a.filter.shape == (16, 16)
+
+
+def test_free_form_sections_take_several_overrides(tmp_path):
+    cfg = load_config(None, ["data.reader.videos=[4, 7]", "data.reader.use_tracks=false", "synth.matches=2"])
+    assert cfg["data"]["reader"] == {"videos": [4, 7], "use_tracks": False} and cfg["synth"] == {"matches": 2}
+    (tmp_path / "c.yaml").write_text("data: {reader: {merge_moving: true}}\n")
+    cfg = load_config(tmp_path / "c.yaml", ["data.reader.n_max=13"])
+    assert cfg["data"]["reader"] == {"merge_moving": True, "n_max": 13}

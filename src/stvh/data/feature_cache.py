@@ -6,6 +6,7 @@ runs it once and stores ``roi (N, T, C, s, s)`` per clip. Layout (a folder)::
     FEATS/meta.json            backbone, weights hash, frame size, roi size, channels, reduction, version
     FEATS/pca.npz              optional channel projection (``reduction = "pca<k>"``)
     FEATS/shard-00000.h5       up to ``shard_size`` clips, one gzip-compressed dataset per clip
+                               (float16, or float32 where float16 would underflow)
     ...
 
 A shard is written to a temporary file and renamed when full, so a kill keeps
@@ -56,6 +57,20 @@ def _dataset_name(clip_id: str) -> str:
     return clip_id.replace("/", "|")
 
 
+def to_storage_dtype(roi: np.ndarray) -> np.ndarray:
+    """float16 when it represents the values (halves the cache); float32 when values would underflow.
+
+    A randomly initialised backbone can give activations near 1e-8, below float16's
+    smallest subnormal: casting would silently store zeros.
+    """
+    x = np.asarray(roi, dtype=np.float32)
+    half = x.astype(np.float16)
+    lost = np.count_nonzero((half == 0) & (x != 0))
+    if lost > 0.01 * max(np.count_nonzero(x), 1) or not np.isfinite(half).all():
+        return x
+    return half
+
+
 class FeatureCacheWriter:
     """Append clips to a cache folder, resuming a previous run with the same identity."""
 
@@ -85,7 +100,7 @@ class FeatureCacheWriter:
     def add(self, clip_id: str, roi: np.ndarray) -> None:
         if clip_id in self._done or clip_id in self._pending:
             raise ValueError(f"clip {clip_id} is already in the cache")
-        self._pending[clip_id] = np.asarray(roi, dtype=np.float16)
+        self._pending[clip_id] = to_storage_dtype(roi)
         if len(self._pending) >= self.shard_size:
             self.flush()
 
@@ -118,7 +133,7 @@ class FeatureCacheWriter:
 
 
 class FeatureCache:
-    """Read a cache folder: ``cache[clip_id] -> roi (N, T, C, s, s) float16``."""
+    """Read a cache folder: ``cache[clip_id] -> roi (N, T, C, s, s)`` (float16 or float32)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)

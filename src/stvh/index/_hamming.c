@@ -5,7 +5,7 @@
  *
  *   db             C-contiguous buffer of n * nbytes bytes (n packed codes)
  *   queries        C-contiguous buffer of q * nbytes bytes
- *   nbytes         bytes per code (>= 1; 2, 4, 8 and 16 have unrolled loops)
+ *   nbytes         bytes per code (1..1024; 2, 4, 8 and 16 have unrolled and AVX2 loops)
  *   k              >= 1; k' = min(k, n) results per query (no padding)
  *   out_positions  writable buffer of q * k' int64  (row positions, 0-based)
  *   out_distances  writable buffer of q * k' int32
@@ -15,7 +15,7 @@
  * sort of the brute-force distances.  Errors raise ValueError (TypeError for
  * objects that are not buffers).  The GIL is released during the scan.
  *
- * Algorithm (one pass over the database per query, O(n + k)):
+ * Algorithm (one pass over the database per query, O(n + k) time, O(k) memory):
  * rows are scanned in position order; a row is kept only if its distance d
  * is below a threshold T.  The kept rows are appended to a buffer (so the
  * buffer is in position order) and counted in a histogram of the K + 1
@@ -28,10 +28,17 @@
  * order within each distance.  Queries are processed together over blocks
  * of rows so that a batch reads the database from cache once per block.
  *
- * Popcount: __builtin_popcountll; setup.py adds -mpopcnt on x86_64 (one
- * instruction instead of a library call).
+ * Popcount: AVX2 nibble tables where the CPU has AVX2 (checked at import;
+ * simd(False) forces the scalar scan), else __builtin_popcountll; setup.py
+ * adds -mpopcnt on x86_64 (one instruction instead of a library call), and
+ * the module then refuses to import on a CPU without POPCNT (the Python side
+ * falls back to FAISS).  Build with -DSTVH_HAMMING_NO_AVX2 to leave out the
+ * AVX2 scans.
  */
 #define PY_SSIZE_T_CLEAN
+/* bumped on any change of knn()'s signature or semantics; kernel.py ignores other versions */
+#define STVH_HAMMING_API_VERSION 1
+
 #include <Python.h>
 
 #include <stdint.h>
@@ -213,7 +220,8 @@ typedef void (*scan_fn)(topk_state *, const topk_params *, const uint8_t *, cons
  * below T (rare once T has settled) is rescanned by the scalar code, which
  * keeps the rows in position order.
  */
-#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__)) \
+    && !defined(STVH_HAMMING_NO_AVX2)
 #define HAVE_AVX2_SCANS 1
 #include <immintrin.h>
 #define TARGET_AVX2 __attribute__((target("avx2,popcnt")))
@@ -331,44 +339,24 @@ static int cpu_has_avx2(void) { return 0; }
 
 static int use_avx2 = 0;   /* set at import: the CPU has AVX2 (and it is not disabled) */
 
-/* Final compaction and stable counting sort by distance into the outputs. */
-static void finish(topk_state *s, const topk_params *p, int64_t *opos, int32_t *odist) {
+/* Final compaction and stable counting sort by distance into the outputs;
+ * count is scratch for bits + 2 counters. */
+static void finish(topk_state *s, const topk_params *p, Py_ssize_t *count, int64_t *opos, int32_t *odist) {
     compact(s, p);
-    /* s->m == k now, every distance <= min(T, bits) */
+    /* now s->m == k and every kept distance is <= min(T, bits) */
     const int top = s->T < p->bits ? s->T : p->bits;
-    Py_ssize_t start[130];
-    Py_ssize_t *st = start;
-    Py_ssize_t *heap_st = NULL;
-    if (top + 2 > 130) {
-        heap_st = (Py_ssize_t *)calloc((size_t)top + 2, sizeof(Py_ssize_t));
-        st = heap_st;  /* malloc failure: fall through with NULL is avoided below */
-    }
-    if (st == NULL) {  /* out of memory for a huge code size: insertion by distance */
-        Py_ssize_t w = 0;
-        for (int d = 0; d <= top; d++) {
-            for (Py_ssize_t r = 0; r < s->m; r++) {
-                if (s->dist[r] == d) {
-                    opos[w] = s->pos[r];
-                    odist[w] = d;
-                    w++;
-                }
-            }
-        }
-        return;
-    }
-    memset(st, 0, sizeof(Py_ssize_t) * ((size_t)top + 2));
+    memset(count, 0, sizeof(Py_ssize_t) * ((size_t)top + 2));
     for (Py_ssize_t r = 0; r < s->m; r++) {
-        st[s->dist[r] + 1]++;
+        count[s->dist[r] + 1]++;
     }
-    for (int d = 1; d <= top + 1; d++) {
-        st[d] += st[d - 1];
+    for (int d = 1; d <= top + 1; d++) {      /* count[d]: first output slot of distance d */
+        count[d] += count[d - 1];
     }
-    for (Py_ssize_t r = 0; r < s->m; r++) {
-        Py_ssize_t w = st[s->dist[r]]++;
+    for (Py_ssize_t r = 0; r < s->m; r++) {   /* in buffer (= position) order: stable */
+        Py_ssize_t w = count[s->dist[r]]++;
         opos[w] = s->pos[r];
         odist[w] = s->dist[r];
     }
-    free(heap_st);
 }
 
 /*
@@ -378,6 +366,7 @@ static void finish(topk_state *s, const topk_params *p, int64_t *opos, int32_t *
  */
 #define QUERY_CHUNK 64
 #define BLOCK_BYTES (64 * 1024)
+#define BUFFER_ROWS_PER_CHUNK ((Py_ssize_t)1 << 22)   /* fewer queries per chunk for a large k */
 
 static int search_all(const uint8_t *db, Py_ssize_t n, const uint8_t *qs, Py_ssize_t nq,
                       Py_ssize_t nbytes, Py_ssize_t k, int64_t *opos, int32_t *odist) {
@@ -397,6 +386,9 @@ static int search_all(const uint8_t *db, Py_ssize_t n, const uint8_t *qs, Py_ssi
     }
 #endif
     Py_ssize_t chunk = nq < QUERY_CHUNK ? nq : QUERY_CHUNK;
+    if (chunk > 1 && chunk * p.cap > BUFFER_ROWS_PER_CHUNK) {
+        chunk = BUFFER_ROWS_PER_CHUNK / p.cap > 1 ? BUFFER_ROWS_PER_CHUNK / p.cap : 1;
+    }
     Py_ssize_t block = BLOCK_BYTES / nbytes;
     if (block < 256) {
         block = 256;
@@ -409,8 +401,9 @@ static int search_all(const uint8_t *db, Py_ssize_t n, const uint8_t *qs, Py_ssi
     int64_t *pos = (int64_t *)malloc((size_t)chunk * (size_t)p.cap * sizeof(int64_t));
     int32_t *dist = (int32_t *)malloc((size_t)chunk * (size_t)p.cap * sizeof(int32_t));
     int64_t *hist = (int64_t *)malloc((size_t)chunk * nh * sizeof(int64_t));
+    Py_ssize_t *count = (Py_ssize_t *)malloc(nh * sizeof(Py_ssize_t));
     int rc = 0;
-    if (st == NULL || pos == NULL || dist == NULL || hist == NULL) {
+    if (st == NULL || pos == NULL || dist == NULL || hist == NULL || count == NULL) {
         rc = -1;
         goto done;
     }
@@ -432,7 +425,8 @@ static int search_all(const uint8_t *db, Py_ssize_t n, const uint8_t *qs, Py_ssi
             }
         }
         for (Py_ssize_t j = 0; j < qn; j++) {
-            finish(&st[j], &p, opos + (size_t)(q0 + j) * (size_t)k, odist + (size_t)(q0 + j) * (size_t)k);
+            finish(&st[j], &p, count, opos + (size_t)(q0 + j) * (size_t)k,
+                   odist + (size_t)(q0 + j) * (size_t)k);
         }
     }
 done:
@@ -440,6 +434,7 @@ done:
     free(pos);
     free(dist);
     free(hist);
+    free(count);
     return rc;
 }
 
@@ -550,6 +545,10 @@ static PyObject *knn(PyObject *self, PyObject *args) {
                      od.format ? od.format : "?", od.itemsize);
         goto out;
     }
+    if (kk > 0 && nq > PY_SSIZE_T_MAX / 8 / kk) {
+        PyErr_Format(PyExc_ValueError, "q * min(k, n) = %zd * %zd results are too many", nq, kk);
+        goto out;
+    }
     if (op.len != nq * kk * 8) {
         PyErr_Format(PyExc_ValueError, "out_positions must hold q * min(k, n) = %zd * %zd int64, got %zd",
                      nq, kk, op.len / 8);
@@ -624,5 +623,10 @@ PyMODINIT_FUNC PyInit__hamming(void) {
     }
 #endif
     use_avx2 = HAVE_AVX2_SCANS && cpu_has_avx2();
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "API_VERSION", STVH_HAMMING_API_VERSION) != 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

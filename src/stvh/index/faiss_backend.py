@@ -15,11 +15,12 @@ is used instead, with a warning).
   and K = 32 once n >= :data:`SHORT_MIN_ROWS` ``[K]``: their cost grows with
   the probed buckets, not with n;
 * otherwise a flat scan ("faiss" in :meth:`FaissIndex.engine`), run by
-  stvh's C kernel (:mod:`stvh.index.kernel`, 1.3-4x faster than FAISS's) when
+  stvh's C kernel (:mod:`stvh.index.kernel`; at 1M rows 1.7-2.3x faster than
+  FAISS's at K = 128, 3-5x at K = 64, faster at every size measured) when
   the extension is built, else by FAISS's kernel.
 
 The thresholds depend on which flat scan is available: against the C
-kernel the tables only pay off from ~1M rows (K = 16) / ~2M rows (K = 32);
+kernel the tables only pay off from 500k rows (K = 16) / 1.5M rows (K = 32);
 against FAISS (whose heap drowns in ties at K = 16) from 20k / 200k rows.
 """
 
@@ -36,7 +37,7 @@ from .numpy_backend import brute_force_topk
 from .short_codes import ShortCodeMixin
 
 # measured crossovers, tables vs flat scan (benchmarks/search.py --crossover; docs/index.md)
-SHORT_MIN_ROWS_VS_KERNEL = {16: 1_000_000, 32: 2_000_000}
+SHORT_MIN_ROWS_VS_KERNEL = {16: 500_000, 32: 1_500_000}
 SHORT_MIN_ROWS_VS_FAISS = {16: 20_000, 32: 200_000}
 SHORT_MIN_ROWS = dict(SHORT_MIN_ROWS_VS_KERNEL if kernel.AVAILABLE else SHORT_MIN_ROWS_VS_FAISS)
 _faiss = None

@@ -24,8 +24,13 @@ from .base import InMemoryIndex
 
 log = logging.getLogger(__name__)
 
+API_VERSION = 1   # the knn() contract this module expects (_hamming.c: STVH_HAMMING_API_VERSION)
+
 try:
     from . import _hamming
+    if getattr(_hamming, "API_VERSION", None) != API_VERSION:
+        raise ImportError(f"stale build of stvh.index._hamming (API_VERSION "
+                          f"{getattr(_hamming, 'API_VERSION', None)}, expected {API_VERSION}): reinstall stvh")
 except ImportError as exc:  # pragma: no cover - depends on the build
     _hamming = None
     log.debug("stvh.index._hamming is not available (%s); using the FAISS / numpy engines", exc)

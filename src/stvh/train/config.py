@@ -78,18 +78,28 @@ DEFAULTS: dict = {
 }
 
 
+FREE_SECTIONS = ("data.reader", "synth")  # options passed through to a reader / the generator
+
+
 class ConfigError(ValueError):
     pass
 
 
-def _merge(base: dict, update: dict, where: str = "") -> dict:
+def _merge(base: dict, update: dict, where: str = "", free: bool = False) -> dict:
+    """Merge ``update`` into ``base``; keys must exist unless the section is free-form.
+
+    The free-form sections (:data:`FREE_SECTIONS`) take any keys.
+    """
     for key, value in update.items():
+        if free and key not in base:
+            base[key] = copy.deepcopy(value)
+            continue
         if key not in base:
             raise ConfigError(f"unknown config key {where + key!r}; known: {', '.join(sorted(base))}")
-        if isinstance(base[key], dict) and base[key]:
+        if isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key {where + key!r} must be a mapping")
-            _merge(base[key], value, f"{where}{key}.")
+            _merge(base[key], value, f"{where}{key}.", free=free or where + key in FREE_SECTIONS)
         else:
             base[key] = value
     return base

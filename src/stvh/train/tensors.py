@@ -28,7 +28,7 @@ class ClipTensors:
     image_size: Tensor   # (M, 2) float32 (H, W)
     activity: Tensor     # (M,) int64, -1 unlabeled
     actions: Tensor      # (M, N) int64, -1 unknown
-    roi: Tensor | None = None  # (M, N, T, C, s, s) float16
+    roi: Tensor | None = None  # (M, N, T, C, s, s) float16 (float32 when the cache holds float32)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -56,7 +56,9 @@ def clips_to_tensors(clips: list[Clip], roi: dict[str, np.ndarray] | None = None
         raise ValueError(f"clips differ in (T, N, 4): {sorted(shapes)[:4]}; read them with one window and n_max")
     stacked_roi = None
     if roi is not None:
-        stacked_roi = torch.from_numpy(np.stack([roi[c.id] for c in clips]).astype(np.float16))
+        arrays = [roi[c.id] for c in clips]
+        dtype = np.float16 if all(a.dtype == np.float16 for a in arrays) else np.float32
+        stacked_roi = torch.from_numpy(np.stack(arrays).astype(dtype, copy=False))
     return ClipTensors(
         ids=[c.id for c in clips],
         groups=[c.group for c in clips],
