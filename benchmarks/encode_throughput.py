@@ -14,8 +14,11 @@ forward pass and the stacking of codes and predictions, i.e. all of
 ``stvh encode`` except reading the cache from disk and writing the codes.
 
 Baseline measured in the same run, at the same thread count: the FLOP rate of
-``torch.mm`` on 1024x1024 float32 matrices (2 n^3 FLOP per product, best of
-several repeats).  The model's FLOP per clip is counted by
+``torch.mm`` on 1024x1024 float32 matrices (2 n^3 FLOP per product).  The
+timing runs in ``--repeats`` rounds; each round measures, for every thread
+count in turn, the matmul rate (0.5 s of products) and then one encoder pass,
+so a change of load on a shared machine hits every thread count alike.  The
+best of the rounds is kept (all runs are in the JSON).  The model's FLOP per clip is counted by
 ``torch.utils.flop_counter.FlopCounterMode`` on one batch (matrix products,
 convolutions and attention; element-wise work, normalisations and indexing are
 not counted, so the achieved rate is a lower bound of the work done).
@@ -30,6 +33,7 @@ the largest thread count over 1 thread.  JSON to ``--out`` (default
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -53,7 +57,8 @@ def parse_args(argv=None):
     ap.add_argument("--channels", type=int, default=64, help="C of the cache, e.g. PCA-64 (default: %(default)s)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to compare")
-    ap.add_argument("--repeats", type=int, default=3, help="timed passes over the cache per thread count")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="rounds; each round times the matmul and one pass over the cache at every thread count")
     ap.add_argument("--matmul-n", type=int, default=1024, help="side of the square float32 matmul baseline")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="JSON results (default: %(default)s)")
@@ -133,19 +138,39 @@ def count_flops(model, data, batch_size: int) -> tuple[float, dict]:
     return counter.get_total_flops() / n, per_module
 
 
-def time_predict(model, data, batch_size: int, repeats: int) -> dict:
+def time_predict(model, data, batch_size: int) -> float:
+    """Seconds of one ``predict`` pass over all of ``data``."""
     import torch
 
     from stvh.train.loop import predict
 
-    predict(model, data, torch.device("cpu"), batch_size)  # warm-up (allocator, kernels)
-    times = []
+    t = time.perf_counter()
+    predict(model, data, torch.device("cpu"), batch_size)
+    return time.perf_counter() - t
+
+
+def interleaved(model, data, batch_size: int, threads: list[int], repeats: int, matmul_n: int) -> dict:
+    """Rounds of (matmul rate, one encoder pass) at every thread count in turn, so that a change of
+    load on a shared machine hits every thread count alike; returns the runs per thread count."""
+    import torch
+
+    from stvh.train.loop import predict
+
+    runs = {n: {"encode_s": [], "matmul": []} for n in threads}
+    k = min(len(data), 2 * batch_size)  # two batches warm the allocator and kernels up
+    warm = dataclasses.replace(data, ids=data.ids[:k], groups=data.groups[:k], splits=data.splits[:k],
+                               boxes=data.boxes[:k], mask=data.mask[:k], image_size=data.image_size[:k],
+                               activity=data.activity[:k], actions=data.actions[:k],
+                               roi=data.roi[:k] if data.roi is not None else None)
+    for n in threads:
+        torch.set_num_threads(n)
+        predict(model, warm, torch.device("cpu"), batch_size)
     for _ in range(repeats):
-        t = time.perf_counter()
-        predict(model, data, torch.device("cpu"), batch_size)
-        times.append(time.perf_counter() - t)
-    return {"best_s": min(times), "median_s": statistics.median(times), "clips_per_s": len(data) / min(times),
-            "clips_per_s_median": len(data) / statistics.median(times)}
+        for n in threads:
+            torch.set_num_threads(n)
+            runs[n]["matmul"].append(matmul_rate(matmul_n, min_seconds=0.5))
+            runs[n]["encode_s"].append(time_predict(model, data, batch_size))
+    return runs
 
 
 def main(argv=None) -> int:
@@ -180,22 +205,21 @@ def main(argv=None) -> int:
     rows = []
     base_threads = torch.get_num_threads()
     try:
-        for n in args.threads:
-            torch.set_num_threads(n)
-            mm = matmul_rate(args.matmul_n)
-            enc = time_predict(model, data, args.batch_size, args.repeats)
-            mm_after = matmul_rate(args.matmul_n)  # bracket the encoder timing (the machine may be shared)
-            mm_rate = max(mm["best"], mm_after["best"])
-            achieved = enc["clips_per_s"] * flop_clip / 1e9
-            row = {"threads": n, "clips_per_s": enc["clips_per_s"], "clips_per_s_median": enc["clips_per_s_median"],
-                   "gflop_per_clip": flop_clip / 1e9, "achieved_gflops": achieved, "matmul_gflops": mm_rate,
-                   "matmul_before": mm, "matmul_after": mm_after, "achieved_over_matmul": achieved / mm_rate,
-                   "seconds_best": enc["best_s"], "seconds_median": enc["median_s"]}
-            rows.append(row)
-            print(f"{n:>7}{row['clips_per_s']:>10.1f}{row['gflop_per_clip']:>12.4f}{achieved:>10.2f}"
-                  f"{mm_rate:>16.1f}{row['achieved_over_matmul']:>17.3f}", flush=True)
+        runs = interleaved(model, data, args.batch_size, args.threads, args.repeats, args.matmul_n)
     finally:
         torch.set_num_threads(base_threads)
+    for n in args.threads:
+        enc_s, mms = runs[n]["encode_s"], runs[n]["matmul"]
+        clips_s = len(data) / min(enc_s)
+        mm_rate = max(m["best"] for m in mms)
+        achieved = clips_s * flop_clip / 1e9
+        row = {"threads": n, "clips_per_s": clips_s, "clips_per_s_median": len(data) / statistics.median(enc_s),
+               "gflop_per_clip": flop_clip / 1e9, "achieved_gflops": achieved, "matmul_gflops": mm_rate,
+               "achieved_over_matmul": achieved / mm_rate, "encode_s_runs": enc_s,
+               "matmul_gflops_runs": [m["best"] for m in mms]}
+        rows.append(row)
+        print(f"{n:>7}{row['clips_per_s']:>10.1f}{row['gflop_per_clip']:>12.4f}{achieved:>10.2f}"
+              f"{mm_rate:>16.1f}{row['achieved_over_matmul']:>17.3f}", flush=True)
     speedup = None
     if len(rows) > 1 and rows[0]["threads"] == 1:
         last = rows[-1]

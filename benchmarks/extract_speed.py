@@ -58,6 +58,9 @@ def parse_args(argv=None):
     ap.add_argument("--clips-per-match", type=int, default=6)
     ap.add_argument("--frames", type=int, default=10)
     ap.add_argument("--size", default="180x320", help="frame size HxW (default: %(default)s)")
+    ap.add_argument("--frame-size", metavar="HxW",
+                    help="resize frames before the backbone, as `stvh extract --frame-size` "
+                         "(the demo uses 112x200; default: native size)")
     ap.add_argument("--pca", type=int, default=64, help="channels kept by the PCA variant; 0 skips it")
     ap.add_argument("--repeats", type=int, default=2,
                     help="timed runs per measurement, best kept (the bare forward runs this many times before "
@@ -68,7 +71,7 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def decoded_batches(data: Path):
+def decoded_batches(data: Path, size: tuple[int, int] | None):
     """The frames of every clip with frames, decoded like extract() does, grouped as extract() batches them."""
     import torch
 
@@ -80,7 +83,7 @@ def decoded_batches(data: Path):
     batches = []
     for start in range(0, len(clips), BATCH_CLIPS):
         group = clips[start:start + BATCH_CLIPS]
-        frames = torch.stack([_resize(read_frames(c.frames), None) for c in group])  # (B, T, 3, H, W)
+        frames = torch.stack([_resize(read_frames(c.frames), size) for c in group])  # (B, T, 3, H, W)
         batches.append(frames.reshape(-1, *frames.shape[2:]))
     return batches
 
@@ -101,19 +104,20 @@ def time_bare(backbone, batches, repeats: int) -> list[float]:
     return times
 
 
-def time_extract(data: Path, backbone: str, work: Path, pca: int | None, repeats: int) -> dict:
+def time_extract(data: Path, backbone: str, work: Path, pca: int | None, repeats: int,
+                 size: tuple[int, int] | None) -> dict:
     from stvh.train.extract import extract
 
     walls, loops, summary = [], [], None
     for r in range(repeats):
         out = work / f"feats-{backbone}-{'pca' + str(pca) if pca else 'raw'}-{r}"
         t = time.perf_counter()
-        summary = extract(data, backbone, out, progress=False, pca=pca)
+        summary = extract(data, backbone, out, progress=False, pca=pca, frame_size=size)
         walls.append(time.perf_counter() - t)
         loops.append(float(summary["seconds"]))
-        size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+        nbytes = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
         shutil.rmtree(out, ignore_errors=True)
-    return {"wall": walls, "loop": loops, "cache_bytes": size, "summary": summary}
+    return {"wall": walls, "loop": loops, "cache_bytes": nbytes, "summary": summary}
 
 
 def main(argv=None) -> int:
@@ -130,6 +134,7 @@ def main(argv=None) -> int:
     # (logged and warned) notice out of the table
     logging.getLogger("stvh.models.visual").setLevel(logging.ERROR)
     h, w = (int(v) for v in args.size.lower().split("x"))
+    fsize = tuple(int(v) for v in args.frame_size.lower().split("x")) if args.frame_size else None
     work = Path(tempfile.mkdtemp(prefix="stvh-extract-speed-"))
     rows = []
     try:
@@ -137,13 +142,15 @@ def main(argv=None) -> int:
         generate(data, matches=args.matches, clips_per_match=args.clips_per_match, frames=args.frames,
                  size=(h, w), progress=False, seed=args.seed)
         t = time.perf_counter()
-        batches = decoded_batches(data)
+        batches = decoded_batches(data, fsize)
         t_decode = time.perf_counter() - t
         n_frames = sum(int(x.shape[0]) for x in batches)
-        print(f"# {n_frames} frames ({args.matches}x{args.clips_per_match} clips x {args.frames}) of {h}x{w}; "
+        print(f"# {n_frames} frames ({args.matches}x{args.clips_per_match} clips x {args.frames}) of {h}x{w}"
+              f"{f' resized to {fsize[0]}x{fsize[1]}' if fsize else ''}; "
               f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
               f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, load {os.getloadavg()[0]:.2f}")
-        print(f"# decoding them alone (read_frames + to float): {n_frames / t_decode:.0f} frames/s")
+        print(f"# decoding them alone (read_frames + to float{' + resize' if fsize else ''}): "
+              f"{n_frames / t_decode:.0f} frames/s")
         print()
         print(f"{'backbone':<20}{'bare f/s':>9}{'extract f/s':>12}{'x bare':>8}{'loop x':>8}"
               f"{'pca f/s':>9}{'x bare':>8}{'loop x':>8}")
@@ -153,8 +160,8 @@ def main(argv=None) -> int:
                 torch.manual_seed(args.seed)
                 module, channels = build_backbone(name)
                 bare = time_bare(module, batches, args.repeats)
-                raw = time_extract(data, name, work, None, args.repeats)
-                pca = time_extract(data, name, work, args.pca, args.repeats) if args.pca else None
+                raw = time_extract(data, name, work, None, args.repeats, fsize)
+                pca = time_extract(data, name, work, args.pca, args.repeats, fsize) if args.pca else None
                 bare += time_bare(module, batches, args.repeats)  # bracket the extract runs (shared machine)
             b = min(bare)
             row = {"backbone": name, "channels": channels, "frames": n_frames,
