@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test install clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py src/stvh/index/_hamming.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -qq -e '.[dev,milvus]'
 	touch $(STAMP)
