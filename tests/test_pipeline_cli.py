@@ -84,3 +84,25 @@ def test_extract_real_volleyball_frames(volleyball_sample, tmp_path):
     roi = cache["7/38025"]
     assert roi.shape == (12, 10, 576, 5, 5) and np.isfinite(roi.astype(np.float32)).all()
     assert np.abs(roi[:11]).sum() > 0 and np.abs(roi[11]).sum() == 0  # 11 real players, one padded slot
+
+
+def test_torchrun_two_processes_on_cpu(tiny_synth, tmp_path):
+    """DistributedDataParallel with the Gloo backend: two CPU processes train one run."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
+    if not os.path.exists(torchrun):
+        import pytest
+        pytest.skip("torchrun not found")
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "stvh.cli", "train", "--data", str(tiny_synth),
+                           "--out", str(run), "--no-progress", "model.backbone=none", *TINY],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stdout.count('"epochs_run"') == 1  # only rank 0 reports
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3 and (run / "best.pt").exists()

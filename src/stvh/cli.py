@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -186,7 +187,8 @@ def train_cmd(
         result = fit(cfg, data, features, out, resume=resume is not None, progress=progress)
     except CheckpointError as exc:
         _fail(str(exc))
-    typer.echo(json.dumps(result, indent=2))
+    if int(os.environ.get("RANK", 0)) == 0:  # under torchrun only rank 0 reports
+        typer.echo(json.dumps(result, indent=2))
 
 
 @app.command("encode")

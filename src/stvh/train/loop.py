@@ -245,7 +245,8 @@ def fit(cfg: dict, data_dir: str | Path, features: str | Path | None, out: str |
         g = torch.Generator().manual_seed(seed * 100003 + epoch)
         perm = torch.randperm(len(train), generator=g)
         batches = [perm[i:i + t["batch_size"]] for i in range(0, len(perm), t["batch_size"])]
-        batches = batches[rank::world]
+        if world > 1:  # every process must run the same number of steps (gradients are all-reduced)
+            batches = batches[:len(batches) // world * world][rank::world]
         sums: dict[str, float] = {}
         t0 = time.time()
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{t['epochs']}", disable=not progress or rank != 0,
