@@ -92,6 +92,15 @@ class CodeIndex(ABC):
 
     backend: ClassVar[str] = "?"
 
+    @staticmethod
+    def _ids_to_add(ids) -> list[str]:
+        """The ids of an ``add`` call as a list, refusing duplicates within the call."""
+        ids = as_id_list(ids)
+        dup = first_duplicate(ids)
+        if dup is not None:
+            raise DuplicateIdError(f"duplicate id {dup!r} in this add() call")
+        return ids
+
     def __init__(self, bits: int, depth: int = 1, *, mode: str = "all",
                  filter: np.ndarray | None = None, meta: dict | None = None):
         self._bits = check_bits(bits)
@@ -310,11 +319,8 @@ class InMemoryIndex(CodeIndex):
             setattr(self, name, a)
 
     def add(self, ids, codes, *, activity=None, group=None) -> None:
-        ids = as_id_list(ids)
+        ids = self._ids_to_add(ids)
         n = len(ids)
-        dup = first_duplicate(ids)
-        if dup is not None:
-            raise DuplicateIdError(f"duplicate id {dup!r} in this add() call")
         present = [i for i in ids if i in self._pos]
         if present:
             raise DuplicateIdError(f"id(s) already in the index: {_short(present)}")

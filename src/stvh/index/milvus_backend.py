@@ -176,11 +176,8 @@ class MilvusIndex(CodeIndex):
 
     # ---- API
     def add(self, ids, codes, *, activity=None, group=None) -> None:
-        ids = as_id_list(ids)
+        ids = self._ids_to_add(ids)
         n = len(ids)
-        dup = first_duplicate(ids)
-        if dup is not None:
-            raise DuplicateIdError(f"duplicate id {dup!r} in this add() call")
         packed = self.prepare_add_codes(codes, n)
         act, grp = self.prepare_labels(n, activity, group)
         if any(len(i) > 1024 for i in ids) or any(len(g) > 1024 for g in grp):
