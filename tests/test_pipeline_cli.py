@@ -106,3 +106,17 @@ def test_torchrun_two_processes_on_cpu(tiny_synth, tmp_path):
     assert proc.stdout.count('"epochs_run"') == 1  # only rank 0 reports
     rows = (run / "metrics.csv").read_text().splitlines()
     assert len(rows) == 3 and (run / "best.pt").exists()
+
+
+def test_demo_end_to_end_on_a_tiny_dataset(tmp_path):
+    """`stvh demo` with overrides that shrink every stage (the full demo takes minutes)."""
+    out = ok(["demo", "--out", tmp_path / "demo", "--no-progress",
+              "synth.matches=2", "synth.clips_per_match=8", "synth.frames=4", "synth.size=[90, 160]",
+              "model.d=16", "model.d_v=8", "model.heads=2", "model.bits=16", "train.epochs=1", "filter.steps=10"])
+    for stage in range(1, 8):
+        assert f"[{stage}/7]" in out
+    assert "activity mAP@10" in out and "focus 1 (visual)" in out and "focus 3 (activity)" in out
+    assert "rank  clip" in out
+    headline = json.loads(out[out.rindex("{"):])
+    assert 0 <= headline["activity_map@10_deepest"] <= 1 and 0 <= headline["visual_map@10_shallowest"] <= 1
+    assert (tmp_path / "demo" / "run" / "report.html").exists() and (tmp_path / "demo" / "index.npz").exists()

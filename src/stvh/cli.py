@@ -221,7 +221,7 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json."),
 ):
     """Accuracy, MPCA, action accuracy and mAP@5/10/20/50 (train = database, test = queries)."""
-    from .eval.evaluate import evaluate
+    from .eval.evaluate import evaluate, format_headline
     from .train.checkpoint import CheckpointError
     from .train.encode import encode
 
@@ -238,19 +238,6 @@ def eval_cmd(
         return
     typer.echo(format_headline(m, result["details"]))
     typer.echo(f"metrics written to {run / 'metrics.json'}")
-
-
-def format_headline(m: dict, details: dict) -> str:
-    """A short table: accuracy and mAP@10 per depth, activity vs visual focus."""
-    bits, depth = details["bits"], details["depth"]
-    lines = [f"accuracy (MCA) {m['mca']:.4f}   MPCA {m['mpca']:.4f}   action accuracy {m['action_acc']:.4f}",
-             f"{'depth':>6} {'activity mAP@10':>16} {'visual mAP@10':>14} {'activity (F)':>13} {'visual (F)':>11}"]
-    for t in range(1, depth + 1):
-        row = [m[f"map@10/activity/K{bits}/depth{t}"], m[f"map@10/visual/K{bits}/depth{t}"]]
-        der = [m.get(f"map@10/activity/K{bits}/depth{t}/derived"), m.get(f"map@10/visual/K{bits}/depth{t}/derived")]
-        cells = "".join(f"{v:>13.4f}" if v is not None else f"{'-':>13}" for v in der)
-        lines.append(f"{t:>6} {row[0]:>16.4f} {row[1]:>14.4f}{cells}")
-    return "\n".join(lines)
 
 
 index_app = typer.Typer(help="Hamming indexes of codes: build, then `stvh search`.", no_args_is_help=True)

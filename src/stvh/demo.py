@@ -25,7 +25,7 @@ def run_demo(out: str | Path, *, seed: int = 0, progress: bool = True, echo: Cal
     """Run every stage into ``out``; returns the headline metrics and paths."""
     from .data.formats import read_dataset
     from .data.synth import generate
-    from .eval.evaluate import evaluate
+    from .eval.evaluate import evaluate, format_headline
     from .eval.report import write_report
     from .index.commands import build_index, format_results, search_index
     from .train.checkpoint import load_checkpoint
@@ -65,7 +65,6 @@ def run_demo(out: str | Path, *, seed: int = 0, progress: bool = True, echo: Cal
     encode(run, codes, device=cfg["train"]["device"])
     result = evaluate(codes, run)
     m, details = result["metrics"], result["details"]
-    from .cli import format_headline
     for line in format_headline(m, details).splitlines():
         echo("      " + line)
 

@@ -114,3 +114,16 @@ def evaluate(codes_path: str | Path, out: str | Path | None = None, ks=KS) -> di
         write_text_atomic(out / "metrics.json", json.dumps(m, indent=2, sort_keys=True))
         write_text_atomic(out / "eval_details.json", json.dumps(extras))
     return {"metrics": m, "details": extras}
+
+
+def format_headline(m: dict, details: dict) -> str:
+    """A short table: accuracy and mAP@10 per depth, activity vs visual focus."""
+    bits, depth = details["bits"], details["depth"]
+    lines = [f"accuracy (MCA) {m['mca']:.4f}   MPCA {m['mpca']:.4f}   action accuracy {m['action_acc']:.4f}",
+             f"{'depth':>6} {'activity mAP@10':>16} {'visual mAP@10':>14} {'activity (F)':>13} {'visual (F)':>11}"]
+    for t in range(1, depth + 1):
+        row = [m[f"map@10/activity/K{bits}/depth{t}"], m[f"map@10/visual/K{bits}/depth{t}"]]
+        der = [m.get(f"map@10/activity/K{bits}/depth{t}/derived"), m.get(f"map@10/visual/K{bits}/depth{t}/derived")]
+        cells = "".join(f"{v:>13.4f}" if v is not None else f"{'-':>13}" for v in der)
+        lines.append(f"{t:>6} {row[0]:>16.4f} {row[1]:>14.4f}{cells}")
+    return "\n".join(lines)
