@@ -117,3 +117,16 @@ def test_detect_format(tmp_path):
     assert len(read_dataset(tmp_path / "vb")) == 1
     with pytest.raises(ValueError, match="unknown format"):
         read_dataset(tmp_path / "vb", format="kinetics")
+
+
+def test_text_lines(tmp_path):
+    from stvh.data.errors import text_lines
+
+    f = tmp_path / "a.txt"
+    f.write_text("first\n\n  second  \n   \nthird")
+    assert text_lines(f, Problems()) == [(1, "first"), (3, "second"), (5, "third")]
+    f.write_bytes(b"\xff\xfe bad utf-8\n")
+    with pytest.raises(FormatError, match="a.txt: format error: cannot read"):
+        text_lines(f, Problems())
+    skipping = Problems(skip_bad=True)
+    assert text_lines(tmp_path / "missing.txt", skipping) == [] and len(skipping) == 1

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .clip import UNKNOWN, Clip, ClipDataset, ImageFrames, pad_persons
-from .errors import BadBox, FormatError, MalformedLine, MissingFrame, Problems, UnknownLabel
+from .errors import BadBox, FormatError, MalformedLine, MissingFrame, Problems, UnknownLabel, text_lines
 from .geometry import clip_box_to_image
 from .labels import (CAD_ACTIONS, CAD_ACTIVITIES_4, CAD_ACTIVITIES_5, CAED_ACTIONS,
                      CAED_ACTIVITIES)
@@ -152,15 +152,8 @@ def _parse_annotations(path: Path, vocab: _Vocab, size: tuple[int, int],
                        problems: Problems) -> dict[int, list[tuple[np.ndarray, int]]]:
     """``{frame: [(box x1y1x2y2, file action id), ...]}`` in file order."""
     per_frame: dict[int, list[tuple[np.ndarray, int]]] = {}
-    try:
-        text = path.read_text(encoding="utf-8", errors="strict")
-    except (OSError, UnicodeDecodeError) as e:
-        problems.report(FormatError(f"cannot read: {e}", path=path))
-        return per_frame
-    for lineno, raw in enumerate(text.splitlines(), start=1):
+    for lineno, raw in text_lines(path, problems):
         fields = raw.split()
-        if not fields:
-            continue
         if len(fields) != 7:
             problems.report(MalformedLine(
                 f"expected 7 fields 'frame x y w h action pose', got {len(fields)}", path=path, line=lineno))

@@ -78,3 +78,18 @@ class Problems:
         for e in self.errors:
             out[e.kind] = out.get(e.kind, 0) + 1
         return out
+
+
+def text_lines(path, problems: Problems) -> list[tuple[int, str]]:
+    """Non-blank lines of a UTF-8 text file as ``(1-based line number, stripped line)``.
+
+    An unreadable file is reported as a :class:`FormatError` (raised, or skipped
+    and counted with ``skip_bad``), giving no lines.
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.report(FormatError(f"cannot read: {exc}", path=path))
+        return []
+    return [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]

@@ -24,7 +24,7 @@ import numpy as np
 from .cad import image_header_size, split_of, xywh_to_box
 from .clip import UNKNOWN, Clip, ClipDataset, ImageFrames, VideoFrames, pad_persons
 from .errors import (BadBox, FormatError, MalformedLine, MissingFrame, Problems, UnknownLabel,
-                     UnreadableVideo)
+                     UnreadableVideo, text_lines)
 from .splits import read_splits
 
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov")
@@ -132,15 +132,7 @@ def _to_int(s: str) -> int:
 def _parse_tracks(path: Path, size: tuple[int, int], problems: Problems) -> dict[int, dict[int, np.ndarray]]:
     """``{track id: {frame: box x1y1x2y2}}``; rows with ``conf == 0`` are ignored."""
     tracks: dict[int, dict[int, np.ndarray]] = {}
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        problems.report(FormatError(f"cannot read: {e}", path=path))
-        return tracks
-    for lineno, raw in enumerate(text.splitlines(), start=1):
-        raw = raw.strip()
-        if not raw:
-            continue
+    for lineno, raw in text_lines(path, problems):
         fields = [f.strip() for f in raw.split(",")] if "," in raw else raw.split()
         if len(fields) < 6:
             problems.report(MalformedLine(f"expected 'frame,id,x,y,w,h[,conf,...]', got {len(fields)} fields",
