@@ -130,3 +130,11 @@ def test_text_lines(tmp_path):
         text_lines(f, Problems())
     skipping = Problems(skip_bad=True)
     assert text_lines(tmp_path / "missing.txt", skipping) == [] and len(skipping) == 1
+
+
+def test_unit_hash_is_seeded_and_uniform():
+    from stvh.data.splits import unit_hash
+
+    values = [unit_hash(f"v/{i}", 0) for i in range(2000)]
+    assert all(0 <= v < 1 for v in values) and abs(np.mean(values) - 0.5) < 0.03
+    assert unit_hash("v/1", 0) == unit_hash("v/1", 0) != unit_hash("v/1", 1)

@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from .data.errors import DataError
+from .data.errors import DataError, count_kinds
 
 app = typer.Typer(help="Multi-focused video group activity hashing (STVH / M-STVH).",
                   no_args_is_help=True, add_completion=False,
@@ -94,18 +94,11 @@ def data_info(
     ds = read_dataset(root, format, skip_bad=skip_bad)
     summary = ds.summary()
     if skip_bad:
-        summary["skipped_by_kind"] = _count_kinds(ds.skipped)
+        summary["skipped_by_kind"] = count_kinds(ds.skipped)
     if as_json:
         typer.echo(json.dumps(summary))
         return
     typer.echo(format_summary(summary))
-
-
-def _count_kinds(errors) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for e in errors:
-        out[e.kind] = out.get(e.kind, 0) + 1
-    return out
 
 
 def format_summary(s: dict) -> str:

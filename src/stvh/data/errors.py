@@ -74,10 +74,15 @@ class Problems:
         return len(self.errors)
 
     def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for e in self.errors:
-            out[e.kind] = out.get(e.kind, 0) + 1
-        return out
+        return count_kinds(self.errors)
+
+
+def count_kinds(errors) -> dict[str, int]:
+    """``{kind: number}`` of a list of :class:`DataError`."""
+    out: dict[str, int] = {}
+    for e in errors:
+        out[e.kind] = out.get(e.kind, 0) + 1
+    return out
 
 
 def text_lines(path, problems: Problems) -> list[tuple[int, str]]:

@@ -6,6 +6,7 @@ names). Clips not listed get the split ``""``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -30,3 +31,9 @@ def read_splits(root: str | Path) -> dict[str, str] | None:
                 raise FormatError(f"clip {cid} is listed in both {out[str(cid)]!r} and {split!r}", path=path)
             out[str(cid)] = split
     return out
+
+
+def unit_hash(text: str, seed: int) -> float:
+    """A number in [0, 1) fixed by ``(seed, text)``: seeded, order-independent clip partitions."""
+    digest = hashlib.sha256(f"{seed}:{text}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .clip import UNKNOWN, Clip, ClipDataset, ImageFrames
+from .clip import Clip, ClipDataset, ImageFrames, pad_persons
 from .errors import BadBox, FormatError, MalformedLine, MissingFrame, Problems, UnknownLabel
 from .geometry import clip_box_to_image, iou_matrix
 from .labels import VOLLEYBALL_ACTIONS, VOLLEYBALL_ACTIVITIES, normalise_volleyball_label
@@ -279,13 +279,7 @@ def _read_clip(line, ann, lineno, video, image_size, offsets, key_index, n_max,
         frames = ImageFrames(paths)
     elif require_frames:
         raise MissingFrame(f"frame folder {clip_dir} is missing", path=ann, line=lineno, clip=clip_id)
-    n = len(boxes)
-    out_boxes = np.zeros((len(offsets), n_max, 4), np.float32)  # (T, N, 4)
-    out_boxes[:, :n] = per_frame
-    mask = np.zeros(n_max, bool)
-    mask[:n] = True
-    out_actions = np.full(n_max, UNKNOWN, np.int64)
-    out_actions[:n] = actions
+    out_boxes, mask, out_actions = pad_persons(per_frame, actions, n_max)  # (T, N, 4), (N,), (N,)
     return Clip(video=video, clip=str(key), frame_ids=frame_ids.astype(np.int64), boxes=out_boxes, mask=mask,
                 actions=out_actions, activity=activity, group=video, image_size=image_size, frames=frames,
                 tracked=tracked, key_index=key_index)

@@ -19,7 +19,6 @@ instead: per group, a seeded 30 % of the clips become queries.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from ..data.atomic import write_text_atomic
+from ..data.splits import unit_hash
 from ..index.codes import CodeSet
 from ..models.filter import FilterMatrix
 from ..train.encode import predictions_path
@@ -46,17 +46,13 @@ def derived_codes(code_set: CodeSet) -> np.ndarray | None:
     return torch.stack(fm.derive(deepest, code_set.depth), dim=1).numpy().astype(np.int8)
 
 
-def _unit_hash(text: str, seed: int) -> float:
-    return int.from_bytes(hashlib.sha256(f"{seed}:{text}".encode()).digest()[:8], "big") / 2.0**64
-
-
 def visual_protocol(ids, groups, splits, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
     """(database mask, query mask, description) for visual-focus retrieval."""
     groups, splits = np.asarray(groups), np.asarray(splits)
     train, test = splits != "test", splits == "test"
     if set(groups[test]) & set(groups[train]):
         return train, test, "train split as database, test split as queries"
-    query = np.array([_unit_hash(i, seed) < 0.3 for i in ids])
+    query = np.array([unit_hash(i, seed) < 0.3 for i in ids])
     return ~query, query, "all clips mixed, 30% of each group's clips as queries (split separates groups)"
 
 

@@ -6,7 +6,6 @@ records into stacked tensors once; batches are index selections.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ..data.clip import Clip
+from ..data.splits import unit_hash
 
 
 @dataclass
@@ -72,11 +72,6 @@ def clips_to_tensors(clips: list[Clip], roi: dict[str, np.ndarray] | None = None
     )
 
 
-def _unit_hash(text: str, seed: int) -> float:
-    digest = hashlib.sha256(f"{seed}:{text}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64
-
-
 def partition(clips: list[Clip], val_fraction: float, seed: int) -> dict[str, list[Clip]]:
     """``train`` / ``val`` / ``test`` lists. ``val`` is carved out of the train split.
 
@@ -95,7 +90,7 @@ def partition(clips: list[Clip], val_fraction: float, seed: int) -> dict[str, li
         elif c.split in ("train", "val", ""):
             by_group.setdefault(c.group, []).append(c)
     for group in sorted(by_group):
-        members = sorted(by_group[group], key=lambda c: _unit_hash(c.id, seed))
+        members = sorted(by_group[group], key=lambda c: unit_hash(c.id, seed))
         n_val = int(round(val_fraction * len(members)))
         if n_val >= len(members):
             n_val = len(members) - 1
