@@ -1,12 +1,15 @@
-"""check_output and os_error_message: every refusal is one line naming the path."""
+"""check_output and os_error_message (one line naming the path); atomic writes: stale temps, umask."""
 
 from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
 
 import pytest
 
+from stvh.data.atomic import atomic_path, remove_stale_temps, write_text_atomic
 from stvh.outputs import OutputError, check_output, os_error_message
 
 
@@ -156,7 +159,8 @@ def test_bad_kind_and_bad_input_spec():
      "/r/f/x: a part of the path is not a directory"),
     (OSError(errno.ENOSPC, "No space left on device", "/r/x.npz"), "/r/x.npz: disk full (no space left on device)"),
     (OSError(errno.EROFS, "Read-only file system", "/r/x.npz"), "/r/x.npz: read-only file system"),
-    (OSError(errno.ENOSPC, "No space left on device"), "cannot write: disk full (no space left on device)"),
+    (OSError(errno.ENOSPC, "No space left on device"), "disk full (no space left on device)"),
+    (OSError("no errno at all"), "no errno at all"),
     (OSError(errno.ENOSPC, "No space", "/r/.codes.npz.ab12_x.tmp"), "/r/codes.npz: disk full (no space left on device)"),
     (OSError(errno.EIO, "Input/output error", "/r/x"), "/r/x: input/output error"),
 ])
@@ -168,3 +172,66 @@ def test_os_error_message_from_a_real_error(tmp_path):
     with pytest.raises(IsADirectoryError) as e:
         open(tmp_path, "wb")
     assert os_error_message(e.value) == f"{tmp_path}: is a directory; give a file name"
+
+
+# --------------------------------------------------------------------------- atomic writes (data/atomic.py)
+
+_KILL_MID_WRITE = """
+import os, sys
+from stvh.data.atomic import atomic_path
+with atomic_path(sys.argv[1]) as tmp:
+    tmp.write_bytes(b"half a file")
+    os.kill(os.getpid(), 9)
+"""
+
+
+def kill_mid_write(target) -> list:
+    """Run a process that is SIGKILLed while writing ``target``; return the temp files it left."""
+    proc = subprocess.run([sys.executable, "-c", _KILL_MID_WRITE, str(target)], capture_output=True)
+    assert proc.returncode == -9, proc.stderr
+    return sorted(p.name for p in target.parent.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_a_killed_write_leaves_a_temp_that_the_next_write_removes(tmp_path):
+    target = tmp_path / "run.json"
+    left = kill_mid_write(target)
+    assert len(left) == 1 and left[0].startswith(".run.json.") and not target.exists()
+    write_text_atomic(target, "{}")
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"] and target.read_text() == "{}"
+
+
+def test_only_the_targets_own_temps_are_removed(tmp_path):
+    own = [".codes.npz.k2j3_a8q.tmp", ".codes.npz.0123456789ab.tmp"]     # mkstemp-style and ours
+    others = [".codes.npz.predictions.npz.0123456789ab.tmp",               # temp of another target
+              ".xcodes.npz.abc.tmp", "codes.npz.abc.tmp", ".codes.npz.abc.tmp.keep"]
+    for name in own + others:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / ".codes.npz.dir.tmp").mkdir()                              # not a file: kept
+    removed = remove_stale_temps(tmp_path / "codes.npz")
+    assert sorted(p.name for p in removed) == sorted(own)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(others + [".codes.npz.dir.tmp"])
+    assert remove_stale_temps(tmp_path / "missing" / "x") == []
+
+
+def test_a_failed_write_keeps_the_old_file_and_no_temp(tmp_path):
+    target = tmp_path / "a.txt"
+    write_text_atomic(target, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("new")
+            raise RuntimeError("boom")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_files_get_the_umask_in_force_at_write_time(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        write_text_atomic(tmp_path / "a.txt", "x")
+        with atomic_path(tmp_path / "b.bin") as tmp:
+            with open(tmp, "wb") as fh:                                    # how torch.save / np.savez write
+                fh.write(b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "b.bin").stat().st_mode & 0o777 == mode

@@ -142,8 +142,8 @@ def os_error_message(exc: OSError) -> str:
     A temporary file of an atomic write (``.NAME.xyz.tmp``) is reported under
     the name of the file being written.
     """
-    reason = _REASONS.get(exc.errno) or (exc.strerror or str(exc) or type(exc).__name__).lower()
+    reason = _REASONS.get(exc.errno) or (exc.strerror.lower() if exc.strerror else str(exc) or type(exc).__name__)
     name = _user_name(exc.filename)
     if name is None:
         name = _user_name(exc.filename2)
-    return f"{name}: {reason}" if name else f"cannot write: {reason}"
+    return f"{name}: {reason}" if name else reason

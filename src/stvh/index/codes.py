@@ -28,14 +28,14 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+
+from ..data.atomic import atomic_path
 
 VALID_BITS = (16, 32, 64, 128)
 CODES_FORMAT = "stvh-codes"
@@ -104,35 +104,16 @@ def unpack_codes(packed: np.ndarray, bits: int) -> np.ndarray:
 # --------------------------------------------------------------------------- atomic io
 
 def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write ``path`` via ``write(fh)`` on a temp file in the same folder, fsync, rename.
+    """Write ``path`` via ``write(fh)`` through :func:`stvh.data.atomic.atomic_path`.
 
-    A crash at any point leaves the previous file (or none) and no temp file
-    (except after a hard kill, where a ``.<name>.*.tmp`` file may remain; it is
-    never read).
+    Temp file beside ``path``, fsync, rename: a crash leaves the previous file
+    (or none); a temp left by a hard kill is removed by the next write of the
+    same target; the file gets the user's umask like every other stvh file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
             write(fh)
             fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:  # pragma: no cover - platforms without directory fsync
-        pass
 
 
 def save_npz_atomic(path: str | Path, arrays: Mapping[str, Any]) -> None:
