@@ -235,8 +235,11 @@ def test_errors_are_clear(backend):
         index.search(codes[0, 0], 2, focus=3)
     with pytest.raises(ValueError, match="unknown focus 0"):
         index.search(codes[0, 0], 2, focus=0)
-    for bad_k in (0, -1, 2.5, True):
-        with pytest.raises(ValueError, match="k must be a positive integer"):
+    for bad_k in (0, -1):
+        with pytest.raises(ValueError, match=f"^k must be >= 1, got {bad_k}$"):
+            index.search(codes[0, 0], bad_k)
+    for bad_k in (2.5, True):
+        with pytest.raises(ValueError, match=f"^k must be an integer >= 1, got {bad_k!r}$"):
             index.search(codes[0, 0], bad_k)
     with pytest.raises(ValueError, match="wrong code length"):
         index.search(np.zeros(8, np.uint8), 2)

@@ -31,14 +31,36 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def friendly_errors(fn):
-    """Turn data and argument errors into a one-line message and exit status 2."""
+    """Turn data, argument and file-system errors into a one-line message and exit status 2."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from .train.checkpoint import CheckpointError
+
         try:
             return fn(*args, **kwargs)
-        except (DataError, ValueError, FileExistsError, FileNotFoundError, ImportError, ConnectionError) as exc:
-            _fail(str(exc))
+        except (DataError, ValueError, FileExistsError, ImportError, ConnectionError, CheckpointError) as exc:
+            _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        except OSError as exc:  # permission denied, disk full, a directory where a file belongs, ...
+            from .outputs import os_error_message
+            _fail(os_error_message(exc))
     return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+        typer.echo(f"stvh {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Multi-focused video group activity hashing (STVH / M-STVH)."""
+
+
+def _write_skipped_note(count: int, path: Path) -> None:
+    typer.echo(f"skipped {count} bad input(s); listed in {path}", err=True)
 
 
 def _parse_size(size: str) -> tuple[int, int]:
@@ -126,25 +148,61 @@ def format_summary(s: dict) -> str:
 @friendly_errors
 def extract_cmd(
     data: Path = typer.Option(..., "--data", help="Dataset folder."),
-    backbone: str = typer.Option("efficientnet_lite0", help="CNN backbone (see docs/visual.md)."),
     out: Path = typer.Option(..., "--out", help="Feature cache folder (resumes when it exists)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config: backbone, weights, frame size, PCA, "
+                                                               "reader options and seed come from it, so `stvh "
+                                                               "train --config` accepts the cache."),
+    backbone: Optional[str] = typer.Option(None, help="CNN backbone (see docs/visual.md); default: the config's "
+                                                      "model.backbone, else efficientnet_lite0."),
     weights: Optional[Path] = typer.Option(None, help="Local state-dict file of the backbone."),
     format: Optional[str] = typer.Option(None, "--format", help="Dataset format (detected when omitted)."),
-    frame_size: Optional[str] = typer.Option(None, help="Resize frames to HxW before the backbone."),
-    batch_clips: int = typer.Option(4, help="Clips per backbone call."),
+    frame_size: Optional[str] = typer.Option(None, help="Resize frames to HxW before the backbone "
+                                                        "(default: the config's extract.frame_size)."),
+    batch_clips: int = typer.Option(4, min=1, help="Clips per backbone call."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
-    seed: int = typer.Option(0, help="Seed of a randomly initialised backbone."),
-    pca: Optional[int] = typer.Option(None, help="Store the RoI channels projected on their top-k principal "
-                                                 "directions (fitted on training clips) instead of all C."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count bad clips instead of failing."),
+    seed: Optional[int] = typer.Option(None, help="Seed of a randomly initialised backbone (default: the "
+                                                  "config's seed, else 0)."),
+    pca: Optional[int] = typer.Option(None, min=1, help="Store the RoI channels projected on their top-k "
+                                                        "principal directions (fitted on training clips) instead "
+                                                        "of all C (default: the config's extract.pca)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count bad clips (listed in OUT/skipped.csv) "
+                                                            "instead of failing."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
-    """Stage 1: run the backbone once and cache per-person per-frame RoI features."""
-    from .train.extract import extract
+    """Stage 1: run the backbone once and cache per-person per-frame RoI features.
 
-    result = extract(data, backbone, out, weights=str(weights) if weights else None, format=format,
-                     frame_size=_parse_size(frame_size) if frame_size else None, batch_clips=batch_clips,
-                     device=device, seed=seed, progress=progress, skip_bad=skip_bad, pca=pca)
+    With --config the cache is built exactly as `stvh demo` and `stvh train` expect from that config;
+    flags given explicitly override the config.
+    """
+    from .outputs import check_output
+    from .train.config import load_config
+    from .train.extract import extract_with_config
+
+    check_output(out, inputs=[(data, "dataset"), (config, "config")], overwrite=True, kind="dir",
+                 what="feature cache")
+    if out.is_dir() and any(out.iterdir()) and not (out / "meta.json").is_file():
+        _fail(f"refusing to write feature cache {out}: the folder holds other files (no meta.json); "
+              "choose an empty or new --out")
+    overrides = [f"model.backbone={backbone or 'efficientnet_lite0'}"] if backbone or config is None else []
+    if weights:
+        overrides.append(f"model.weights={weights}")
+    if frame_size:
+        h, w = _parse_size(frame_size)
+        overrides.append(f"extract.frame_size=[{h}, {w}]")
+    if pca is not None:
+        overrides.append(f"extract.pca={pca}")
+    if seed is not None:
+        overrides.append(f"seed={seed}")
+    if format:
+        overrides.append(f"data.format={format}")
+    cfg = load_config(config, overrides)
+    result = extract_with_config(cfg, data, out, batch_clips=batch_clips, device=device, progress=progress,
+                                 skip_bad=skip_bad)
+    if result["no_frames"]:
+        typer.echo(f"{result['cached']} clips cached; {result['no_frames']} of {result['clips']} clips have no "
+                   "frames and were not extracted (training uses the clips that have features)", err=True)
+    if skip_bad:
+        _write_skipped_note(result["skipped"], out / "skipped.csv")
     typer.echo(json.dumps(result, indent=2))
 
 
@@ -158,17 +216,22 @@ def train_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder to create."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Run folder to continue after a kill (its "
                                                                 "config, data and features are reused)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count bad lines/clips (listed in "
+                                                            "OUT/skipped.csv) instead of failing."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace what an earlier run left in --out."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
     """Stage 2: train STVH / M-STVH. Extra arguments key=value override config keys (e.g. model.bits=64)."""
-    from .train.checkpoint import CheckpointError
+    import shutil
+
+    from .outputs import check_output
     from .train.config import load_config
-    from .train.loop import fit
+    from .train.loop import TrainingInterrupted, fit
 
     if resume is not None:
-        if not (resume / "config.yaml").exists():
-            _fail(f"{resume} is not a run folder (config.yaml missing)")
-        info = json.loads((resume / "run.json").read_text())
+        if not (resume / "config.yaml").is_file() or not (resume / "run.json").is_file():
+            _fail(f"{resume} is not a run folder (config.yaml or run.json missing)")
+        info = json.loads((resume / "run.json").read_text(encoding="utf-8"))
         cfg = load_config(resume / "config.yaml", list(ctx.args))
         out, data = resume, data or Path(info["data"])
         features = features or (Path(info["features"]) if info.get("features") else None)
@@ -176,10 +239,20 @@ def train_cmd(
         if data is None or out is None:
             _fail("--data and --out are required (or --resume RUN)")
         cfg = load_config(config, list(ctx.args))
+        check_output(out, inputs=[(data, "dataset"), (features, "feature cache"), (config, "config")],
+                     overwrite=overwrite, kind="dir", what="run folder")
+        if overwrite and out.is_dir() and int(os.environ.get("RANK", 0)) == 0:
+            if any(out.iterdir()) and not (out / "run.json").is_file():
+                _fail(f"refusing to replace {out}: it is not a run folder (no run.json)")
+            shutil.rmtree(out)
     try:
-        result = fit(cfg, data, features, out, resume=resume is not None, progress=progress)
-    except CheckpointError as exc:
-        _fail(str(exc))
+        result = fit(cfg, data, features, out, resume=resume is not None, progress=progress, skip_bad=skip_bad,
+                     log=lambda line: typer.echo(line, err=True))
+    except TrainingInterrupted as exc:
+        typer.secho(f"{exc}; continue with: stvh train --resume {exc.run}", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130)
+    if skip_bad:
+        _write_skipped_note(result["skipped"], out / "skipped.csv")
     if int(os.environ.get("RANK", 0)) == 0:  # under torchrun only rank 0 reports
         typer.echo(json.dumps(result, indent=2))
 
@@ -193,16 +266,38 @@ def encode_cmd(
     features: Optional[Path] = typer.Option(None, "--features", help="Feature cache (default: the run's)."),
     checkpoint: str = typer.Option("best", help="best or last."),
     device: str = typer.Option("auto", help="auto, cpu, cuda."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count bad lines/clips (listed in "
+                                                            "OUT.skipped.csv) instead of failing."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
 ):
-    """Write the codes of every depth for every clip (packed bits, ids, labels)."""
-    from .train.checkpoint import CheckpointError
+    """Write the codes of every depth for every clip (packed bits, ids, labels).
+
+    --data may name another dataset (e.g. unlabelled footage): its labels are mapped onto the run's by name,
+    and a CNN run computes its features from the frames unless --features is given.
+    """
     from .train.encode import encode
 
-    try:
-        result = encode(run, out, data=data, features=features, checkpoint=checkpoint, device=device)
-    except CheckpointError as exc:
-        _fail(str(exc))
+    check_output_of_encode(run, out, data, features, overwrite)
+    result = encode(run, out, data=data, features=features, checkpoint=checkpoint, device=device,
+                    skip_bad=skip_bad, log=lambda line: typer.echo(line, err=True))
+    if skip_bad:
+        from .train.encode import skipped_path
+        _write_skipped_note(result["skipped"], skipped_path(out))
     typer.echo(json.dumps(result, indent=2))
+
+
+def check_output_of_encode(run: Path, out: Path, data: Optional[Path], features: Optional[Path],
+                           overwrite: bool) -> None:
+    """A CODES file may live in the run folder, never over one of the run's files or any other input."""
+    from .outputs import check_output
+    from .train.encode import predictions_path
+
+    run_files = [(run / name, "run file") for name in ("best.pt", "last.pt", "run.json", "config.yaml",
+                                                      "filter.npz", "metrics.csv", "metrics.json")]
+    inputs = [(run, "run folder"), *run_files, (data, "dataset"), (features, "feature cache")]
+    check_output(out, inputs=inputs, overwrite=overwrite, allow_inside=[run], what="CODES file")
+    check_output(predictions_path(out), inputs=inputs, overwrite=True, allow_inside=[run],
+                 what="predictions file")
 
 
 @app.command("eval")
@@ -212,18 +307,20 @@ def eval_cmd(
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset (default: the run's)."),
     features: Optional[Path] = typer.Option(None, "--features", help="Feature cache (default: the run's)."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count bad lines/clips when encoding "
+                                                            "(listed in RUN/codes.skipped.csv)."),
 ):
     """Accuracy, MPCA, action accuracy and mAP@5/10/20/50 (train = database, test = queries)."""
     from .eval.evaluate import evaluate, format_headline
-    from .train.checkpoint import CheckpointError
-    from .train.encode import encode
+    from .train.encode import encode, skipped_path
 
     codes = run / "codes.npz"
-    try:
-        if data is not None or features is not None or not codes.exists():
-            encode(run, codes, data=data, features=features)
-    except CheckpointError as exc:
-        _fail(str(exc))
+    if data is not None or features is not None or skip_bad or not codes.exists():
+        check_output_of_encode(run, codes, data, features, overwrite=True)
+        r = encode(run, codes, data=data, features=features, skip_bad=skip_bad,
+                   log=lambda line: typer.echo(line, err=True))
+        if skip_bad:
+            _write_skipped_note(r["skipped"], skipped_path(codes))
     result = evaluate(codes, run)
     m = result["metrics"]
     if as_json:
@@ -247,11 +344,19 @@ def index_build(
     uri: Optional[str] = typer.Option(None, help="Milvus URI: a local .db file (Milvus Lite) or http://host:port."),
     collection: Optional[str] = typer.Option(None, help="Milvus collection name."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
 ):
     """Build a search index from a CODES file."""
     from .index.commands import build_index
+    from .outputs import os_error_message
 
-    summary = build_index(codes, out, mode=mode, backend=backend, uri=uri, collection=collection)
+    try:
+        summary = build_index(codes, out, mode=mode, backend=backend, uri=uri, collection=collection,
+                              overwrite=overwrite)
+    except OSError as exc:  # permission, disk full, read-only file system: one line naming the file
+        if isinstance(exc, ConnectionError):
+            raise
+        _fail(os_error_message(exc))
     typer.echo(json.dumps(summary, indent=2, default=str) if as_json else
                "\n".join(f"{k}: {v}" for k, v in summary.items()))
 
@@ -268,10 +373,16 @@ def search_cmd(
 ):
     """Top-k clips by Hamming distance at a focus depth."""
     from .index.commands import format_results, search_index
+    from .outputs import os_error_message
 
     if (clip is None) == (codes_file is None):
         _fail("give exactly one of --clip or --codes-file")
-    rows = search_index(index, clip_id=clip, codes_file=codes_file, focus=focus, k=k)
+    try:  # k < 1 and a focus outside 1..depth are ValueErrors of search_index: one line, exit 2
+        rows = search_index(index, clip_id=clip, codes_file=codes_file, focus=focus, k=k)
+    except OSError as exc:  # e.g. an index file the user may not read
+        if isinstance(exc, ConnectionError):
+            raise
+        _fail(os_error_message(exc))
     typer.echo(json.dumps(rows, indent=2, default=str) if as_json else format_results(rows))
 
 

@@ -31,8 +31,8 @@ def run_demo(out: str | Path, *, seed: int = 0, progress: bool = True, echo: Cal
     from .train.checkpoint import load_checkpoint
     from .train.config import load_config
     from .train.encode import encode
-    from .train.extract import extract
-    from .train.loop import fit
+    from .train.extract import extract_with_config
+    from .train.loop import epochs_done, fit
 
     out = Path(out)
     cfg = load_config(SYNTH_CONFIG, [f"seed={seed}", *overrides])
@@ -46,16 +46,14 @@ def run_demo(out: str | Path, *, seed: int = 0, progress: bool = True, echo: Cal
          f"{len(s['activities'])} activities  [{time.time() - t:.0f}s]")
 
     t = _stage(echo, 2, total, f"RoI features ({cfg['model']['backbone']}) -> {feats}")
-    ext = cfg["extract"]
-    r = extract(data, cfg["model"]["backbone"], feats, frame_size=tuple(ext["frame_size"]) if ext["frame_size"]
-                else None, pca=ext["pca"], progress=progress, seed=seed)
+    r = extract_with_config(cfg, data, feats, progress=progress)
     echo(f"      {r['clips']} clips, {r['channels']} channels, {r['extracted']} extracted now  "
          f"[{time.time() - t:.0f}s]")
 
     t = _stage(echo, 3, total, f"train {cfg['model']['name']} (K={cfg['model']['bits']}, "
                                f"depth {cfg['model']['depth']}) -> {run}")
     last = run / "last.pt"
-    done = last.exists() and load_checkpoint(last)["epoch"] + 1 >= cfg["train"]["epochs"]
+    done = last.exists() and epochs_done(load_checkpoint(last)) >= cfg["train"]["epochs"]
     if not done:
         fit(cfg, data, feats, run, resume=last.exists(), progress=progress)
     echo(f"      [{time.time() - t:.0f}s]")
@@ -74,7 +72,7 @@ def run_demo(out: str | Path, *, seed: int = 0, progress: bool = True, echo: Cal
 
     t = _stage(echo, 6, total, "index (exact Hamming search; every depth's code stored)")
     index_path = out / "index.npz"
-    summary = build_index(codes, index_path, mode="all")
+    summary = build_index(codes, index_path, mode="all", overwrite=True)
     from .models.filter import storage_bits
     M, K, Y = details["database"] + details["queries"], details["bits"], details["depth"]
     echo(f"      {M} clips, engine {summary.get('engine', '?')}  [{time.time() - t:.0f}s]; storage (Eq. 18): "

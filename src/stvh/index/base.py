@@ -78,10 +78,11 @@ def _short(items: Sequence[str], n: int = 5) -> str:
 
 
 def check_k(k: Any) -> int:
+    """``k`` (results per query) as int, or ValueError: every search entry point calls this."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
     if k <= 0:
-        raise ValueError(f"k must be a positive integer, got {k}")
+        raise ValueError(f"k must be >= 1, got {k}")
     return int(k)
 
 

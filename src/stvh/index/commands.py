@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .base import CodeIndex, UnknownIdError, create_index, load_index
+from ..outputs import check_output
+from .base import CodeIndex, UnknownIdError, check_k, create_index, load_index
 from .codes import CodeFileError, CodeSet, pack_codes, unpack_codes
 from .storage import check_mode
 
@@ -27,8 +28,13 @@ def _default_milvus_uri(out: Path) -> str:
 
 
 def build_index(codes_path: str | Path, out: str | Path, *, mode: str = "all", backend: str = "faiss",
-                uri: str | None = None, collection: str | None = None) -> dict[str, Any]:
+                uri: str | None = None, collection: str | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Build an index from a CODES file and save it to ``out``; returns a summary.
+
+    ``out`` may not be the CODES file (or a Milvus Lite database) and may not
+    exist unless ``overwrite`` (:func:`stvh.outputs.check_output`, raising
+    :class:`~stvh.outputs.OutputError`); the file is written atomically with
+    the user's umask, and a temp file left by a killed build is removed.
 
     ``backend``: ``faiss`` (default = auto), ``numpy``, ``short``,
     ``faiss-flat`` or ``milvus`` (``uri``: a ``.db`` path for Milvus Lite --
@@ -39,6 +45,15 @@ def build_index(codes_path: str | Path, out: str | Path, *, mode: str = "all", b
     t0 = time.perf_counter()
     codes_path, out = Path(codes_path), Path(out)
     check_mode(mode)
+    local_db = None
+    if backend == "milvus":
+        local_db = uri or _default_milvus_uri(out)
+        local_db = None if "://" in local_db else local_db
+    check_output(out, inputs=[(codes_path, "CODES file"), (local_db, "Milvus Lite database")],
+                 overwrite=overwrite, what="index file")
+    if local_db is not None:  # the collection is replaced; the database file itself is shared
+        check_output(local_db, inputs=[(codes_path, "CODES file")], overwrite=True, what="Milvus Lite database",
+                     flag="--uri")
     cs = CodeSet.load(codes_path)
     if mode == "compact" and cs.depth > 1 and cs.filter is None:
         raise CodeFileError(codes_path, "compact mode needs the filter matrix F, but this CODES file has no "
@@ -117,8 +132,10 @@ def search_index(index_path: str | Path, *, clip_id: str | None = None, codes_fi
     Exactly one of ``clip_id`` (a stored clip ``VIDEO/CLIP``; itself excluded
     from the results) or ``codes_file`` (``.npz`` CODES, ``.npy`` codes, or
     text lines of K '0'/'1') is required.  ``focus`` is 1-based, default the
-    deepest.
+    deepest (ValueError naming the index's range 1..Y otherwise); ``k >= 1``
+    (ValueError otherwise, before the index is opened).
     """
+    k = check_k(k)
     if (clip_id is None) == (codes_file is None):
         raise ValueError("give exactly one of clip_id (--clip) or codes_file (--codes-file)")
     index_path = Path(index_path)
