@@ -36,6 +36,11 @@ def write_seq(root: Path, name: str, rows: list[tuple], frames: range | None = N
     return d
 
 
+def people(frame: int, *actions: int) -> list[tuple]:
+    """Rows of one frame, one distinct 10x10 box per person (the same box twice is a duplicate line)."""
+    return [(frame, 12 * i, 0, 10, 10, a) for i, a in enumerate(actions)]
+
+
 BASIC = [
     (1, 10, 20, 30, 40, CROSS),
     (1, 100, 100, 20, 20, CROSS),
@@ -73,10 +78,7 @@ def test_cad5_basic(tmp_path):
 
 def test_cad4_merge_moving(tmp_path):
     write_seq(tmp_path, "seq01", [
-        (1, 0, 0, 10, 10, CROSS), (1, 0, 0, 10, 10, WALK), (1, 0, 0, 10, 10, WAIT),
-        (11, 0, 0, 10, 10, WALK), (11, 0, 0, 10, 10, WALK), (11, 0, 0, 10, 10, TALK),
-        (21, 0, 0, 10, 10, CROSS), (21, 0, 0, 10, 10, WALK),
-        (21, 0, 0, 10, 10, WAIT), (21, 0, 0, 10, 10, WAIT),
+        *people(1, CROSS, WALK, WAIT), *people(11, WALK, WALK, TALK), *people(21, CROSS, WALK, WAIT, WAIT),
     ])
     five = read_cad(tmp_path)
     four = read_cad(tmp_path, merge_moving=True)
@@ -97,10 +99,7 @@ def test_cad4_merge_moving(tmp_path):
 
 def test_caed_classes_and_walking_excluded(tmp_path):
     write_seq(tmp_path, "seq01", [
-        (1, 0, 0, 10, 10, WALK), (1, 0, 0, 10, 10, WALK), (1, 0, 0, 10, 10, WALK),
-        (1, 0, 0, 10, 10, DANCE),
-        (11, 0, 0, 10, 10, JOG), (11, 0, 0, 10, 10, NA),
-        (21, 0, 0, 10, 10, WALK), (21, 0, 0, 10, 10, NA),
+        *people(1, WALK, WALK, WALK, DANCE), *people(11, JOG, NA), *people(21, WALK, NA),
     ])
     ds = read_caed(tmp_path)
     assert ds.format == "caed"
@@ -117,9 +116,7 @@ def test_caed_classes_and_walking_excluded(tmp_path):
 
 def test_majority_tie_and_all_na(tmp_path):
     write_seq(tmp_path, "seq01", [
-        (1, 0, 0, 10, 10, QUEUE), (1, 0, 0, 10, 10, WAIT), (1, 0, 0, 10, 10, NA), (1, 0, 0, 10, 10, NA),
-        (11, 0, 0, 10, 10, NA), (11, 0, 0, 10, 10, NA),
-        (21, 0, 0, 10, 10, TALK), (21, 0, 0, 10, 10, TALK), (21, 0, 0, 10, 10, QUEUE),
+        *people(1, QUEUE, WAIT, NA, NA), *people(11, NA, NA), *people(21, TALK, TALK, QUEUE),
     ])
     ds = read_cad(tmp_path)
     assert ds.clips[0].activity == CAD_ACTIVITIES_5.index("waiting")  # tie 1-1: smallest id (3 < 4)

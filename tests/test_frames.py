@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from stvh.data.clip import ImageFrames, VideoFrames
-from stvh.data.errors import FormatError, MissingFrame, UnreadableVideo
+from stvh.data.errors import FormatError, MissingFrame, UnreadableFrame, UnreadableVideo
 from stvh.data.frames import read_frames
 
 av = pytest.importorskip("av")
@@ -65,7 +65,7 @@ def test_image_errors(tmp_path):
         read_frames(ImageFrames((p, tmp_path / "b.png")))
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"nope")
-    with pytest.raises(FormatError, match="bad.jpg"):
+    with pytest.raises(UnreadableFrame, match="bad.jpg: unreadable frame: cannot decode image"):
         read_frames(ImageFrames((bad,)))
     other = tmp_path / "c.png"
     Image.new("RGB", (W + 1, H)).save(other)

@@ -22,11 +22,15 @@ from pathlib import Path
 import numpy as np
 
 from .clip import UNKNOWN, Clip, ClipDataset, ImageFrames, pad_persons
-from .errors import BadBox, FormatError, MalformedLine, MissingFrame, Problems, UnknownLabel, text_lines
+from .errors import (BadBox, DataError, DuplicateKey, EmptyFile, FormatError, MalformedLine, MissingFrame,
+                     Problems, UnknownLabel, parse_int, text_lines)
+from .frames import image_header_size
 from .geometry import clip_box_to_image
 from .labels import (CAD_ACTIONS, CAD_ACTIVITIES_4, CAD_ACTIVITIES_5, CAED_ACTIONS,
                      CAED_ACTIVITIES)
-from .splits import read_splits
+from .splits import assign_splits, read_splits, split_of
+
+__all__ = ["read_cad", "read_caed", "looks_like_cad", "split_of", "xywh_to_box", "image_header_size"]
 
 # Official CAD test sequences (the split of Zhu et al. 2022 and earlier work); the rest train.
 CAD_TEST_SEQUENCES = frozenset({5, 6, 7, 8, 9, 10, 11, 15, 16, 25, 28, 29})
@@ -47,16 +51,10 @@ CAED_FRAME_SIZES: dict[int, tuple[int, int]] = {
 
 KEY_PERIOD = 10          # a key frame every 10th frame: frame % 10 == 1
 _SEQ_RE = re.compile(r"^seq(\d+)$")
-_FRAME_RE = re.compile(r"^frame(\d+)\.jpg$", re.IGNORECASE)
+_FRAME_RE = re.compile(r"^frame(\d{1,9})\.jpg$", re.IGNORECASE)  # longer numbers are no frame numbers
 
 
 # --------------------------------------------------------------------------- shared helpers
-
-def split_of(video: str, clip: str, splits: dict[str, str]) -> str:
-    """Split of a clip under a ``splits.json`` mapping: the clip id ``video/clip``
-    first, then a whole-video entry ``video``; ``""`` when neither is listed."""
-    return splits.get(f"{video}/{clip}", splits.get(video, ""))
-
 
 def xywh_to_box(x: float, y: float, w: float, h: float, size: tuple[int, int]) -> np.ndarray | str:
     """``x, y, w, h`` -> clipped ``x1, y1, x2, y2`` float32, or an error message.
@@ -70,15 +68,6 @@ def xywh_to_box(x: float, y: float, w: float, h: float, size: tuple[int, int]) -
     if box is None:
         return f"box ({x:g}, {y:g}, {x + w:g}, {y + h:g}) entirely outside the {size[1]}x{size[0]} image"
     return box
-
-
-def image_header_size(path: Path) -> tuple[int, int]:
-    """``(height, width)`` from an image header; PIL does not decode the pixels."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        w, h = im.size
-    return int(h), int(w)
 
 
 # --------------------------------------------------------------------------- detection
@@ -150,18 +139,29 @@ class _Vocab:
 
 def _parse_annotations(path: Path, vocab: _Vocab, size: tuple[int, int],
                        problems: Problems) -> dict[int, list[tuple[np.ndarray, int]]]:
-    """``{frame: [(box x1y1x2y2, file action id), ...]}`` in file order."""
+    """``{frame: [(box x1y1x2y2, file action id), ...]}`` in file order.
+
+    An empty file is an :class:`EmptyFile`; a second line with the same frame
+    and box (the same person twice, skewing the activity vote) a
+    :class:`DuplicateKey` naming both lines.
+    """
     per_frame: dict[int, list[tuple[np.ndarray, int]]] = {}
-    for lineno, raw in text_lines(path, problems):
+    first_line: dict[tuple[int, int, int, int, int], int] = {}
+    reported = len(problems)
+    lines = text_lines(path, problems)
+    if not lines and len(problems) == reported:  # (an unreadable file was reported by text_lines)
+        problems.report(EmptyFile("no annotation lines ('frame x y w h action pose' expected)", path=path))
+    for lineno, raw in lines:
         fields = raw.split()
         if len(fields) != 7:
             problems.report(MalformedLine(
                 f"expected 7 fields 'frame x y w h action pose', got {len(fields)}", path=path, line=lineno))
             continue
         try:
-            frame, x, y, w, h, action, _pose = (int(f) for f in fields)
-        except ValueError:
-            problems.report(MalformedLine(f"non-integer field in {raw.strip()!r}", path=path, line=lineno))
+            frame, x, y, w, h, action, _pose = (parse_int(f) for f in fields)
+        except ValueError as exc:
+            problems.report(MalformedLine(f"non-integer field in {raw.strip()[:80]!r} ({exc})",
+                                          path=path, line=lineno))
             continue
         if frame < 1:
             problems.report(MalformedLine(f"frame {frame} < 1", path=path, line=lineno))
@@ -175,16 +175,28 @@ def _parse_annotations(path: Path, vocab: _Vocab, size: tuple[int, int],
         if isinstance(box, str):
             problems.report(BadBox(box, path=path, line=lineno))
             continue
+        if (frame, x, y, w, h) in first_line:
+            problems.report(DuplicateKey(
+                f"frame {frame} box {x},{y},{w},{h} is already on line {first_line[(frame, x, y, w, h)]} "
+                f"(the same person twice)", path=path, line=lineno))
+            continue
+        first_line[(frame, x, y, w, h)] = lineno
         per_frame.setdefault(frame, []).append((box, action))
     return per_frame
 
 
-def _frame_files(seq_dir: Path) -> dict[int, Path]:
+def _frame_files(seq_dir: Path, problems: Problems) -> dict[int, Path]:
+    """``{frame number: image}``; two images of one number (``frame01.jpg``, ``frame0001.jpg``) are a
+    :class:`FormatError` (the first in name order is kept under ``skip_bad``)."""
     out: dict[int, Path] = {}
-    for p in seq_dir.iterdir():
+    for p in sorted(seq_dir.iterdir()):
         m = _FRAME_RE.match(p.name)
         if m and p.is_file():
-            out.setdefault(int(m.group(1)), p)
+            n = int(m.group(1))
+            if n in out:
+                problems.report(FormatError(f"two images for frame {n}: {out[n].name} and {p.name}", path=seq_dir))
+                continue
+            out[n] = p
     return out
 
 
@@ -227,23 +239,28 @@ def read_cad(root: str | Path, *, variant: str = "cad", merge_moving: bool = Fal
     if not seqs:
         raise FormatError("no seqNN/annotations.txt folders found", path=root)
     splits = read_splits(root)
+    numbers = {seq_dir.name: number for number, seq_dir in seqs}
     sizes = CAD_FRAME_SIZES if variant == "cad" else CAED_FRAME_SIZES
     offsets = np.arange(lo, hi + 1, dtype=np.int64)
     clips: list[Clip] = []
 
     for number, seq_dir in seqs:
         video = seq_dir.name
-        frame_files = _frame_files(seq_dir)
+        frame_files = _frame_files(seq_dir, problems)
         size = sizes.get(number, DEFAULT_FRAME_SIZE)
         if frame_files:
-            first = frame_files[min(frame_files)]
             try:
-                size = image_header_size(first)
-            except (OSError, ValueError) as e:
-                problems.report(FormatError(f"cannot read image header: {e}", path=first))
+                size = image_header_size(frame_files[min(frame_files)])
+            except DataError as err:  # never fall back to a guessed size: skip the sequence
+                problems.report(err)
+                continue
         ann_path = seq_dir / "annotations.txt"
         per_frame = _parse_annotations(ann_path, vocab, size, problems)
         if not per_frame:
+            continue  # (reported: empty file, or every line bad under skip_bad)
+        if not any(f % KEY_PERIOD == 1 for f in per_frame):
+            problems.report(EmptyFile(f"no key frame (frame % {KEY_PERIOD} == 1) is annotated, so the sequence "
+                                      f"gives no clip", path=ann_path))
             continue
         last = max(frame_files) if frame_files else max(per_frame)
         for key in sorted(f for f in per_frame if f % KEY_PERIOD == 1):
@@ -270,15 +287,15 @@ def read_cad(root: str | Path, *, variant: str = "cad", merge_moving: bool = Fal
             boxes = np.stack([b for b, _ in persons])[None].repeat(len(frame_ids), axis=0)
             actions = np.array([vocab.person_action(a) for _, a in persons], dtype=np.int64)
             boxes, mask, actions = pad_persons(boxes, actions, n_max)
-            split = (split_of(video, clip_name, splits) if splits is not None
-                     else _default_split(variant, number))
             clip = Clip(video=video, clip=clip_name, frame_ids=frame_ids.astype(np.int64),
                         boxes=boxes, mask=mask, actions=actions,
                         activity=vocab.activity(file_ids), group=video, image_size=size,
-                        frames=frames, tracked=False, key_index=-lo, split=split)
+                        frames=frames, tracked=False, key_index=-lo)
             clip.validate()
             clips.append(clip)
 
+    assign_splits(clips, splits, lambda c: _default_split(variant, numbers[c.video]), problems,
+                  videos=numbers)
     return ClipDataset(format=variant, root=root, clips=clips, activities=tuple(vocab.activities),
                        actions=tuple(vocab.actions), skipped=list(problems.errors))
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import DuplicateKey
+
 UNKNOWN = -1  # action or activity id of an unlabeled person or clip
 
 
@@ -125,6 +127,15 @@ class ClipDataset:
     activities: tuple[str, ...]
     actions: tuple[str, ...]
     skipped: list = field(default_factory=list)  # DataError instances (skip_bad)
+
+    def __post_init__(self) -> None:
+        """Safety net behind every reader's own checks: clip ids are unique (codes and splits key on them)."""
+        counts = Counter(c.id for c in self.clips)
+        twice = sorted(cid for cid, n in counts.items() if n > 1)
+        if twice:
+            shown = ", ".join(f"{cid} ({counts[cid]}x)" for cid in twice[:5])
+            more = f" and {len(twice) - 5} more" if len(twice) > 5 else ""
+            raise DuplicateKey(f"{len(twice)} clip id(s) occur more than once: {shown}{more}", path=self.root)
 
     def __len__(self) -> int:
         return len(self.clips)

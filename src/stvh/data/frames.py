@@ -14,7 +14,36 @@ from pathlib import Path
 import numpy as np
 
 from .clip import ImageFrames, VideoFrames
-from .errors import FormatError, MissingFrame, UnreadableVideo
+from .errors import FormatError, MissingFrame, UnreadableFrame, UnreadableVideo
+
+
+def image_header_size(path: Path) -> tuple[int, int]:
+    """``(height, width)`` from an image header (PIL reads the header, not the pixels).
+
+    Raises :class:`MissingFrame` for a missing file and :class:`UnreadableFrame`
+    naming the file for anything PIL cannot identify: a reader never guesses a
+    frame size from a corrupt image.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFrame("frame image not found", path=path)
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except MemoryError:
+        raise
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+        raise UnreadableFrame(f"cannot read the image header ({_reason(e)})", path=path) from None
+    if w < 1 or h < 1:
+        raise UnreadableFrame(f"image header gives a {w}x{h} size", path=path)
+    return int(h), int(w)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def read_frames(source: ImageFrames | VideoFrames) -> np.ndarray:
@@ -38,9 +67,11 @@ def _read_images(paths: tuple[Path, ...]) -> np.ndarray:
                 raise MissingFrame("frame image not found", path=p)
             try:
                 with Image.open(p) as im:
-                    cache[p] = np.asarray(im.convert("RGB"), dtype=np.uint8)
-            except (OSError, ValueError) as e:
-                raise FormatError(f"cannot decode image: {e}", path=p) from e
+                    cache[p] = np.asarray(im.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
+            except MemoryError:
+                raise
+            except Exception as e:  # OSError (truncated), SyntaxError (broken PNG), DecompressionBombError, ...
+                raise UnreadableFrame(f"cannot decode image ({_reason(e)})", path=p) from None
         out.append(cache[p])
     if not out:
         raise ValueError("no frames to read")
@@ -102,8 +133,8 @@ def _read_video(path: Path, indices: list[int]) -> np.ndarray:
         got = _decode(path, wanted, seek=True)
         if not wanted <= got.keys():  # seeking failed or timestamps are odd: decode from the start
             got = _decode(path, wanted, seek=False)
-    except (FFmpegError, OSError) as e:
-        raise UnreadableVideo(f"cannot decode: {e}", path=path) from e
+    except (FFmpegError, OSError, ValueError) as e:
+        raise UnreadableVideo(f"cannot decode ({_reason(e)})", path=path) from None
     missing = sorted(wanted - got.keys())
     if missing:
         raise MissingFrame(f"frame index {missing[0]} (0-based) not in the video", path=path)

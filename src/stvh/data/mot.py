@@ -15,17 +15,19 @@ Without ``clips.csv`` each video is cut into non-overlapping windows of
 from __future__ import annotations
 
 import csv
-import math
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .cad import image_header_size, split_of, xywh_to_box
+from .cad import xywh_to_box
 from .clip import UNKNOWN, Clip, ClipDataset, ImageFrames, VideoFrames, pad_persons
-from .errors import (BadBox, FormatError, MalformedLine, MissingFrame, Problems, UnknownLabel,
-                     UnreadableVideo, text_lines)
-from .splits import read_splits
+from .errors import (MAX_INT, AmbiguousLabel, BadBox, DataError, DuplicateKey, EmptyFile, FormatError,
+                     MalformedLine, MissingFrame, Problems, UnknownLabel, UnreadableVideo, parse_float, parse_int,
+                     read_text, text_lines)
+from .frames import image_header_size
+from .splits import assign_splits, read_splits
 
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
@@ -84,11 +86,10 @@ def _find_source(root: Path, video: str, problems: Problems) -> _Source | None:
         if not images:
             problems.report(MissingFrame("no frame images (<number>.jpg/.png) in the folder", path=folder))
             return None
-        first = images[min(images)]
         try:
-            size = image_header_size(first)
-        except (OSError, ValueError) as e:
-            problems.report(FormatError(f"cannot read image header: {e}", path=first))
+            size = image_header_size(images[min(images)])
+        except DataError as err:  # never guess a frame size from a corrupt image
+            problems.report(err)
             return None
         return _Source(folder, size, images=images)
     for ext in VIDEO_EXTS:
@@ -122,32 +123,35 @@ def _probe_video(path: Path, problems: Problems) -> _Source | None:
     return _Source(path, (int(h), int(w)), n_frames=n)
 
 
-def _to_int(s: str) -> int:
-    v = float(s)
-    if not math.isfinite(v) or v != int(v):
-        raise ValueError(s)
-    return int(v)
-
-
 def _parse_tracks(path: Path, size: tuple[int, int], problems: Problems) -> dict[int, dict[int, np.ndarray]]:
-    """``{track id: {frame: box x1y1x2y2}}``; rows with ``conf == 0`` are ignored."""
+    """``{track id: {frame: box x1y1x2y2}}``; rows with ``conf == 0`` are ignored.
+
+    An empty file, or one whose rows all have ``conf == 0``, is an
+    :class:`EmptyFile`: a video must not silently give no clips.
+    """
     tracks: dict[int, dict[int, np.ndarray]] = {}
-    for lineno, raw in text_lines(path, problems):
+    first_line: dict[tuple[int, int], int] = {}
+    reported = len(problems)
+    lines = text_lines(path, problems)
+    if not lines and len(problems) == reported:  # (an unreadable file was reported by text_lines)
+        problems.report(EmptyFile("no rows (one 'frame,id,x,y,w,h[,conf,...]' row per box expected)", path=path))
+    ignored = 0
+    for lineno, raw in lines:
         fields = [f.strip() for f in raw.split(",")] if "," in raw else raw.split()
         if len(fields) < 6:
             problems.report(MalformedLine(f"expected 'frame,id,x,y,w,h[,conf,...]', got {len(fields)} fields",
                                           path=path, line=lineno))
             continue
         try:
-            frame, tid = _to_int(fields[0]), _to_int(fields[1])
-            x, y, w, h = (float(f) for f in fields[2:6])
-            conf = float(fields[6]) if len(fields) > 6 else 1.0
-            if not all(math.isfinite(v) for v in (x, y, w, h, conf)):
-                raise ValueError
-        except ValueError:
-            problems.report(MalformedLine(f"non-numeric field in {raw!r}", path=path, line=lineno))
+            frame, tid = parse_int(fields[0]), parse_int(fields[1])
+            x, y, w, h = (parse_float(f) for f in fields[2:6])
+            conf = parse_float(fields[6]) if len(fields) > 6 else 1.0
+        except ValueError as exc:
+            problems.report(MalformedLine(f"non-numeric or non-finite field in {raw[:80]!r} ({exc})",
+                                          path=path, line=lineno))
             continue
         if conf == 0:
+            ignored += 1
             continue
         if frame < 1:
             problems.report(MalformedLine(f"frame {frame} < 1 (MOT frames are 1-based)", path=path, line=lineno))
@@ -160,11 +164,14 @@ def _parse_tracks(path: Path, size: tuple[int, int], problems: Problems) -> dict
         if isinstance(box, str):
             problems.report(BadBox(box, path=path, line=lineno))
             continue
-        track = tracks.setdefault(tid, {})
-        if frame in track:
-            problems.report(MalformedLine(f"track {tid} has two boxes at frame {frame}", path=path, line=lineno))
+        if (tid, frame) in first_line:
+            problems.report(DuplicateKey(f"track {tid} has two boxes at frame {frame} (first on line "
+                                         f"{first_line[(tid, frame)]})", path=path, line=lineno))
             continue
-        track[frame] = box
+        first_line[(tid, frame)] = lineno
+        tracks.setdefault(tid, {})[frame] = box
+    if lines and ignored == len(lines):
+        problems.report(EmptyFile(f"all {ignored} rows have conf=0; nothing is tracked", path=path))
     return tracks
 
 
@@ -220,58 +227,95 @@ class _Row:
 
 
 def _read_clips_csv(path: Path, problems: Problems) -> list[_Row]:
+    """The rows of ``clips.csv`` (read with :func:`read_text`), each checked; bad rows are reported."""
     rows: list[_Row] = []
     try:
-        fh = open(path, newline="", encoding="utf-8")
-    except OSError as e:
-        problems.report(FormatError(f"cannot read: {e}", path=path))
+        text = read_text(path)
+    except FormatError as err:
+        problems.report(err)
         return rows
-    with fh:
-        reader = csv.reader(fh)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [h.strip().lower() for h in next(reader)]
+    except StopIteration:
+        problems.report(EmptyFile("no header (video,start,end[,activity][,group] expected)", path=path))
+        return rows
+    except csv.Error as e:
+        problems.report(MalformedLine(str(e), path=path, line=1))
+        return rows
+    missing = {"video", "start", "end"} - set(header)
+    if missing or len(set(header)) != len(header):
+        what = f"missing {sorted(missing)}" if missing else "a column is named twice"
+        problems.report(MalformedLine(f"header must name video,start,end[,activity][,group]; {what}",
+                                      path=path, line=1))
+        return rows
+    col = {h: i for i, h in enumerate(header)}
+    spellings: dict[tuple[str, str], tuple[str, int]] = {}  # (column, lower-case value) -> (first spelling, line)
+    while True:
         try:
-            header = [h.strip().lower() for h in next(reader)]
+            row = next(reader)
         except StopIteration:
-            return rows
-        except (csv.Error, UnicodeDecodeError) as e:
-            problems.report(MalformedLine(str(e), path=path, line=1))
-            return rows
-        missing = {"video", "start", "end"} - set(header)
-        if missing:
-            problems.report(MalformedLine(
-                f"header must name video,start,end[,activity][,group]; missing {sorted(missing)}",
-                path=path, line=1))
-            return rows
-        col = {h: i for i, h in enumerate(header)}
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                break
-            except (csv.Error, UnicodeDecodeError) as e:
-                problems.report(MalformedLine(str(e), path=path, line=reader.line_num))
-                continue
-            line = reader.line_num
-            if not any(c.strip() for c in row):
-                continue
-            if len(row) != len(header):
-                problems.report(MalformedLine(f"expected {len(header)} fields, got {len(row)}",
-                                              path=path, line=line))
-                continue
-            get = lambda name: row[col[name]].strip() if name in col else ""  # noqa: E731
-            try:
-                start, end = _to_int(get("start")), _to_int(get("end"))
-            except ValueError:
-                problems.report(MalformedLine(f"start/end must be integers: {row!r}", path=path, line=line))
-                continue
-            video = get("video")
-            if not video:
-                problems.report(MalformedLine("empty video name", path=path, line=line))
-                continue
-            if end < start:
-                problems.report(MalformedLine(f"end {end} < start {start}", path=path, line=line))
-                continue
-            rows.append(_Row(line, video, start, end, get("activity"), get("group")))
+            break
+        except csv.Error as e:
+            problems.report(MalformedLine(str(e), path=path, line=reader.line_num))
+            continue
+        line = reader.line_num
+        if not any(c.strip() for c in row):
+            continue
+        if len(row) != len(header):
+            problems.report(MalformedLine(f"expected {len(header)} fields, got {len(row)}", path=path, line=line))
+            continue
+        get = lambda name: row[col[name]].strip() if name in col else ""  # noqa: E731
+        try:
+            start, end = parse_int(get("start"), 1, MAX_INT), parse_int(get("end"), 1, MAX_INT)
+        except ValueError:
+            problems.report(MalformedLine(f"start/end must be integers 1..{MAX_INT} (frame numbers): {row!r}"[:200],
+                                          path=path, line=line))
+            continue
+        video = get("video")
+        if not video:
+            problems.report(MalformedLine("empty video name", path=path, line=line))
+            continue
+        if end < start:
+            problems.report(MalformedLine(f"end {end} < start {start}", path=path, line=line))
+            continue
+        clash = _case_clash(spellings, (("activity", get("activity")), ("group", get("group"))), line)
+        if clash:
+            problems.report(AmbiguousLabel(clash, path=path, line=line))
+            continue
+        rows.append(_Row(line, video, start, end, get("activity"), get("group")))
     return rows
+
+
+def _case_clash(spellings: dict, values, line: int) -> str | None:
+    """A message when a value differs from an earlier one only in case (``Right`` / ``right``)."""
+    for column, value in values:
+        if not value:
+            continue
+        first, first_line = spellings.setdefault((column, value.lower()), (value, line))
+        if first != value:
+            return f"{column} {value!r} differs from {first!r} (line {first_line}) only in case; use one spelling"
+    return None
+
+
+def _window_starts(video: _Video, T: int) -> list[int]:
+    """Starts of the non-overlapping T-frame windows ``first, first + T, ...`` that hold a tracked
+    frame and end by the last one (a window without a tracked person gives no clip anyway, and a
+    stray frame number 10^9 must not enumerate 10^8 empty windows)."""
+    starts = {video.first + (f - video.first) // T * T for track in video.tracks.values() for f in track}
+    return sorted(s for s in starts if s + T - 1 <= video.last)
+
+
+def _check_vocabulary(activities) -> None:
+    """``activities=(...)``: non-empty strings, no two differing only in case."""
+    seen: dict[str, str] = {}
+    for a in activities:
+        if not isinstance(a, str) or not a.strip():
+            raise ValueError(f"activities must be non-empty strings, got {a!r}")
+        if a.lower() in seen:
+            raise ValueError(f"activities {seen[a.lower()]!r} and {a!r} differ only in case (or repeat); "
+                             f"use one spelling")
+        seen[a.lower()] = a
 
 
 def read_mot(root: str | Path, *, frames_per_clip: int = 10, n_max: int = 12,
@@ -286,6 +330,8 @@ def read_mot(root: str | Path, *, frames_per_clip: int = 10, n_max: int = 12,
         raise ValueError("n_max must be >= 1")
     if not looks_like_mot(root):
         raise FormatError("no tracks/<video>.txt files found", path=root)
+    if activities is not None:
+        _check_vocabulary(activities)
     problems = Problems(skip_bad=skip_bad)
     splits = read_splits(root)
     csv_path = root / "clips.csv"
@@ -308,7 +354,9 @@ def read_mot(root: str | Path, *, frames_per_clip: int = 10, n_max: int = 12,
             sorted({r.activity for r in rows if r.activity}))
         for r in rows:
             if r.video not in names:
-                problems.report(MalformedLine(f"video {r.video!r} has no tracks/{r.video}.txt",
+                hint = [n for n in names if n.lower() == r.video.lower()]
+                hint_text = f" (tracks/{hint[0]}.txt differs only in case)" if hint else ""
+                problems.report(MalformedLine(f"video {r.video!r} has no tracks/{r.video}.txt{hint_text}",
                                               path=csv_path, line=r.line))
                 continue
             v = video(r.video)
@@ -320,11 +368,13 @@ def read_mot(root: str | Path, *, frames_per_clip: int = 10, n_max: int = 12,
                     path=csv_path, line=r.line))
                 continue
             if r.activity and r.activity not in vocab:
-                problems.report(UnknownLabel(f"activity {r.activity!r} not in {list(vocab)}",
+                hint = [a for a in vocab if a.lower() == r.activity.lower()]
+                hint_text = f"; {hint[0]!r} differs only in case" if hint else ""
+                problems.report(UnknownLabel(f"activity {r.activity!r} not in {list(vocab)}{hint_text}",
                                              path=csv_path, line=r.line))
                 continue
             if (r.video, r.start) in planned:
-                problems.report(MalformedLine(
+                problems.report(DuplicateKey(
                     f"duplicate clip {r.video}/{r.start:06d} (same video and start as line "
                     f"{planned[(r.video, r.start)]})", path=csv_path, line=r.line))
                 continue
@@ -337,7 +387,7 @@ def read_mot(root: str | Path, *, frames_per_clip: int = 10, n_max: int = 12,
             v = video(name)
             if v is None:
                 continue
-            for start in range(v.first, v.last - T + 2, T):
+            for start in _window_starts(v, T):
                 plans.append((name, start, list(range(start, start + T)), "", name, None))
 
     clips: list[Clip] = []
@@ -359,10 +409,10 @@ def read_mot(root: str | Path, *, frames_per_clip: int = 10, n_max: int = 12,
         clip = Clip(video=name, clip=clip_name, frame_ids=np.asarray(frame_ids, dtype=np.int64),
                     boxes=boxes, mask=mask, actions=actions,
                     activity=vocab.index(activity) if activity else UNKNOWN, group=group,
-                    image_size=v.source.size, frames=frames, tracked=True, key_index=T // 2,
-                    split=split_of(name, clip_name, splits) if splits is not None else NO_SPLIT)
+                    image_size=v.source.size, frames=frames, tracked=True, key_index=T // 2)
         clip.validate()
         clips.append(clip)
 
+    assign_splits(clips, splits, lambda c: NO_SPLIT, problems, videos=track_names, read=videos)
     return ClipDataset(format="mot", root=root, clips=clips, activities=vocab, actions=(),
                        skipped=list(problems.errors))

@@ -15,16 +15,19 @@ setting the paper follows).
 
 from __future__ import annotations
 
+import codecs
 import json
 from pathlib import Path
 
 import numpy as np
 
 from .clip import Clip, ClipDataset, ImageFrames, pad_persons
-from .errors import BadBox, FormatError, MalformedLine, MissingFrame, Problems, UnknownLabel
+from .errors import (MAX_INT, BadBox, DataError, DuplicateKey, EmptyFile, FormatError, MalformedLine, MissingFrame,
+                     Problems, UnknownLabel, parse_float, parse_int, read_text, text_lines)
+from .frames import image_header_size
 from .geometry import clip_box_to_image, iou_matrix
 from .labels import VOLLEYBALL_ACTIONS, VOLLEYBALL_ACTIVITIES, normalise_volleyball_label
-from .splits import read_splits
+from .splits import assign_splits, read_splits
 
 # Official split (videos/Info.txt of the dataset); the paper trains on train+val.
 VOLLEYBALL_TRAIN = (1, 3, 6, 7, 10, 13, 15, 16, 18, 22, 23, 31, 32, 36, 38, 39, 40, 41, 42, 48, 50, 52, 53, 54)
@@ -34,6 +37,7 @@ VOLLEYBALL_TRAINVAL = tuple(sorted(VOLLEYBALL_TRAIN + VOLLEYBALL_VAL))
 # Videos recorded at 1920x1080; every other video is 1280x720.
 VOLLEYBALL_FULL_HD = (2, 37, 38, 39, 40, 41, 44, 45)
 DEFAULT_WINDOW = (-5, 4)
+MAX_WINDOW = 1000  # frames per clip; a longer window in dataset.json is a typo
 N_MAX = 12
 
 _ACTIVITY_ID = {name: i for i, name in enumerate(VOLLEYBALL_ACTIVITIES)}
@@ -66,35 +70,71 @@ def _layout(root: Path) -> tuple[Path, Path]:
 def looks_like_volleyball(root: str | Path) -> bool:
     """True when ``root`` holds ``<match>/annotations.txt`` files whose lines start with ``<n>.jpg``."""
     videos, _ = _layout(Path(root))
-    for ann in sorted(videos.glob("*/annotations.txt"))[:3]:
-        with open(ann, encoding="utf-8", errors="replace") as fh:
-            first = fh.readline().split()
+    for ann in sorted(p for p in videos.glob("*/annotations.txt") if p.is_file())[:3]:
+        first = _sniff_first_line(ann).split()
         if first and first[0].endswith(".jpg"):
             return True
     return False
 
 
+def _sniff_first_line(path: Path) -> str:
+    """The first line, decoded leniently (UTF-16/32 too): detection only sniffs, so
+    that the reader, not the detection, reports a wrong encoding by name."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return ""
+    if head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        text = head.decode("utf-32", errors="replace")
+    elif head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        text = head.decode("utf-16", errors="replace")
+    else:  # UTF-8, or UTF-16 without a BOM once its NUL bytes are dropped
+        text = head.replace(b"\x00", b"").decode("utf-8-sig", errors="replace")
+    return text.split("\n", 1)[0]
+
+
 def _read_meta(root: Path) -> dict:
+    """``dataset.json``, checked: an object; ``image_size`` = [H, W] > 0; ``window`` = [first, last]."""
     meta_path = root / "dataset.json"
     if not meta_path.is_file():
         return {}
     try:
-        return json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise FormatError(f"cannot parse JSON ({exc})", path=meta_path) from None
+        meta = json.loads(read_text(meta_path))
+    except json.JSONDecodeError as exc:
+        raise FormatError(f"cannot parse JSON ({exc.msg}, column {exc.colno})", path=meta_path,
+                          line=exc.lineno) from None
+    except RecursionError:
+        raise FormatError("cannot parse JSON (nested too deeply)", path=meta_path) from None
+    if not isinstance(meta, dict):
+        raise FormatError("expected a JSON object", path=meta_path)
+    if "image_size" in meta:
+        size = meta["image_size"]
+        if not _int_pair(size) or not all(1 <= v <= MAX_INT for v in size):
+            raise FormatError(f"image_size must be [height, width] in pixels, got {json.dumps(size)[:40]}",
+                              path=meta_path)
+    if "window" in meta:
+        window = meta["window"]
+        if not _int_pair(window) or not 0 <= window[1] - window[0] < MAX_WINDOW or abs(window[0]) > MAX_INT:
+            raise FormatError(f"window must be [first, last] frame offsets, first <= last, at most {MAX_WINDOW} "
+                              f"frames; got {json.dumps(window)[:40]}", path=meta_path)
+    return meta
+
+
+def _int_pair(value) -> bool:
+    return (isinstance(value, list) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
 
 
 def _image_size_from_frames(videos_dir: Path, video: str) -> tuple[int, int] | None:
-    """(H, W) read from the header of the first frame found under the video folder."""
-    from PIL import Image
+    """(H, W) read from the header of the first frame found under the video folder.
 
+    ``None`` when the video has no frames; a corrupt first frame raises
+    :class:`UnreadableFrame` naming it (never a guessed size).
+    """
     for clip_dir in sorted(p for p in (videos_dir / video).iterdir() if p.is_dir()):
-        for img in sorted(clip_dir.glob("*.jpg"))[:1]:
-            try:
-                with Image.open(img) as im:
-                    return (im.height, im.width)
-            except OSError:
-                return None
+        for img in sorted(p for p in clip_dir.glob("*.jpg") if p.is_file())[:1]:
+            return image_header_size(img)
     return None
 
 
@@ -109,9 +149,10 @@ def parse_annotation_line(line: str, path: Path, lineno: int, image_size: tuple[
         raise MalformedLine(f"expected '<frame>.jpg <activity> (x y w h action)*', got {line.strip()[:80]!r}",
                             path=path, line=lineno)
     try:
-        key = int(tokens[0][:-4])
+        key = parse_int(tokens[0][:-4], 0, MAX_INT)
     except ValueError:
-        raise MalformedLine(f"frame name {tokens[0]!r} is not a number", path=path, line=lineno) from None
+        raise MalformedLine(f"frame name {tokens[0][:40]!r} is not a number in 0..{MAX_INT}",
+                            path=path, line=lineno) from None
     activity = normalise_volleyball_label(tokens[1])
     if activity not in _ACTIVITY_ID:
         raise UnknownLabel(f"activity {tokens[1]!r} (known: {', '.join(VOLLEYBALL_ACTIVITIES)})",
@@ -119,9 +160,9 @@ def parse_annotation_line(line: str, path: Path, lineno: int, image_size: tuple[
     boxes, actions = [], []
     for p in range(2, len(tokens), 5):
         try:
-            x, y, w, h = (float(t) for t in tokens[p:p + 4])
+            x, y, w, h = (parse_float(t) for t in tokens[p:p + 4])
         except ValueError:
-            raise MalformedLine(f"person {(p - 2) // 5}: non-numeric box {tokens[p:p + 4]}",
+            raise MalformedLine(f"person {(p - 2) // 5}: non-numeric or non-finite box {tokens[p:p + 4]}",
                                 path=path, line=lineno) from None
         action = tokens[p + 4].lower()
         if action not in _ACTION_ID:
@@ -139,22 +180,30 @@ def parse_annotation_line(line: str, path: Path, lineno: int, image_size: tuple[
 
 
 def read_tracks(path: Path, problems: Problems) -> dict[int, dict[int, tuple[np.ndarray, bool]]]:
-    """Parse a tracking file into ``{pid: {frame: (box x1y1x2y2, lost)}}``."""
+    """Parse a tracking file into ``{pid: {frame: (box x1y1x2y2, lost)}}``.
+
+    Bad lines (field count, non-integer or non-finite numbers, a second box for
+    one person and frame) are reported naming ``path:line``.
+    """
     tracks: dict[int, dict[int, tuple[np.ndarray, bool]]] = {}
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for lineno, line in enumerate(fh, 1):
-            f = line.split()
-            if not f:
-                continue
-            try:
-                if len(f) != 10:
-                    raise ValueError
-                pid, x1, y1, x2, y2, frame, lost = (int(v) for v in f[:7])
-            except ValueError:
-                problems.report(MalformedLine(
-                    "expected 'pid x1 y1 x2 y2 frame lost grouping generated action'", path=path, line=lineno))
-                continue
-            tracks.setdefault(pid, {})[frame] = (np.array([x1, y1, x2, y2], np.float32), bool(lost))
+    first_line: dict[tuple[int, int], int] = {}
+    for lineno, line in text_lines(path, problems):
+        f = line.split()
+        try:
+            if len(f) != 10:
+                raise ValueError(f"{len(f)} fields")
+            pid, x1, y1, x2, y2, frame, lost = (parse_int(v) for v in f[:7])
+        except ValueError as exc:
+            problems.report(MalformedLine(
+                f"expected 'pid x1 y1 x2 y2 frame lost grouping generated action' with integers ({exc})",
+                path=path, line=lineno))
+            continue
+        if (pid, frame) in first_line:
+            problems.report(DuplicateKey(f"person {pid} has a second box at frame {frame} (first on line "
+                                         f"{first_line[(pid, frame)]})", path=path, line=lineno))
+            continue
+        first_line[(pid, frame)] = lineno
+        tracks.setdefault(pid, {})[frame] = (np.array([x1, y1, x2, y2], np.float32), bool(lost))
     return tracks
 
 
@@ -207,12 +256,14 @@ def read_volleyball(root: str | Path, *, window: tuple[int, int] | None = None, 
     ``dataset.json``, else -5..+4). Persons beyond ``n_max`` are dropped,
     smallest boxes first. ``require_frames`` turns a clip without a frame
     folder into a :class:`MissingFrame` error. ``videos`` restricts the read to
-    these match ids. With ``skip_bad`` bad lines/clips are skipped and listed
-    in ``dataset.skipped``; otherwise the first one raises.
+    these match ids. With ``skip_bad`` bad lines/clips/videos are skipped and
+    listed in ``dataset.skipped``; otherwise the first one raises.
     """
     root = Path(root)
     if not root.is_dir():
         raise FormatError("dataset folder does not exist", path=root)
+    if n_max < 1:
+        raise ValueError("n_max must be >= 1")
     videos_dir, tracking_dir = _layout(root)
     meta = _read_meta(root)
     if window is None:
@@ -225,6 +276,7 @@ def read_volleyball(root: str | Path, *, window: tuple[int, int] | None = None, 
     splits = read_splits(root)
     problems = Problems(skip_bad)
     ann_files = sorted(videos_dir.glob("*/annotations.txt"), key=lambda p: _video_key(p.parent.name))
+    on_disk = [p.parent.name for p in ann_files]
     if videos is not None:
         wanted = {str(v) for v in videos}
         ann_files = [p for p in ann_files if p.parent.name in wanted]
@@ -233,30 +285,50 @@ def read_volleyball(root: str | Path, *, window: tuple[int, int] | None = None, 
 
     clips: list[Clip] = []
     for ann in ann_files:
-        video = ann.parent.name
+        clips += _read_video(ann, meta, offsets, key_index, n_max, videos_dir,
+                             tracking_dir if use_tracks else None, require_frames, problems)
+    assign_splits(clips, splits, lambda c: official_split(c.video), problems,
+                  videos=on_disk, read=[p.parent.name for p in ann_files])
+    return ClipDataset("volleyball", root, clips, VOLLEYBALL_ACTIVITIES, VOLLEYBALL_ACTIONS, problems.errors)
+
+
+def _read_video(ann: Path, meta: dict, offsets, key_index, n_max, videos_dir, tracking_dir, require_frames,
+                problems: Problems) -> list[Clip]:
+    """The clips of one ``<match>/annotations.txt``; a bad video is reported whole (empty, unreadable)."""
+    video = ann.parent.name
+    try:
         if "image_size" in meta:
             image_size = tuple(int(v) for v in meta["image_size"])
         else:
             image_size = _image_size_from_frames(videos_dir, video) or official_image_size(video)
-        with open(ann, encoding="utf-8", errors="replace") as fh:
-            lines = fh.readlines()
-        for lineno, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                clip = _read_clip(line, ann, lineno, video, image_size, offsets, key_index, n_max,
-                                  videos_dir, tracking_dir if use_tracks else None, require_frames, problems)
-            except (MalformedLine, UnknownLabel, BadBox, MissingFrame) as err:
-                problems.report(err)
-                continue
-            clip.split = splits.get(clip.id, "") if splits is not None else official_split(video)
-            clips.append(clip)
-    return ClipDataset("volleyball", root, clips, VOLLEYBALL_ACTIVITIES, VOLLEYBALL_ACTIONS, problems.errors)
+    except DataError as err:
+        problems.report(err)
+        return []
+    reported = len(problems)
+    lines = text_lines(ann, problems)
+    if not lines and len(problems) == reported:  # (an unreadable file was reported by text_lines)
+        problems.report(EmptyFile("no annotation lines (one '<frame>.jpg <activity> (x y w h action)*' "
+                                  "line per clip expected)", path=ann))
+    clips: list[Clip] = []
+    first_line: dict[int, int] = {}
+    for lineno, line in lines:
+        try:
+            clip = _read_clip(line, ann, lineno, video, image_size, offsets, key_index, n_max,
+                              videos_dir, tracking_dir, require_frames, problems, first_line)
+        except DataError as err:
+            problems.report(err)
+            continue
+        clips.append(clip)
+    return clips
 
 
 def _read_clip(line, ann, lineno, video, image_size, offsets, key_index, n_max,
-               videos_dir, tracking_dir, require_frames, problems) -> Clip:
+               videos_dir, tracking_dir, require_frames, problems, first_line: dict[int, int]) -> Clip:
     key, activity, boxes, actions = parse_annotation_line(line, ann, lineno, image_size)
+    if key in first_line:
+        raise DuplicateKey(f"key frame {key} (clip {video}/{key}) is already annotated on line {first_line[key]}; "
+                           f"one line per clip", path=ann, line=lineno)
+    first_line[key] = lineno
     if len(boxes) > n_max:  # keep the n_max largest persons, in annotation order
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         keep = np.sort(np.argsort(-area, kind="stable")[:n_max])
