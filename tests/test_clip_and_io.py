@@ -126,7 +126,7 @@ def test_text_lines(tmp_path):
     f.write_text("first\n\n  second  \n   \nthird")
     assert text_lines(f, Problems()) == [(1, "first"), (3, "second"), (5, "third")]
     f.write_bytes(b"\xff\xfe bad utf-8\n")
-    with pytest.raises(FormatError, match="a.txt: format error: cannot read"):
+    with pytest.raises(FormatError, match="a.txt: format error: file is UTF-16; save it as UTF-8"):
         text_lines(f, Problems())
     skipping = Problems(skip_bad=True)
     assert text_lines(tmp_path / "missing.txt", skipping) == [] and len(skipping) == 1
