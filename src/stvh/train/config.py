@@ -2,18 +2,327 @@
 
 ``load_config("configs/volleyball.yaml", ["model.bits=64", "train.epochs=5"])``
 returns a plain nested dict. Override values are parsed as YAML scalars
-(``1e-5`` → float, ``[11, 21]`` → list, ``none`` → None). Unknown keys are an
-error, so a typo never silently does nothing.
+(``1e-5`` → float, ``[11, 21]`` → list, ``none`` → None). Every key is typed
+and checked by the pydantic models below (:class:`Config`); a bad key or value
+raises :class:`ConfigError` with ONE line naming the key, the value and what is
+allowed, prefixed by ``file:line`` when the value came from a file::
+
+    configs/x.yaml:7: config key 'train.epochs': got 'ten'; expected an integer >= 1
+
+Unknown keys are errors, so a typo never silently does nothing. The option
+sections ``data.reader`` and ``synth`` are checked against the keyword
+parameters (names and annotated types) of the reader of ``data.format`` and of
+:func:`stvh.data.synth.generate`. Why pydantic: docs/pipeline.md, "Configuration".
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import re
+import types
+import typing
 from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
+from pydantic import (AfterValidator, AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer,
+                      Strict, TypeAdapter, ValidationError, ValidationInfo, field_validator, model_validator)
 
+from ..data.formats import FORMATS
+from ..models import list_models
+from ..models.visual import backbone_names
+
+SELECT = ("val_map@10", "val_mca")          # train.select: model-selection scores of train/loop.py
+HASH_NORMS = ("layer", "none")              # models/heads.py HashHead(norm=...)
+RECON_FROM = ("block", "code")              # models/mstvh.py MSTVH(recon_from=...)
+BACKBONES = ("none", *backbone_names())    # models/visual.py; "none" = box geometry only
+BITS = (16, 32, 64, 128)                    # K of the paper (Sec. 6.1.2)
+DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")
+
+
+class ConfigError(ValueError):
+    """A bad config file, override or value; ``errors`` lists one line per bad key."""
+
+    def __init__(self, message: str, errors: list[str] | None = None):
+        super().__init__(message)
+        self.errors = errors or [message]
+
+
+# ---- option sections checked against function signatures (data.reader, synth), devices ----
+
+class BadKey(ValueError):
+    """Raised inside a validator: ``key`` (relative to the model being validated) and the text after it."""
+
+    def __init__(self, key: str, text: str):
+        super().__init__(text)
+        self.key, self.text = key, text
+
+
+def _strict(tp):
+    """``tp`` with strict leaves (no bool->int, no text->number, finite floats); lists still fill tuples."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        return Union[tuple(_strict(a) for a in args)]
+    if origin in (tuple, list):
+        inner = tuple(a if a is Ellipsis else _strict(a) for a in args)
+        return origin[inner] if inner else origin
+    if tp is bool or tp is int:
+        return Annotated[tp, Strict()]
+    if tp is float:
+        return Annotated[float, Strict(), AllowInfNan(False)]
+    if tp is str or tp is Path:  # names: YAML reads `videos: [4, 7]` as numbers
+        return Union[Annotated[str, Strict()], Annotated[int, Strict()]]
+    return tp
+
+
+def _signature_options(fn, exclude: tuple[str, ...]) -> dict[str, tuple[TypeAdapter, str]]:
+    """``{keyword: (adapter of its annotation, annotation text)}`` of ``fn``'s parameters."""
+    hints = typing.get_type_hints(fn)
+    out = {}
+    for name, p in inspect.signature(fn).parameters.items():
+        if name in exclude or p.kind not in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
+            continue
+        text = p.annotation if isinstance(p.annotation, str) else getattr(p.annotation, "__name__", str(p.annotation))
+        text = re.sub(r"\bfloat\b", "finite float", text)
+        out[name] = (TypeAdapter(_strict(hints.get(name, Any))), f"{text} ({fn.__name__}'s {name!r})")
+    return out
+
+
+def _readers() -> dict:
+    from ..data.cad import read_cad
+    from ..data.mot import read_mot
+    from ..data.volleyball import read_volleyball
+    return {"volleyball": read_volleyball, "cad": read_cad, "caed": read_cad, "mot": read_mot}
+
+
+READER_EXCLUDE = ("root", "skip_bad", "variant")  # variant is set by data.format; skip_bad by the CLI
+SYNTH_EXCLUDE = ("out", "progress", "overwrite", "seed")  # seed is the config's seed
+
+
+@functools.lru_cache(maxsize=None)
+def reader_options(fmt: str | None) -> dict[str, list[tuple[TypeAdapter, str]]]:
+    """Options of the reader of ``fmt`` (of any reader when None): ``{name: [(adapter, text), ...]}``."""
+    readers = _readers()
+    out: dict[str, list] = {}
+    for name in ([fmt] if fmt else FORMATS):
+        for key, opt in _signature_options(readers[name], READER_EXCLUDE).items():
+            if opt[1] not in [o[1] for o in out.get(key, [])]:
+                out.setdefault(key, []).append(opt)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def synth_options() -> dict[str, list[tuple[TypeAdapter, str]]]:
+    from ..data.synth import generate
+    return {k: [v] for k, v in _signature_options(generate, SYNTH_EXCLUDE).items()}
+
+
+def check_options(values: dict, options: dict, prefix: str, what: str) -> None:
+    """Raise :class:`BadKey` for the first key of ``values`` unknown to ``options`` or of the wrong type."""
+    for key, value in values.items():
+        if key not in options:
+            raise BadKey(f"{prefix}.{key}", f"unknown option of {what}; known: {', '.join(sorted(options))}")
+        errors = []
+        for adapter, text in options[key]:
+            try:
+                adapter.validate_python(value)
+                break
+            except ValidationError:
+                errors.append(text)
+        else:
+            raise BadKey(f"{prefix}.{key}", f"got {_short(value)}; expected {' or '.join(errors)}")
+    if prefix == "synth":
+        _check_synth_ranges(values)
+
+
+def _check_synth_ranges(values: dict) -> None:
+    """The generator's own range checks (e.g. frames in 2..100), run at config time."""
+    from ..data.synth import SynthConfig
+    knobs = dict(values)
+    if "size" in knobs:
+        knobs["size"] = tuple(knobs["size"])
+    try:
+        SynthConfig(**knobs).validate()
+    except ValueError as exc:
+        name = str(exc).split()[0]
+        key = f"synth.{name}" if name in values else "synth"
+        raise BadKey(key, _one_line(exc)) from None
+
+
+def devices_here() -> list[str]:
+    """Device names usable on this machine: auto, cpu, cuda and cuda:N when CUDA is there, mps when MPS is."""
+    import torch
+    out = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        out += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        out.append("mps")
+    return out
+
+
+# ---- typed building blocks (strict: 1 is not True, "3" is not 3, 2.0 is not an epoch count) ----
+
+def _one_of(choices) -> str:
+    return "one of " + ", ".join(str(c) for c in choices)
+
+
+def _choice(choices: tuple):
+    return Literal[choices]  # Literal[("a", "b")] == Literal["a", "b"]
+
+
+def _null_is_none(v):
+    return "none" if v is None else v  # `model.backbone=none` parses as null; for these keys it is "none"
+
+
+def _ordered(v: tuple) -> tuple:
+    if v[0] > v[1]:
+        raise ValueError("first > last")
+    return v
+
+
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]  # strict float still takes ints (1 -> 1.0); never bools or text
+PosInt = Annotated[int, Strict(), Field(ge=1)]
+NonNegInt = Annotated[int, Strict(), Field(ge=0)]
+PosFloat = Annotated[float, Strict(), Field(gt=0)]
+NonNegFloat = Annotated[float, Strict(), Field(ge=0)]
+Fraction = Annotated[float, Strict(), Field(ge=0, lt=1)]
+NoneWord = BeforeValidator(_null_is_none)
+AsList = PlainSerializer(list)  # tuples are dumped as lists: YAML and dump_config want plain lists
+LrStep = Annotated[tuple[PosInt, PosFloat], AsList]
+Window = Annotated[tuple[Int, Int], AfterValidator(_ordered), AsList]
+FrameSize = Annotated[tuple[PosInt, PosInt], AsList]
+
+
+def _field(default, expected: str, **kw):
+    """A config field; ``expected`` completes the error "got X; expected ..." (and is its JSON-schema text)."""
+    if isinstance(default, (list, dict)):
+        return Field(default_factory=lambda: copy.deepcopy(default), description=expected, **kw)
+    return Field(default, description=expected, **kw)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# ---- the sections: one line per key, in the order of the dumped config ----
+
+class DataConfig(_Section):
+    format: Optional[_choice(FORMATS)] = _field(None, _one_of(FORMATS) + " or null (detected)")
+    n_max: Optional[PosInt] = _field(None, "an integer >= 1 or null (reader default)")
+    window: Optional[Window] = _field(None, "[first, last] frame offsets (integers, first <= last) or null")
+    val_fraction: Fraction = _field(0.15, "a number in [0, 1)")
+    reader: dict[str, Any] = _field({}, "a mapping of reader options")
+
+    @model_validator(mode="after")
+    def _reader_options(self):
+        what = f"the {self.format} reader" if self.format else "any reader"
+        check_options(self.reader, reader_options(self.format), "reader", what)
+        return self
+
+
+class ModelConfig(_Section):
+    name: _choice(tuple(list_models())) = _field("mstvh", _one_of(list_models()))
+    bits: _choice(BITS) = _field(128, _one_of(BITS))
+    depth: PosInt = _field(3, "an integer >= 1")
+    d: PosInt = _field(1024, "an integer >= 1")
+    d_v: PosInt = _field(512, "an integer >= 1")
+    heads: PosInt = _field(8, "an integer >= 1")
+    dropout: Fraction = _field(0.1, "a number in [0, 1)")
+    backbone: Annotated[_choice(BACKBONES), NoneWord] = _field("none", _one_of(BACKBONES))
+    weights: Optional[Annotated[str, Strict()]] = _field(None, "a file path or null")
+    train_backbone: Annotated[bool, Strict()] = _field(False, "true or false")
+    geometry: Annotated[bool, Strict()] = _field(False, "true or false")
+    hash_norm: Annotated[_choice(HASH_NORMS), NoneWord] = _field("layer", _one_of(HASH_NORMS))
+    recon_from: _choice(RECON_FROM) = _field("block", _one_of(RECON_FROM))
+
+    @model_validator(mode="after")
+    def _heads_divide_d(self):
+        if self.d % self.heads:
+            raise BadKey("d", f"got {self.d}; expected a multiple of model.heads = {self.heads}")
+        return self
+
+
+class LossConfig(_Section):
+    """Loss weights: Eq. 9 (STVH) and Eq. 15 (M-STVH)."""
+
+    acty: NonNegFloat = _field(1.0, "a number >= 0")
+    action: NonNegFloat = _field(0.5, "a number >= 0")
+    quant: NonNegFloat = _field(0.1, "a number >= 0 (lambda1 / mu1 of Eq. 9 / 15)")
+    contrast: NonNegFloat = _field(0.5, "a number >= 0 (lambda2 / mu2 of Eq. 9 / 15)")
+    recon: Optional[NonNegFloat] = _field(None, "a number >= 0 or null (mu3 of Eq. 15; null = 0.01 for M-STVH)")
+    layer_weights: Optional[list[NonNegFloat]] = _field(None, "a list of numbers >= 0, one per depth, or null")
+
+
+class TrainConfig(_Section):
+    epochs: PosInt = _field(60, "an integer >= 1")
+    batch_size: PosInt = _field(8, "an integer >= 1")
+    lr: PosFloat = _field(1.0e-5, "a number > 0")
+    weight_decay: NonNegFloat = _field(0.0, "a number >= 0")
+    lr_steps: list[LrStep] = _field([], "a list of [epoch >= 1, lr > 0] pairs")
+    grad_clip: NonNegFloat = _field(5.0, "a number >= 0 (0 = off)")
+    select: _choice(SELECT) = _field("val_map@10", _one_of(SELECT))
+    device: Annotated[str, Strict()] = _field("auto", "auto, cpu, cuda, cuda:N or mps")
+    log_every: NonNegInt = _field(0, "an integer >= 0 (0 = off)")
+
+    @field_validator("device")
+    @classmethod
+    def _device_here(cls, v: str, info: ValidationInfo) -> str:
+        if not DEVICE_RE.match(v):
+            raise BadKey("", f"got {v!r}; expected auto, cpu, cuda, cuda:N or mps")
+        if (info.context or {}).get("check_device", True) and v not in devices_here():
+            raise BadKey("", f"got {v!r}; that device is not present on this machine "
+                             f"(devices here: {', '.join(devices_here())})")
+        return v
+
+
+class FilterConfig(_Section):
+    """The filter matrix F of Sec. 5.4 (Eq. 16-17)."""
+
+    steps: PosInt = _field(400, "an integer >= 1")
+    lr: PosFloat = _field(0.01, "a number > 0")
+
+
+class ExtractConfig(_Section):
+    """Feature-cache options used by `stvh demo`."""
+
+    frame_size: Optional[FrameSize] = _field(None, "[H, W] integers >= 1 or null")
+    pca: Optional[PosInt] = _field(None, "an integer >= 1 or null")
+
+
+class Config(_Section):
+    seed: NonNegInt = _field(0, "an integer >= 0")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    extract: ExtractConfig = Field(default_factory=ExtractConfig)
+    synth: dict[str, Any] = _field({}, "a mapping of generator options")
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        check_options(self.synth, synth_options(), "synth", "the synthetic generator")
+        lw = self.loss.layer_weights
+        if lw is not None and len(lw) != self.model.depth:
+            raise BadKey("loss.layer_weights", f"got {lw!r}; expected {self.model.depth} weights, "
+                                               f"one per depth (model.depth = {self.model.depth})")
+        return self
+
+
+DEFAULTS: dict = Config().model_dump()
+FREE_SECTIONS = ("data.reader", "synth")  # option mappings checked against a reader / the generator
+
+
+def json_schema() -> dict:
+    """JSON schema of a config file (types, choices, defaults and descriptions)."""
+    return Config.model_json_schema()
+
+
+# ---- YAML ----
 
 class _Loader(yaml.SafeLoader):
     """SafeLoader that also reads ``1e-5`` (no dot) as a float, as YAML 1.2 does."""
@@ -25,123 +334,237 @@ _Loader.add_implicit_resolver(
     list("-+0123456789"))
 
 
-def _yaml(text: str):
-    return yaml.load(text, Loader=_Loader)
-
-DEFAULTS: dict = {
-    "seed": 0,
-    "data": {
-        "format": None,          # detected when None
-        "n_max": None,           # reader default (12 Volleyball, 13 CAD) when None
-        "window": None,          # (first, last) frame offsets; reader default when None
-        "val_fraction": 0.15,    # carved out of the train split, per visual group
-        "reader": {},            # extra reader options, e.g. {merge_moving: true} for CAD
-    },
-    "model": {
-        "name": "mstvh",
-        "bits": 128,
-        "depth": 3,
-        "d": 1024,
-        "d_v": 512,
-        "heads": 8,
-        "dropout": 0.1,
-        "backbone": "none",
-        "weights": None,
-        "train_backbone": False,
-        "geometry": False,       # extension: add box-geometry features to CNN RoI features
-        "hash_norm": "layer",
-        "recon_from": "block",   # M-STVH: L_recon decodes f_roi from the first block ("block") or code ("code")
-    },
-    "loss": {
-        "acty": 1.0,
-        "action": 0.5,
-        "quant": 0.1,    # lambda1 / mu1 (Eq. 9 / 15)
-        "contrast": 0.5, # lambda2 / mu2
-        "recon": None,   # mu3: None = 0.01 for M-STVH models, 0 for STVH
-        "layer_weights": None,
-    },
-    "train": {
-        "epochs": 60,
-        "batch_size": 8,
-        "lr": 1.0e-5,
-        "weight_decay": 0.0,
-        "lr_steps": [],          # [[epoch, lr], ...]: from that (1-based) epoch on, use lr
-
-        "grad_clip": 5.0,
-        "select": "val_map@10",  # val_map@10 | val_mca
-        "device": "auto",
-        "log_every": 0,
-    },
-    "filter": {"steps": 400, "lr": 0.01},
-    "extract": {"frame_size": None, "pca": None},  # used by `stvh demo` to build the cache
-    "synth": {},                                    # generator options of `stvh demo`
-}
+class _OverrideLoader(_Loader):
+    """Override values: also ``none`` / ``None`` read as null, as the docs promise."""
 
 
-FREE_SECTIONS = ("data.reader", "synth")  # options passed through to a reader / the generator
+_OverrideLoader.add_implicit_resolver("tag:yaml.org,2002:null", re.compile(r"^(?:none|None|NONE)$"), list("nN"))
 
 
-class ConfigError(ValueError):
-    pass
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
 
 
-def _merge(base: dict, update: dict, where: str = "", free: bool = False) -> dict:
-    """Merge ``update`` into ``base``; keys must exist unless the section is free-form.
+def _yaml_error(exc: Exception, where: str) -> ConfigError:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or exc
+    if mark is not None and where:
+        where = f"{where}:{mark.line + 1}"
+    return ConfigError(f"{where}: invalid YAML: {_one_line(problem)}")
 
-    The free-form sections (:data:`FREE_SECTIONS`) take any keys.
+
+def _parse(text: str, where: str) -> tuple[Any, dict[str, int]]:
+    """``(data, {dotted key: 1-based line})`` of a YAML document; duplicate keys are errors."""
+    try:
+        loader = _Loader(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise _yaml_error(exc, where) from None
+    if _cyclic(data):
+        raise ConfigError(f"{where}: invalid YAML: an alias refers to its own anchor (a cycle)")
+    lines: dict[str, int] = {}
+    _key_lines(node, "", lines, where, set())
+    return data, lines
+
+
+def _cyclic(value: Any, parents: frozenset = frozenset(), done: set | None = None) -> bool:
+    """Whether a YAML value contains itself (``&a [*a]``): such a config can never be valid."""
+    done = set() if done is None else done
+    if not isinstance(value, (dict, list)) or id(value) in done:
+        return False
+    if id(value) in parents:
+        return True
+    items = value.values() if isinstance(value, dict) else value
+    if any(_cyclic(v, parents | {id(value)}, done) for v in items):
+        return True
+    done.add(id(value))  # shared (aliased) values are walked once
+    return False
+
+
+def _key_lines(node, prefix: str, lines: dict[str, int], where: str, seen: set) -> None:
+    if not isinstance(node, yaml.MappingNode) or id(node) in seen:
+        return
+    seen.add(id(node))
+    for knode, vnode in node.value:
+        if not isinstance(knode, yaml.ScalarNode):
+            continue
+        key, line = prefix + knode.value, knode.start_mark.line + 1
+        if key in lines:
+            raise ConfigError(f"{where}:{line}: duplicate config key {key!r} (first on line {lines[key]})")
+        lines[key] = line
+        _key_lines(vnode, key + ".", lines, where, seen)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read it ({exc.strerror or exc})") from None
+    if raw.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+        raise ConfigError(f"config file {path}: file is UTF-32; save it as UTF-8")
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ConfigError(f"config file {path}: file is UTF-16; save it as UTF-8")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: config file is not UTF-8 (byte 0x{raw[exc.start]:02x}); "
+                          "save it as UTF-8") from None
+
+
+# ---- merging with provenance ----
+
+def _merge(base: dict, update: dict, where: str, origin: dict[str, str], source) -> None:
+    """Merge ``update`` into ``base`` (mappings merge, anything else replaces); record where each key came from.
+
+    Unknown keys and bad values are left for :class:`Config` to report.
     """
     for key, value in update.items():
-        if free and key not in base:
-            base[key] = copy.deepcopy(value)
-            continue
-        if key not in base:
-            raise ConfigError(f"unknown config key {where + key!r}; known: {', '.join(sorted(base))}")
-        if isinstance(base[key], dict):
-            if not isinstance(value, dict):
-                raise ConfigError(f"config key {where + key!r} must be a mapping")
-            _merge(base[key], value, f"{where}{key}.", free=free or where + key in FREE_SECTIONS)
+        if not isinstance(key, str):
+            raise ConfigError(f"{source(where + str(key))}config key {where + str(key)!r}: "
+                              f"keys must be text, got {type(key).__name__} {key!r}")
+        origin[where + key] = source(where + key)
+        if isinstance(base.get(key), dict) and isinstance(value, dict):
+            _merge(base[key], value, f"{where}{key}.", origin, source)
         else:
-            base[key] = value
-    return base
+            base[key] = copy.deepcopy(value)
+            if isinstance(value, dict):
+                _merge({}, value, f"{where}{key}.", origin, source)  # record (and check) the nested keys
+
+
+def _file_source(path: Path, lines: dict[str, int]):
+    return lambda key: f"{path}:{lines[key]}: " if key in lines else f"{path}: "
+
+
+def _override_source(key: str) -> str:
+    return ""
 
 
 def parse_override(text: str) -> dict:
-    """``"a.b=3"`` → ``{"a": {"b": 3}}``."""
+    """``"a.b=3"`` → ``{"a": {"b": 3}}``; the value is read as YAML (``1e-5``, ``[11, 21]``, ``none``)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.sub=value")
     key, raw = text.split("=", 1)
-    value = _yaml(raw) if raw.strip() else None
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {text!r}: empty key part; use key.sub=value")
+    if raw.strip():
+        try:
+            value = yaml.load(raw, Loader=_OverrideLoader)
+        except (yaml.YAMLError, RecursionError) as exc:
+            problem = _one_line(getattr(exc, "problem", None) or exc)
+            raise ConfigError(f"override {text!r}: invalid YAML value ({problem})") from None
+        if _cyclic(value):
+            raise ConfigError(f"override {text!r}: invalid YAML value (an alias refers to its own anchor)")
+    else:
+        value = None
     out: dict = {}
     node = out
-    parts = key.strip().split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value
     return out
 
 
+# ---- validation ----
+
+def _model_at(loc: tuple) -> tuple[list[str], Any, Any]:
+    """Walk ``loc`` down the models: (field path, deepest field info or None, model class at the end or None)."""
+    cls, info, path = Config, None, []
+    for part in loc:
+        if cls is None or part not in cls.model_fields:
+            break
+        path.append(part)
+        info = cls.model_fields[part]
+        ann = info.annotation
+        cls = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return path, info, cls
+
+
+def _lookup(raw: Any, key: list[str]) -> Any:
+    for part in key:
+        raw = raw.get(part) if isinstance(raw, dict) else None
+    return raw
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _error_line(err: dict, raw: dict) -> tuple[str, str]:
+    """(dotted key, message without provenance) of one pydantic error."""
+    loc = tuple(err["loc"])
+    path, info, cls = _model_at(loc)
+    bad = (err.get("ctx") or {}).get("error")
+    if isinstance(bad, BadKey):
+        key = ".".join(path + ([bad.key] if bad.key else []))
+        return key, f"config key {key!r}: {bad.text}"
+    if err["type"] == "extra_forbidden":
+        key = ".".join(path + [str(loc[len(path)])])
+        known = ", ".join(sorted((cls or Config).model_fields))
+        return key, f"unknown config key {key!r}; known: {known}"
+    key = ".".join(path)
+    if info is None:
+        expected = "a mapping of the sections " + ", ".join(Config.model_fields)
+    elif cls is not None:
+        expected = "a mapping of " + ", ".join(cls.model_fields)
+    else:
+        expected = info.description
+    return key, f"config key {key!r}: got {_short(_lookup(raw, path))}; expected {expected}"
+
+
+def _validate(raw: dict, origin: dict[str, str], check_device: bool = True) -> dict:
+    try:
+        return Config.model_validate(raw, context={"check_device": check_device}).model_dump()
+    except ValidationError as exc:
+        lines: dict[str, str] = {}
+        for err in exc.errors():
+            key, text = _error_line(err, raw)
+            if key not in lines:
+                parts = key.split(".")
+                src = next((origin[p] for p in (".".join(parts[:i]) for i in range(len(parts), 0, -1))
+                            if p in origin), "")
+                lines[key] = src + text
+        errors = list(lines.values())
+        more = f" (and {len(errors) - 1} more: {', '.join(list(lines)[1:4])})" if len(errors) > 1 else ""
+        raise ConfigError(errors[0] + more, errors) from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """Defaults ← YAML file ← overrides; returns a new nested dict."""
+    """Defaults ← YAML file ← overrides, validated; returns a new nested dict."""
     cfg = copy.deepcopy(DEFAULTS)
+    origin: dict[str, str] = {}
     if path is not None:
         path = Path(path)
-        try:
-            data = _yaml(path.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML ({exc})") from None
+        data, lines = _parse(_read_text(path), str(path))
+        if data is None:
+            data = {}
         if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        _merge(cfg, data)
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+        _merge(cfg, data, "", origin, _file_source(path, lines))
     for text in overrides:
-        _merge(cfg, parse_override(text))
-    return cfg
+        _merge(cfg, parse_override(text), "", origin, _override_source)
+    return _validate(cfg, origin)
 
 
 def complete_config(cfg: dict) -> dict:
-    """Fill keys added since a run was saved with their defaults (old runs stay loadable)."""
-    return _merge(copy.deepcopy(DEFAULTS), cfg)
+    """Fill keys added since a run was saved with their defaults (old runs stay loadable), then validate.
+
+    ``train.device`` is checked for its form only: the run may have been trained on another machine.
+    """
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"saved config: expected a mapping, got {type(cfg).__name__}")
+    merged = copy.deepcopy(DEFAULTS)
+    origin: dict[str, str] = {}
+    _merge(merged, cfg, "", origin, lambda key: "saved config: ")
+    return _validate(merged, origin, check_device=False)
 
 
 def dump_config(cfg: dict) -> str:
