@@ -41,7 +41,7 @@ def test_cli_pipeline_on_cached_features(tiny_synth, tmp_path):
     assert bad.exit_code == 2 and "backbone" in bad.output and "mismatch" in bad.output
 
     ok(["train", "--data", tiny_synth, "--features", feats, "--out", run, "--no-progress",
-        "model.backbone=mobilenet_v3_small", *TINY])
+        "model.backbone=mobilenet_v3_small", "extract.pca=8", *TINY])
     assert (run / "best.pt").exists() and (run / "metrics.csv").exists() and (run / "config.yaml").exists()
     out = ok(["eval", "--run", run, "--json"])
     m = json.loads(out)
@@ -79,7 +79,9 @@ def test_extract_real_volleyball_frames(volleyball_sample, tmp_path):
     out = ok(["extract", "--data", volleyball_sample, "--backbone", "mobilenet_v3_small", "--out", tmp_path / "f",
               "--no-progress", "--frame-size", "360x640"])
     summary = json.loads(out[out.index("{"):])
-    assert summary["clips"] == 9 and summary["channels"] == 576
+    assert summary["cached"] == 9 and summary["channels"] == 576
+    assert summary["no_frames"] == summary["clips"] - 9 > 0  # said, not silently dropped
+    assert "9 clips cached" in out and "have no frames" in out
     cache = FeatureCache(tmp_path / "f")
     roi = cache["7/38025"]
     assert roi.shape == (12, 10, 576, 5, 5) and np.isfinite(roi.astype(np.float32)).all()

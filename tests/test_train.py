@@ -70,11 +70,11 @@ def test_resume_after_kill_gives_identical_weights(tiny_synth, tmp_path):
     cfg = load_config(None, TINY)
     fit(cfg, tiny_synth, None, tmp_path / "full", progress=False)
     fit(cfg, tiny_synth, None, tmp_path / "killed", progress=False, stop_after=1)
-    assert load_checkpoint(tmp_path / "killed" / "last.pt")["epoch"] == 0
+    assert load_checkpoint(tmp_path / "killed" / "last.pt")["epoch"] == 1  # epochs count from 1
     fit(cfg, tiny_synth, None, tmp_path / "killed", progress=False, resume=True)
     a = load_checkpoint(tmp_path / "full" / "last.pt")
     b = load_checkpoint(tmp_path / "killed" / "last.pt")
-    assert a["epoch"] == b["epoch"] == 2
+    assert a["epoch"] == b["epoch"] == 3 and 1 <= a["best"]["epoch"] <= 3
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
     rows_a = (tmp_path / "full" / "metrics.csv").read_text().splitlines()
@@ -82,6 +82,7 @@ def test_resume_after_kill_gives_identical_weights(tiny_synth, tmp_path):
     assert len(rows_a) == len(rows_b) == 4
     strip = lambda rows: [",".join(r.split(",")[:2] + r.split(",")[3:]) for r in rows]  # drop "seconds"
     assert strip(rows_a) == strip(rows_b)
+    assert [r.split(",")[0] for r in rows_a[1:]] == ["1", "2", "3"]  # metrics.csv counts epochs from 1
     with pytest.raises(FileExistsError, match="--resume"):
         fit(cfg, tiny_synth, None, tmp_path / "full", progress=False)
     info = json.loads((tmp_path / "full" / "run.json").read_text())

@@ -417,6 +417,34 @@ def demo(
              overrides=tuple(ctx.args))
 
 
+@app.command("serve")
+@friendly_errors
+def serve_cmd(
+    run: Path = typer.Option(..., "--run", help="Run folder made by `stvh train` (the model encodes uploads)."),
+    index: Path = typer.Option(..., "--index", help="Index file from `stvh index build` (in-memory backends)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset of the indexed clips (default: the run's)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port."),
+    allow_writes: bool = typer.Option(False, "--allow-writes", help="Allow POST/DELETE /api/clips (saves the index)."),
+    uploads: Optional[Path] = typer.Option(None, help="Folder of added clips (default INDEX.uploads)."),
+    max_upload_mb: int = typer.Option(64, help="Largest request body, MiB."),
+    max_frames: int = typer.Option(600, help="Most frames in an uploaded video or zip."),
+    max_persons: int = typer.Option(64, help="Most distinct track ids in an uploaded tracks file."),
+    checkpoint: str = typer.Option("best", help="best or last."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+):
+    """Serve the search page and the HTTP API (search by clip or upload, with a focus from visual to activity)."""
+    from .serve import ServeSettings, UploadLimits, serve
+    from .train.checkpoint import CheckpointError
+
+    limits = UploadLimits(max_bytes=max_upload_mb * 1024 * 1024, max_frames=max_frames, max_persons=max_persons)
+    try:
+        serve(ServeSettings(run=run, index=index, data=data, host=host, port=port, allow_writes=allow_writes,
+                            uploads=uploads, checkpoint=checkpoint, device=device, limits=limits), echo=typer.echo)
+    except CheckpointError as exc:
+        _fail(str(exc))
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

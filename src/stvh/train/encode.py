@@ -2,9 +2,13 @@
 
 Besides the codes, ``encode`` stores the model's activity and action
 predictions (``predictions.npz`` beside the codes) for the evaluation, and, for
-multi-depth models, the filter matrix F of Sec. 5.4 fitted on the **training
-split's** codes (never on test), so shallower codes can be derived from the
-deepest one.
+multi-depth models, the filter matrix F of Sec. 5.4 (Eq. 16-17) of the run:
+fitted on the **training split's** codes when training ended (never on test;
+``RUN/filter.npz``), so shallower codes can be derived from the deepest one.
+
+``Encoder`` loads a run once and encodes clip records in memory: from a feature
+cache, or, for clips without one (another dataset, an upload), by running the
+run's backbone with the run's cache settings (frame size, PCA) on the fly.
 """
 
 from __future__ import annotations
@@ -16,21 +20,31 @@ import numpy as np
 import torch
 
 from ..data.atomic import atomic_path
+from ..data.clip import UNKNOWN, Clip, ClipDataset
+from ..data.feature_cache import FeatureCache
+from ..data.skipped import write_skipped
 from ..index.codes import CodeSet
 from ..models.filter import fit_filter
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import complete_config
-from .loop import load_data, model_from_config, predict, resolve_device
+from ..data.formats import detect_format, read_dataset
+from .extract import reader_kwargs
+from .loop import LoadedData, epochs_done, load_data, model_from_config, predict, resolve_device
 from .tensors import clips_to_tensors
 
 
 def load_run(run: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu"):
-    """(model in eval mode, config, run info) of a run folder."""
+    """(model in eval mode, config, run info, checkpoint state) of a run folder."""
     run = Path(run)
     info_path = run / "run.json"
     if not info_path.is_file():
         raise CheckpointError(f"{run} is not a run folder (run.json missing); train one with `stvh train`")
-    info = json.loads(info_path.read_text())
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise CheckpointError(f"{info_path} is corrupt ({exc})") from None
+    if checkpoint not in ("best", "last"):
+        raise ValueError(f"checkpoint must be best or last, got {checkpoint!r}")
     path = run / f"{checkpoint}.pt"
     if checkpoint == "best" and not path.exists():
         path = run / "last.pt"
@@ -44,27 +58,156 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str | torch.devi
     return model.to(device).eval(), cfg, info, state
 
 
+def run_filter(run: str | Path) -> np.ndarray | None:
+    """The run's filter matrix F ``(K, K)`` (``RUN/filter.npz``), or ``None`` when it has none."""
+    path = Path(run) / "filter.npz"
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as z:
+            return z["filter"].astype(np.float32)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path} is corrupt ({exc}); delete it to refit F when encoding") from None
+
+
+class Encoder:
+    """A run loaded once: ``encode_clips(clips) -> {"codes" (M, depth, K) int8 ±1, "activity" (M,)}``.
+
+    For CNN backbones the features of clips come from ``roi`` (a feature cache's
+    arrays) when given, else the run's backbone runs on the clips' frames with
+    the settings of the run's cache (backbone, weights, frame size, PCA).
+    """
+
+    def __init__(self, run: str | Path, checkpoint: str = "best", device: str = "cpu"):
+        self.run = Path(run)
+        self.device = resolve_device(device)
+        self.model, self.cfg, self.info, self.state = load_run(run, checkpoint, self.device)
+        self.activities = tuple(self.info["activities"])
+        self.actions = tuple(self.info["actions"])
+        self.backbone = self.cfg["model"]["backbone"]
+        self._extractor = None
+        self.depth = len(self.model.activity_heads)  # one activity head per depth
+        self.bits = int(self.cfg["model"]["bits"])
+
+    def extractor(self):
+        """The run's backbone + RoIAlign (+ PCA) with its cache's settings, built on first use."""
+        if self._extractor is None:
+            from .extract import RoIExtractor, weights_identity
+            from .pca import load_pca  # noqa: I001
+
+            feats = self.info.get("features")
+            if not feats or not Path(feats, "meta.json").is_file():
+                raise ValueError(f"run {self.run} was trained on the feature cache {feats}, which is gone; "
+                                 "extract features of the new data with the run's config and pass --features")
+            meta = FeatureCache(feats).meta
+            weights = self.cfg["model"].get("weights")
+            seed = int(str(meta["weights_hash"]).rsplit("seed", 1)[1]) if str(meta["weights_hash"]).startswith(
+                "random-init") else 0
+            if weights_identity(meta["backbone"], weights, seed) != meta["weights_hash"]:
+                raise ValueError(f"the run's cache {feats} was made with backbone weights {meta['weights_hash']}, "
+                                 "which are not available here; pass --features of a cache made with them")
+            projection = load_pca(Path(feats) / "pca.npz") if meta.get("reduction", "none") != "none" else None
+            fs = meta.get("frame_size")
+            self._extractor = RoIExtractor(meta["backbone"], weights=weights, seed=seed,
+                                           frame_size=None if fs == "native" else tuple(fs),
+                                           roi_size=int(meta.get("roi_size", 5)), device=self.device,
+                                           projection=projection)
+        return self._extractor
+
+    def features(self, clips: list[Clip]) -> dict[str, np.ndarray] | None:
+        """RoI features of ``clips`` computed from their frames (``None`` for ``backbone: none``)."""
+        if self.backbone == "none":
+            return None
+        missing = [c.id for c in clips if c.frames is None]
+        if missing:
+            raise ValueError(f"{len(missing)} clips have no frames (first: {missing[0]}); the run's backbone "
+                             f"{self.backbone!r} needs them")
+        ex = self.extractor()
+        out: dict[str, np.ndarray] = {}
+        for start in range(0, len(clips), 4):
+            part = clips[start:start + 4]
+            out.update(zip((c.id for c in part), ex(part)))
+        return out
+
+    def encode_clips(self, clips: list[Clip], roi: dict[str, np.ndarray] | None = None,
+                     batch_size: int = 64) -> dict[str, np.ndarray]:
+        """Codes ``(M, depth, K)`` in ±1 (int8), predicted activity of the deepest head ``(M,)``,
+        all heads' predictions ``activity_all (M, depth)`` and actions ``(M, N)`` (-1 without an action head)."""
+        if roi is None:
+            roi = self.features(clips)
+        tensors = clips_to_tensors(clips, roi)
+        pred = predict(self.model, tensors, self.device, batch_size)
+        return {"codes": pred["codes"], "activity": pred["activity"][:, -1], "activity_all": pred["activity"],
+                "actions": pred["actions"], "tensors": tensors}
+
+
+def map_labels(dataset: ClipDataset, activities: tuple[str, ...]) -> dict[str, int]:
+    """Map the dataset's activity ids onto the run's vocabulary by name (in place).
+
+    Returns ``{label: clips}`` of labels the run does not know; those clips
+    become unlabeled (they can be encoded and searched, not evaluated).
+    """
+    if tuple(dataset.activities) == tuple(activities):
+        return {}
+    lookup = {name.lower(): i for i, name in enumerate(activities)}
+    unknown: dict[str, int] = {}
+    for c in dataset.clips:
+        if c.activity == UNKNOWN:
+            continue
+        name = dataset.activities[c.activity]
+        if name.lower() in lookup:
+            c.activity = lookup[name.lower()]
+        else:
+            unknown[name] = unknown.get(name, 0) + 1
+            c.activity = UNKNOWN
+    dataset.activities = tuple(activities)
+    return unknown
+
+
 def encode(run: str | Path, out: str | Path, *, data: str | Path | None = None, features: str | Path | None = None,
-           checkpoint: str = "best", device: str = "auto", batch_size: int = 64) -> dict:
-    """Write the CODES file ``out`` (and ``<out>.predictions.npz``) for every clip of the dataset."""
-    dev = resolve_device(device)
-    model, cfg, info, state = load_run(run, checkpoint, dev)
-    data = data or info["data"]
-    features = features or info.get("features")
-    dataset, roi, _ = load_data(cfg, data, features)
-    tensors = clips_to_tensors(dataset.clips, roi)
-    pred = predict(model, tensors, dev, batch_size)
+           checkpoint: str = "best", device: str = "auto", batch_size: int = 64, skip_bad: bool = False,
+           log=print) -> dict:
+    """Write the CODES file ``out`` (and ``<out>.predictions.npz``) for every clip of the dataset.
+
+    ``data`` defaults to the run's dataset. Another dataset is read with the run's
+    reader options, its labels are mapped onto the run's by name (unknown labels
+    are reported and encoded as unlabeled), and, for CNN backbones without
+    ``features``, its RoI features are computed from its frames on the fly.
+    """
+    enc = Encoder(run, checkpoint, device)
+    cfg, info = enc.cfg, enc.info
+    own_data = data is None or Path(data).resolve() == Path(info["data"]).resolve()
+    data = Path(info["data"]) if data is None else Path(data)
+    if features is None and own_data and enc.backbone != "none":
+        features = info.get("features")
+    if own_data:
+        loaded = load_data(cfg, data, features, skip_bad=skip_bad, require_features=False)
+    else:
+        loaded = _load_other(cfg, info.get("format"), data, features, skip_bad)
+    dataset, roi = loaded.dataset, loaded.roi
+    if not dataset.clips:
+        raise ValueError(f"{data}: no clip to encode" + (f" ({len(loaded.without_features)} have no features or "
+                                                         "frames)" if loaded.without_features else ""))
+    unknown = map_labels(dataset, enc.activities)
+    if unknown:
+        log(f"note: {sum(unknown.values())} clips have activities the model does not know "
+            f"({', '.join(f'{k}: {v}' for k, v in sorted(unknown.items()))}); encoded as unlabeled")
+    if loaded.without_features:
+        log(f"note: {len(loaded.without_features)} clips have no features or frames and are not encoded "
+            f"(first: {loaded.without_features[0]})")
+    pred = enc.encode_clips(dataset.clips, roi, batch_size)
+    tensors = pred["tensors"]
     codes = pred["codes"]  # (M, depth, K)
     depth = codes.shape[1]
-    filt = None
-    if depth > 1:
-        train_rows = np.array([s != "test" for s in tensors.splits])
+    filt = run_filter(run) if depth > 1 else None
+    if filt is None and depth > 1:  # runs trained before F was stored with the run: fit on training rows
+        train_rows = np.array([s not in ("test",) for s in tensors.splits])
         per_depth = [torch.from_numpy(codes[train_rows, t].astype(np.float32)) for t in range(depth)]
         torch.manual_seed(int(cfg["seed"]))
         fm = fit_filter(per_depth, steps=int(cfg["filter"]["steps"]), lr=float(cfg["filter"]["lr"]))
         filt = fm.weight.detach().cpu().numpy()
     meta = {"model": cfg["model"]["name"], "run": str(Path(run).resolve()), "seed": cfg["seed"],
-            "epoch": state["epoch"], "activities": info["activities"], "actions": info["actions"],
+            "epoch": epochs_done(enc.state), "activities": list(enc.activities), "actions": list(enc.actions),
             "data": str(data)}
     code_set = CodeSet.from_signs(tensors.ids, codes, activity=tensors.activity.numpy(),
                                   group=np.array(tensors.groups), split=np.array(tensors.splits),
@@ -73,12 +216,35 @@ def encode(run: str | Path, out: str | Path, *, data: str | Path | None = None, 
     code_set.save(out)
     with atomic_path(predictions_path(out)) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, ids=np.array(tensors.ids), activity_pred=pred["activity"], action_pred=pred["actions"],
+            np.savez(fh, ids=np.array(tensors.ids), activity_pred=pred["activity_all"], action_pred=pred["actions"],
                      action_true=tensors.actions.numpy(), mask=tensors.mask.numpy())
+    if skip_bad:
+        write_skipped(skipped_path(out), dataset.skipped)
     return {"codes": str(out), "clips": len(code_set), "bits": code_set.bits, "depth": depth,
-            "filter": filt is not None}
+            "filter": filt is not None, "unknown_labels": unknown,
+            "without_features": len(loaded.without_features), "skipped": len(dataset.skipped)}
+
+
+def _load_other(cfg: dict, run_format: str | None, data: Path, features, skip_bad: bool) -> LoadedData:
+    """Another dataset for a trained run: its format is detected; the run's reader options apply only when
+    the format is the run's. Without ``features`` a CNN run computes features from the frames later."""
+    fmt = detect_format(data)
+    same = fmt == (cfg["data"]["format"] or run_format)
+    d = cfg["data"] if same else {**cfg["data"], "reader": {}, "window": None, "n_max": None}
+    other = {**cfg, "data": {**d, "format": fmt}}
+    if features is not None or cfg["model"]["backbone"] == "none":
+        return load_data(other, data, features, skip_bad=skip_bad, require_features=False)
+    dataset = read_dataset(data, fmt, skip_bad=skip_bad, **reader_kwargs(other))
+    without = [c.id for c in dataset.clips if c.frames is None]
+    dataset.clips = [c for c in dataset.clips if c.frames is not None]
+    return LoadedData(dataset, None, None, without)
 
 
 def predictions_path(codes_path: str | Path) -> Path:
     p = Path(codes_path)
     return p.with_name(p.name.removesuffix(".npz") + ".predictions.npz")
+
+
+def skipped_path(codes_path: str | Path) -> Path:
+    p = Path(codes_path)
+    return p.with_name(p.name.removesuffix(".npz") + ".skipped.csv")

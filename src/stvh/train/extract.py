@@ -17,9 +17,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..data.errors import DataError
 from ..data.feature_cache import FeatureCacheWriter
 from ..data.formats import read_dataset
 from ..data.frames import read_frames
+from ..data.skipped import write_skipped
 from ..models.visual import VisualModule, efficientnet_lite0_weights_path
 from .pca import fit_pca, load_pca, project, save_pca
 
@@ -46,72 +48,153 @@ def _resize(frames: np.ndarray, size: tuple[int, int] | None) -> torch.Tensor:
     return x
 
 
+class RoIExtractor:
+    """The frozen backbone + RoIAlign of a cache, as one callable over clips.
+
+    ``extractor(clips) -> list of roi (N, T, C', s, s)`` (C' = PCA channels
+    when a projection is set). Shared by ``stvh extract`` and by on-the-fly
+    encoding of clips that have no cache (``stvh encode --data``, the service).
+    """
+
+    def __init__(self, backbone: str, *, weights: str | None = None, frame_size=None, roi_size: int = 5,
+                 device: str | torch.device = "cpu", seed: int = 0, projection=None):
+        torch.manual_seed(seed)
+        self.module = VisualModule(backbone=backbone, weights=weights, roi_size=roi_size).to(device).eval()
+        self.frame_size = tuple(frame_size) if frame_size else None
+        self.device = torch.device(device)
+        self.projection = projection  # (mean, components, explained) or None
+
+    @torch.no_grad()
+    def raw(self, clips, frames: list[np.ndarray]) -> np.ndarray:
+        """Unprojected RoI features ``(B, N, T, C, s, s)`` of clips of one frame size."""
+        x = torch.stack([_resize(f, self.frame_size) for f in frames]).to(self.device)
+        boxes = torch.from_numpy(np.stack([c.boxes for c in clips])).to(self.device)
+        image_size = torch.tensor([c.image_size for c in clips], dtype=torch.float32, device=self.device)
+        return self.module.extract_roi(x, boxes, image_size).cpu().numpy()
+
+    def __call__(self, clips, frames: list[np.ndarray] | None = None) -> list[np.ndarray]:
+        """Features of ``clips`` (decoded here unless ``frames`` are given), padded persons zeroed."""
+        frames = [read_frames(c.frames) for c in clips] if frames is None else frames
+        out: list[np.ndarray | None] = [None] * len(clips)
+        for size in sorted({c.image_size for c in clips}):  # one backbone call per frame size
+            idx = [i for i, c in enumerate(clips) if c.image_size == size]
+            roi = self.raw([clips[i] for i in idx], [frames[i] for i in idx])
+            for i, r in zip(idx, roi):
+                r[~clips[i].mask] = 0  # padded persons carry no features
+                if self.projection is not None:
+                    r = project(r, self.projection[0], self.projection[1], clips[i].mask)
+                out[i] = r
+        return out
+
+
+def reader_kwargs(cfg: dict) -> dict:
+    """Reader options of a config's ``data`` section (window, n_max and ``data.reader``)."""
+    d = cfg["data"]
+    kwargs = dict(d.get("reader") or {})
+    if d.get("n_max") is not None:
+        kwargs["n_max"] = d["n_max"]
+    if d.get("window") is not None:
+        kwargs["window"] = tuple(d["window"])
+    return kwargs
+
+
+def extract_with_config(cfg: dict, data: str | Path, out: str | Path, **options) -> dict:
+    """``stvh extract --config``: backbone, weights, frame size, PCA, reader options and seed from ``cfg``.
+
+    ``options`` (e.g. ``batch_clips``, ``device``, ``progress``, ``skip_bad``) go to :func:`extract`;
+    the config decides everything that makes the cache's identity, so ``stvh train`` with the same
+    config accepts the cache.
+    """
+    ext, m = cfg["extract"], cfg["model"]
+    if m["backbone"] == "none":
+        raise ValueError("model.backbone is 'none' in the config (box geometry only): there is nothing to extract; "
+                         "set model.backbone (e.g. efficientnet_lite0) or train without --features")
+    return extract(data, m["backbone"], out, weights=m.get("weights"), format=cfg["data"]["format"],
+                   frame_size=tuple(ext["frame_size"]) if ext.get("frame_size") else None, pca=ext.get("pca"),
+                   seed=int(cfg["seed"]), reader=reader_kwargs(cfg), **options)
+
+
 def extract(data: str | Path, backbone: str, out: str | Path, *, weights: str | None = None,
             format: str | None = None, frame_size: tuple[int, int] | None = None, batch_clips: int = 4,
             roi_size: int = 5, device: str = "cpu", seed: int = 0, progress: bool = True,
-            skip_bad: bool = False, pca: int | None = None, pca_clips: int = 24) -> dict:
+            skip_bad: bool = False, pca: int | None = None, pca_clips: int = 24, reader: dict | None = None) -> dict:
     """Extract and cache RoI features of every clip with frames; returns a summary.
 
     ``pca=k`` stores the RoI channels projected on their top-k principal
     directions (fitted on ``pca_clips`` training-split clips; see
-    :mod:`stvh.train.pca`) instead of the raw C channels.
+    :mod:`stvh.train.pca`) instead of the raw C channels. Clips without frames
+    are counted (``no_frames``); with ``skip_bad`` an undecodable clip is
+    skipped, counted and listed in ``OUT/skipped.csv``.
     """
-    dataset = read_dataset(data, format, skip_bad=skip_bad)
+    dataset = read_dataset(data, format, skip_bad=skip_bad, **(reader or {}))
     clips = [c for c in dataset.clips if c.frames is not None]
     if not clips:
-        raise ValueError(f"{data}: no clip has frames to extract features from (tracks-only data: "
-                         "train with model.backbone=none instead)")
-    torch.manual_seed(seed)
-    module = VisualModule(backbone=backbone, weights=weights, roi_size=roi_size).to(device).eval()
+        raise ValueError(f"{data}: none of the {len(dataset.clips)} clips has frames to extract features from "
+                         "(tracks-only data: train with model.backbone=none instead)")
+    skipped = list(dataset.skipped)
+    extractor = RoIExtractor(backbone, weights=weights, frame_size=frame_size, roi_size=roi_size, device=device,
+                             seed=seed)
     sizes = {c.image_size for c in clips}
+    bad: set[str] = set()
 
-    def run_backbone(part):
-        frames = torch.stack([_resize(read_frames(c.frames), frame_size) for c in part]).to(device)
-        boxes = torch.from_numpy(np.stack([c.boxes for c in part])).to(device)
-        image_size = torch.tensor([c.image_size for c in part], dtype=torch.float32, device=device)
-        roi = module.extract_roi(frames, boxes, image_size).cpu().numpy()  # (B, N, T, C, s, s)
-        return roi, frames.shape[0] * frames.shape[1]
+    def decoded(part):
+        """``(clips, frames)`` of ``part`` that decode; bad ones are skipped (skip_bad) or raise."""
+        keep, frames = [], []
+        for c in part:
+            if c.id in bad:
+                continue
+            try:
+                frames.append(read_frames(c.frames))
+                keep.append(c)
+            except DataError as err:
+                if not skip_bad:
+                    raise
+                err.clip = err.clip or c.id
+                skipped.append(err)
+                bad.add(c.id)
+        return keep, frames
 
-    projection = None
     if pca is not None:
-        projection = _pca_projection(Path(out), clips, pca, pca_clips, run_backbone, batch_clips)
+        extractor.projection = _pca_projection(Path(out), clips, pca, pca_clips, extractor, decoded, batch_clips)
     meta = {"backbone": backbone, "weights_hash": weights_identity(backbone, weights, seed),
             "frame_size": list(frame_size) if frame_size else "native", "roi_size": roi_size,
-            "channels": pca or module.in_channels, "backbone_channels": module.in_channels,
+            "channels": pca or extractor.module.in_channels, "backbone_channels": extractor.module.in_channels,
             "reduction": f"pca{pca}" if pca else "none", "dataset": str(Path(data).resolve()),
             "image_sizes": sorted(list(s) for s in sizes)}
-    if projection is not None:
-        meta["pca_explained"] = float(projection[2].sum())
+    if extractor.projection is not None:
+        meta["pca_explained"] = float(extractor.projection[2].sum())
     writer = FeatureCacheWriter(out, meta)
     todo = [c for c in clips if c.id not in writer.done()]
     t0 = time.time()
-    frames_done = 0
+    frames_done = extracted = 0
     bar = tqdm(total=len(todo), desc="extract", unit="clip", disable=not progress)
-    for start in range(0, len(todo), batch_clips):
-        group = todo[start:start + batch_clips]
-        # clips of one call must share the frame size; batch them one size at a time
-        for size in sorted({c.image_size for c in group}):
-            part = [c for c in group if c.image_size == size]
-            roi, n_frames = run_backbone(part)
-            for c, r in zip(part, roi):
-                r[~c.mask] = 0  # padded persons carry no features
-                if projection is not None:
-                    r = project(r, projection[0], projection[1], c.mask)
-                writer.add(c.id, r)
-            frames_done += n_frames
-        bar.update(len(group))
-        bar.set_postfix(clips_per_s=f"{bar.n / max(time.time() - t0, 1e-9):.2f}")
-    bar.close()
-    writer.close()
+    try:
+        for start in range(0, len(todo), batch_clips):
+            group = todo[start:start + batch_clips]
+            part, frames = decoded(group)
+            if part:
+                for c, r in zip(part, extractor(part, frames)):
+                    writer.add(c.id, r)
+                frames_done += sum(len(f) for f in frames)
+                extracted += len(part)
+            bar.update(len(group))
+            bar.set_postfix(clips_per_s=f"{bar.n / max(time.time() - t0, 1e-9):.2f}")
+    finally:
+        bar.close()
+        writer.close()  # keep every finished clip, also after Ctrl-C or an error
     seconds = time.time() - t0
-    return {"features": str(out), "backbone": backbone, "clips": len(clips), "extracted": len(todo),
-            "resumed": len(clips) - len(todo), "seconds": round(seconds, 2),
-            "clips_per_s": round(len(todo) / seconds, 2) if seconds > 0 and todo else None,
-            "frames_per_s": round(frames_done / seconds, 2) if seconds > 0 and todo else None,
-            "channels": pca or module.in_channels, "skipped": len(dataset.skipped)}
+    if skip_bad:
+        write_skipped(Path(out) / "skipped.csv", skipped)
+    cached = len(writer.done())
+    return {"features": str(out), "backbone": backbone, "clips": len(dataset.clips), "cached": cached,
+            "extracted": extracted, "resumed": len(clips) - len(todo),
+            "no_frames": len(dataset.clips) - len(clips), "seconds": round(seconds, 2),
+            "clips_per_s": round(extracted / seconds, 2) if seconds > 0 and extracted else None,
+            "frames_per_s": round(frames_done / seconds, 2) if seconds > 0 and extracted else None,
+            "channels": pca or extractor.module.in_channels, "skipped": len(skipped)}
 
 
-def _pca_projection(out: Path, clips, k: int, n_clips: int, run_backbone, batch_clips: int):
+def _pca_projection(out: Path, clips, k: int, n_clips: int, extractor: RoIExtractor, decoded, batch_clips: int):
     """Load ``out/pca.npz`` or fit it on RoI features of real persons of training-split clips."""
     path = out / "pca.npz"
     if path.exists():
@@ -124,9 +207,11 @@ def _pca_projection(out: Path, clips, k: int, n_clips: int, run_backbone, batch_
     sample = train[::step][:n_clips]
     feats = []
     for i in range(0, len(sample), batch_clips):
-        part = sample[i:i + batch_clips]
-        roi, _ = run_backbone(part)
-        for c, r in zip(part, roi):
+        part, frames = decoded(sample[i:i + batch_clips])
+        if not part:
+            continue
+        for c, r in zip(part, extractor.raw(part, frames) if len({c.image_size for c in part}) == 1
+                        else [extractor.raw([c], [f])[0] for c, f in zip(part, frames)]):
             x = np.moveaxis(r[c.mask], 2, -1)  # (n, T, s, s, C)
             feats.append(x.reshape(-1, x.shape[-1]))
     mean, comps, ratio = fit_pca(np.concatenate(feats), k)

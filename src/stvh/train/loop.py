@@ -6,9 +6,11 @@ test), and writes a run folder::
 
     RUN/config.yaml       resolved configuration
     RUN/run.json          dataset, features, label vocabularies, seed
-    RUN/metrics.csv       one row per epoch (losses, val metrics, lr)
+    RUN/metrics.csv       one row per epoch (losses, val metrics, lr); epochs count from 1
     RUN/last.pt           model, optimizer, scheduler, epoch, RNG state, config
     RUN/best.pt           the checkpoint with the best validation score
+    RUN/filter.npz        the filter matrix F (Sec. 5.4) fitted on the training codes of best.pt
+    RUN/skipped.csv       with ``skip_bad``: every skipped input (file, line, kind, message)
 
 ``fit(..., resume=True)`` continues after a kill and ends with the same
 weights as an uninterrupted run of the same seed: the shuffling of epoch e is
@@ -26,6 +28,7 @@ import math
 import os
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +36,16 @@ import torch
 from tqdm import tqdm
 
 from .. import losses as L
-from ..data.atomic import write_text_atomic
-from ..data.feature_cache import FeatureCache
+from ..data.atomic import atomic_path, write_text_atomic
+from ..data.clip import ClipDataset
+from ..data.feature_cache import CacheError, CacheMismatch, FeatureCache
 from ..data.formats import read_dataset
+from ..data.skipped import write_skipped
 from ..eval.metrics import map_at_k, mca
 from ..models import build
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import dump_config
+from ..models.filter import fit_filter
 from .tensors import ClipTensors, clips_to_tensors, partition
 
 MSTVH_LIKE = ("mstvh", "mstvh_bd", "mstvh_ed")
@@ -81,24 +87,86 @@ def model_from_config(cfg: dict, num_activities: int, num_actions: int, in_chann
     return build(m["name"], **kwargs)
 
 
-def load_data(cfg: dict, data_dir: str | Path, features: str | Path | None):
-    """Read the dataset and (for CNN backbones) its cached RoI features."""
+class TrainingInterrupted(Exception):
+    """Ctrl-C during training; ``epochs_done`` finished epochs are saved in ``run/last.pt``."""
+
+    def __init__(self, run: Path, epochs_done: int, epochs: int):
+        self.run, self.epochs_done, self.epochs = run, epochs_done, epochs
+        super().__init__(f"interrupted during epoch {epochs_done + 1}/{epochs}; {epochs_done} finished epoch(s) "
+                         f"saved in {run / 'last.pt'}")
+
+
+@dataclass
+class LoadedData:
+    """A dataset, its cached RoI features and what was left out."""
+
+    dataset: ClipDataset
+    roi: dict | None
+    in_channels: int | None
+    without_features: list[str] = field(default_factory=list)  # clip ids with no cached features
+
+    def __iter__(self):  # ``dataset, roi, in_channels = load_data(...)``
+        return iter((self.dataset, self.roi, self.in_channels))
+
+
+def check_cache_matches(cache: FeatureCache, cfg: dict) -> None:
+    """Refuse a cache whose backbone, PCA or frame size disagree with the config (one line naming both)."""
+    m, ext = cfg["model"], cfg["extract"]
+    want = {"backbone": m["backbone"],
+            "reduction": f"pca{ext['pca']}" if ext.get("pca") else "none",
+            "frame_size": list(ext["frame_size"]) if ext.get("frame_size") else "native"}
+    for key, value in want.items():
+        have = cache.meta.get(key)
+        if have != value:
+            where = "model.backbone" if key == "backbone" else "extract.pca" if key == "reduction" else "extract.frame_size"
+            raise CacheMismatch(f"{key} is {have!r} in the cache but {value!r} in the config ({where}); extract "
+                                f"again with `stvh extract --config CONFIG` or set {where} to match", path=cache.path)
+
+
+def load_data(cfg: dict, data_dir: str | Path, features: str | Path | None, *, skip_bad: bool = False,
+              require_features: bool | None = None) -> LoadedData:
+    """Read the dataset and (for CNN backbones) its cached RoI features.
+
+    Clips without cached features (e.g. no frames on disk) are left out and
+    listed in ``without_features``, unless ``require_features`` (default:
+    ``data.require_features``) makes that an error.
+    """
     d = cfg["data"]
     kwargs = dict(d.get("reader") or {})
     if d["n_max"] is not None:
         kwargs["n_max"] = d["n_max"]
     if d["window"] is not None:
         kwargs["window"] = tuple(d["window"])
-    dataset = read_dataset(data_dir, d["format"], **kwargs)
-    roi, in_channels = None, None
-    if cfg["model"]["backbone"] != "none":
-        if features is None:
-            raise ValueError(f"backbone {cfg['model']['backbone']!r} needs --features (run `stvh extract` first)")
-        cache = FeatureCache(features)
-        cache.check(backbone=cfg["model"]["backbone"])
-        roi = cache.load([c.id for c in dataset.clips])
-        in_channels = int(cache.meta["channels"])
-    return dataset, roi, in_channels
+    backbone = cfg["model"]["backbone"]
+    if backbone == "none" and features is not None:
+        raise ValueError(f"--features {features} given but model.backbone is 'none' (box geometry only); "
+                         "set model.backbone to the cache's backbone or drop --features")
+    if backbone != "none" and features is None:
+        raise ValueError(f"backbone {backbone!r} needs --features (run `stvh extract --config CONFIG` first)")
+    dataset = read_dataset(data_dir, d["format"], skip_bad=skip_bad, **kwargs)
+    if backbone == "none":
+        return LoadedData(dataset, None, None)
+    cache = FeatureCache(features)
+    check_cache_matches(cache, cfg)
+    missing = [c.id for c in dataset.clips if c.id not in cache]
+    if missing:
+        if require_features is None:
+            require_features = bool(d.get("require_features", False))
+        if require_features or len(missing) == len(dataset.clips):
+            raise CacheError(f"{len(missing)} of {len(dataset.clips)} clips have no cached features (first: "
+                             f"{missing[0]}); " + ("none is in this cache: was it extracted from another dataset?"
+                                                   if len(missing) == len(dataset.clips) else
+                                                   "clips without frames cannot be extracted; set "
+                                                   "data.require_features=false to train on the others"),
+                             path=cache.path)
+        dataset.clips = [c for c in dataset.clips if c.id in cache]
+    roi = cache.load([c.id for c in dataset.clips])
+    return LoadedData(dataset, roi, int(cache.meta["channels"]), missing)
+
+
+def has_action_labels(clips) -> bool:
+    """True when some real person of ``clips`` has an action label (MOT data has none)."""
+    return any(bool((c.actions[c.mask] >= 0).any()) for c in clips)
 
 
 def lr_factor(base_lr: float, steps) -> "callable":
@@ -129,7 +197,10 @@ def predict(model, data: ClipTensors, device, batch_size: int = 64) -> dict[str,
         out = _forward(model, batch)
         codes.append(torch.stack(out.b, dim=1).cpu())
         acty.append(torch.stack([lg.argmax(-1) for lg in out.activity_logits], dim=1).cpu())
-        actions.append(out.action_logits.argmax(-1).cpu())
+        if out.action_logits.shape[-1]:
+            actions.append(out.action_logits.argmax(-1).cpu())
+        else:  # no action head (data without action labels)
+            actions.append(torch.full(batch["mask"].shape, -1, dtype=torch.int64))
     return {"codes": torch.cat(codes).to(torch.int8).numpy(), "activity": torch.cat(acty).numpy(),
             "actions": torch.cat(actions).numpy()}
 
@@ -142,7 +213,9 @@ def validate(model, val: ClipTensors, train: ClipTensors, device, with_map: bool
     out = {"val_mca": mca(yv, pv["activity"][:, -1])}
     if with_map:
         pt = predict(model, train, device)
-        out["val_map@10"] = map_at_k(pv["codes"][:, -1], yv, pt["codes"][:, -1], train.activity.numpy(), 10)
+        yt = train.activity.numpy()
+        q, db = yv >= 0, yt >= 0  # unlabelled clips are neither queries nor database
+        out["val_map@10"] = map_at_k(pv["codes"][q, -1], yv[q], pt["codes"][db, -1], yt[db], 10)
     return out
 
 
@@ -151,7 +224,7 @@ def _rewrite_metrics(path: Path, keep_epochs: int) -> None:
     if not path.exists():
         return
     rows = list(csv.DictReader(path.open()))
-    kept = [r for r in rows if int(r["epoch"]) < keep_epochs]
+    kept = [r for r in rows if int(r["epoch"]) <= keep_epochs]
     buf = io.StringIO()
     if rows:
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
@@ -177,12 +250,38 @@ def _tensorboard(out: Path):
     return SummaryWriter(str(out / "tensorboard"))
 
 
+def epochs_done(state: dict) -> int:
+    """Finished epochs recorded in a checkpoint (runs before 1-based numbering stored the 0-based index)."""
+    return int(state["epoch"]) if state.get("epoch_base") == 1 else int(state["epoch"]) + 1
+
+
+def no_train_split_message(data_dir, dataset: ClipDataset) -> str:
+    have = ", ".join(f"{k or 'none'}: {v}" for k, v in dataset.splits().items()) or "no clips"
+    return (f"{data_dir}: the dataset has no training clips (clips per split: {have}); mark clips as train/test "
+            "in DATA/splits.json ({\"train\": [\"video\", ...], \"test\": [...]}, video names or video/clip ids)"
+            + (" or in a split column of DATA/clips.csv" if dataset.format == "mot" else ""))
+
+
+def _save_filter(model, train: ClipTensors, device, cfg: dict, path: Path) -> None:
+    """Fit F (Sec. 5.4, Eq. 16-17) on the training clips' codes of ``model``; store it with the run."""
+    codes = predict(model, train, device)["codes"]  # (M, depth, K)
+    per_depth = [torch.from_numpy(codes[:, t].astype(np.float32)) for t in range(codes.shape[1])]
+    torch.manual_seed(int(cfg["seed"]))
+    fm = fit_filter(per_depth, steps=int(cfg["filter"]["steps"]), lr=float(cfg["filter"]["lr"]))
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, filter=fm.weight.detach().cpu().numpy())
+
+
 def fit(cfg: dict, data_dir: str | Path, features: str | Path | None, out: str | Path,
-        resume: bool = False, progress: bool = True, stop_after: int | None = None) -> dict:
+        resume: bool = False, progress: bool = True, stop_after: int | None = None,
+        skip_bad: bool = False, log=print) -> dict:
     """Train; returns a summary (best epoch and score, run folder).
 
     ``stop_after`` ends the run after that many epochs of this call (used to
-    test resuming; a kill does the same).
+    test resuming; a kill does the same). Epochs count from 1 everywhere
+    (progress bars, metrics.csv, run.json, checkpoints). Ctrl-C raises
+    :class:`TrainingInterrupted` after the last finished epoch was saved.
     """
     out = Path(out)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -194,14 +293,32 @@ def fit(cfg: dict, data_dir: str | Path, features: str | Path | None, out: str |
     seed = int(cfg["seed"])
     seed_everything(seed)
 
-    dataset, roi, in_channels = load_data(cfg, data_dir, features)
+    loaded = load_data(cfg, data_dir, features, skip_bad=skip_bad)
+    dataset, roi, in_channels = loaded
     parts = partition(dataset.clips, cfg["data"]["val_fraction"], seed)
     if not parts["train"]:
-        raise ValueError(f"{data_dir}: the dataset has no training clips")
+        raise ValueError(no_train_split_message(data_dir, dataset))
+    if not any(c.activity >= 0 for c in parts["train"]):
+        raise ValueError(f"{data_dir}: no training clip has an activity label; label them (e.g. an activity "
+                         "column in clips.csv) or encode this data with a model trained elsewhere "
+                         "(`stvh encode --run RUN --data DATA`)")
     train = clips_to_tensors(parts["train"], roi)
     val = clips_to_tensors(parts["val"], roi) if parts["val"] else None
 
-    model = model_from_config(cfg, len(dataset.activities), len(dataset.actions), in_channels).to(device)
+    lcfg = loss_config(cfg)
+    notes = []
+    action_head = has_action_labels(parts["train"])
+    actions = list(dataset.actions) if action_head else []
+    if not action_head:  # Eq. 6's L_action and Eq. 8's GCN (fed by predicted actions) have nothing to learn from
+        lcfg.action, lcfg.contrast = 0.0, 0.0
+        notes.append("no person action labels: the action head, L_action and L_CON are off")
+    if loaded.without_features:
+        notes.append(f"{len(loaded.without_features)} clips have no cached features (no frames?) and are left out; "
+                     f"training on the {len(dataset.clips)} that have them")
+    if dataset.skipped:
+        notes.append(f"{len(dataset.skipped)} bad inputs skipped (--skip-bad); listed in {out / 'skipped.csv'}")
+
+    model = model_from_config(cfg, len(dataset.activities), len(actions), in_channels).to(device)
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
@@ -212,16 +329,17 @@ def fit(cfg: dict, data_dir: str | Path, features: str | Path | None, out: str |
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=t["lr"],
                            weight_decay=t["weight_decay"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(t["lr"], t["lr_steps"]))
-    lcfg = loss_config(cfg)
 
-    start_epoch, best = 0, {"epoch": -1, "score": -math.inf}
+    start_epoch, best = 0, {"epoch": 0, "score": -math.inf}
     if resume and (out / "last.pt").exists():
         state = load_checkpoint(out / "last.pt")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"]["torch"])
-        start_epoch, best = state["epoch"] + 1, state["best"]
+        start_epoch, best = epochs_done(state), dict(state["best"])
+        if state.get("epoch_base") != 1:
+            best["epoch"] += 1
     elif rank == 0:
         if (out / "last.pt").exists():
             raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
@@ -229,71 +347,96 @@ def fit(cfg: dict, data_dir: str | Path, features: str | Path | None, out: str |
         write_text_atomic(out / "config.yaml", dump_config(cfg))
         write_text_atomic(out / "run.json", json.dumps({
             "data": str(Path(data_dir).resolve()), "features": str(Path(features).resolve()) if features else None,
-            "format": dataset.format, "activities": list(dataset.activities), "actions": list(dataset.actions),
-            "in_channels": in_channels, "seed": seed, "splits": {k: len(v) for k, v in parts.items()},
-            "torch": torch.__version__}, indent=2))
+            "format": dataset.format, "activities": list(dataset.activities), "actions": actions,
+            "action_head": action_head, "in_channels": in_channels, "seed": seed,
+            "splits": {k: len(v) for k, v in parts.items()},
+            "clips_without_features": len(loaded.without_features), "skipped": len(dataset.skipped),
+            "notes": notes, "torch": torch.__version__}, indent=2))
         (out / "metrics.csv").unlink(missing_ok=True)
+    if rank == 0 and skip_bad:
+        write_skipped(out / "skipped.csv", dataset.skipped)
     if rank == 0:
         _rewrite_metrics(out / "metrics.csv", start_epoch)
+        for note in notes:
+            log(f"note: {note}")
     tb = _tensorboard(out) if rank == 0 else None
 
     epochs_run = 0
-    for epoch in range(start_epoch, t["epochs"]):
-        if stop_after is not None and epochs_run >= stop_after:
-            break
-        net.train()
-        g = torch.Generator().manual_seed(seed * 100003 + epoch)
-        perm = torch.randperm(len(train), generator=g)
-        batches = [perm[i:i + t["batch_size"]] for i in range(0, len(perm), t["batch_size"])]
-        if world > 1:  # every process must run the same number of steps (gradients are all-reduced)
-            batches = batches[:len(batches) // world * world][rank::world]
-        sums: dict[str, float] = {}
-        t0 = time.time()
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{t['epochs']}", disable=not progress or rank != 0,
-                   leave=False, unit="batch")
-        for idx in bar:
-            batch = train.batch(idx, device)
-            output = net(batch["boxes"], batch["mask"], batch["image_size"], roi=batch.get("roi"))
-            terms = L.total_loss(output, batch["activity"], batch["actions"], lcfg)
-            opt.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            if t["grad_clip"]:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"])
-            opt.step()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            bar.set_postfix(loss=f"{terms['total'].item():.3f}")
-        sched.step()
-        row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0, 3)}
-        row.update({f"loss_{k}": v / max(len(batches), 1) for k, v in sorted(sums.items())})
-        if val is not None:
-            row.update(validate(model, val, train, device, with_map=t["select"] == "val_map@10"))
-            score = row[t["select"]]
-        else:
-            score = -row["loss_total"]
-        row["score"] = score
-        epochs_run += 1
-        if rank != 0:
-            continue
-        improved = score > best["score"]
-        if improved:
-            best = {"epoch": epoch, "score": float(score)}
-        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "epoch": epoch, "best": best, "config": cfg, "rng": {"torch": torch.get_rng_state()}}
-        if improved:
-            save_checkpoint(out / "best.pt", state)
-        save_checkpoint(out / "last.pt", state)
-        _append_metrics(out / "metrics.csv", row)
+    try:
+        for epoch in range(start_epoch + 1, t["epochs"] + 1):  # 1-based
+            if stop_after is not None and epochs_run >= stop_after:
+                break
+            row = _train_epoch(net, model, train, val, opt, sched, lcfg, t, device, seed, epoch, rank, world,
+                               progress)
+            epochs_run += 1
+            if rank != 0:
+                continue
+            improved = row["score"] > best["score"]
+            if improved:
+                best = {"epoch": epoch, "score": float(row["score"])}
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "epoch": epoch, "epoch_base": 1, "best": best, "config": cfg,
+                     "rng": {"torch": torch.get_rng_state()}}
+            if improved:
+                save_checkpoint(out / "best.pt", state)
+            save_checkpoint(out / "last.pt", state)
+            _append_metrics(out / "metrics.csv", row)
+            if tb is not None:
+                for k, v in row.items():
+                    if k != "epoch":
+                        tb.add_scalar(k, v, epoch)
+            if progress:
+                shown = " ".join(f"{k}={v:.4g}" for k, v in row.items() if k.startswith(("loss_total", "val_")))
+                tqdm.write(f"epoch {epoch}/{t['epochs']}: {shown} ({row['seconds']:.1f}s)")
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(out, start_epoch + epochs_run, t["epochs"]) from None
+    finally:
         if tb is not None:
-            for k, v in row.items():
-                if k != "epoch":
-                    tb.add_scalar(k, v, epoch)
-        if progress:
-            shown = " ".join(f"{k}={v:.4g}" for k, v in row.items() if k.startswith(("loss_total", "val_")))
-            tqdm.write(f"epoch {epoch + 1}/{t['epochs']}: {shown} ({row['seconds']:.1f}s)")
-    if tb is not None:
-        tb.close()
+            tb.close()
+    if rank == 0 and getattr(model, "depth", 1) > 1 and start_epoch + epochs_run >= t["epochs"] and (out / "best.pt").exists():
+        model.load_state_dict(load_checkpoint(out / "best.pt")["model"])
+        _save_filter(model, train, device, cfg, out / "filter.npz")
     if world > 1:
         torch.distributed.destroy_process_group()
     return {"run": str(out), "best_epoch": best["epoch"], "best_score": best["score"],
-            "epochs_run": epochs_run}
+            "epochs_run": epochs_run, "notes": notes, "skipped": len(dataset.skipped)}
+
+
+def _train_epoch(net, model, train: ClipTensors, val, opt, sched, lcfg, t: dict, device, seed: int, epoch: int,
+                 rank: int, world: int, progress: bool) -> dict:
+    """One pass over the training clips (epoch is 1-based); returns the metrics.csv row."""
+    net.train()
+    g = torch.Generator().manual_seed(seed * 100003 + epoch - 1)
+    perm = torch.randperm(len(train), generator=g)
+    batches = [perm[i:i + t["batch_size"]] for i in range(0, len(perm), t["batch_size"])]
+    if world > 1:  # every process must run the same number of steps (gradients are all-reduced)
+        batches = batches[:len(batches) // world * world][rank::world]
+    sums: dict[str, float] = {}
+    t0 = time.time()
+    bar = tqdm(batches, desc=f"epoch {epoch}/{t['epochs']}", disable=not progress or rank != 0,
+               leave=False, unit="batch")
+    for step, idx in enumerate(bar, start=1):
+        batch = train.batch(idx, device)
+        output = net(batch["boxes"], batch["mask"], batch["image_size"], roi=batch.get("roi"))
+        terms = L.total_loss(output, batch["activity"], batch["actions"], lcfg)
+        if not torch.isfinite(terms["total"]):
+            raise ValueError(f"the training loss is {terms['total'].item()} at epoch {epoch}, batch {step} "
+                             f"({', '.join(k for k, v in terms.items() if not torch.isfinite(v))}); check the "
+                             "inputs for non-finite values or lower train.lr")
+        opt.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        if t["grad_clip"]:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"])
+        opt.step()
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
+        bar.set_postfix(loss=f"{terms['total'].item():.3f}")
+    sched.step()
+    row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0, 3)}
+    row.update({f"loss_{k}": v / max(len(batches), 1) for k, v in sorted(sums.items())})
+    if val is not None:
+        row.update(validate(model, val, train, device, with_map=t["select"] == "val_map@10"))
+        row["score"] = row[t["select"]]
+    else:
+        row["score"] = -row["loss_total"]
+    return row
