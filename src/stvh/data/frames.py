@@ -35,15 +35,16 @@ def image_header_size(path: Path) -> tuple[int, int]:
     except MemoryError:
         raise
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
-        raise UnreadableFrame(f"cannot read the image header ({_reason(e)})", path=path) from None
+        raise UnreadableFrame(f"cannot read the image header ({_reason(e, path)})", path=path) from None
     if w < 1 or h < 1:
         raise UnreadableFrame(f"image header gives a {w}x{h} size", path=path)
     return int(h), int(w)
 
 
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+def _reason(exc: BaseException, path: Path) -> str:
+    """``Type: first line`` of a decoder exception, without the path the message already names."""
+    lines = str(exc).replace(repr(str(path)), "").replace(str(path), "").strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0].strip()}" if lines else type(exc).__name__
 
 
 def read_frames(source: ImageFrames | VideoFrames) -> np.ndarray:
@@ -71,7 +72,7 @@ def _read_images(paths: tuple[Path, ...]) -> np.ndarray:
             except MemoryError:
                 raise
             except Exception as e:  # OSError (truncated), SyntaxError (broken PNG), DecompressionBombError, ...
-                raise UnreadableFrame(f"cannot decode image ({_reason(e)})", path=p) from None
+                raise UnreadableFrame(f"cannot decode image ({_reason(e, p)})", path=p) from None
         out.append(cache[p])
     if not out:
         raise ValueError("no frames to read")
@@ -134,7 +135,7 @@ def _read_video(path: Path, indices: list[int]) -> np.ndarray:
         if not wanted <= got.keys():  # seeking failed or timestamps are odd: decode from the start
             got = _decode(path, wanted, seek=False)
     except (FFmpegError, OSError, ValueError) as e:
-        raise UnreadableVideo(f"cannot decode ({_reason(e)})", path=path) from None
+        raise UnreadableVideo(f"cannot decode ({_reason(e, path)})", path=path) from None
     missing = sorted(wanted - got.keys())
     if missing:
         raise MissingFrame(f"frame index {missing[0]} (0-based) not in the video", path=path)
