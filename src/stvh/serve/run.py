@@ -1,0 +1,35 @@
+"""Start the service: load the run and the index once, then serve with uvicorn."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Callable
+
+from .settings import ServeSettings
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(settings: ServeSettings, echo: Callable[[str], None] = print) -> None:
+    """Load everything, print where the page is, and serve until interrupted."""
+    import uvicorn
+
+    from .app import create_app
+    from .service import Service
+
+    service = Service(settings)
+    app = create_app(service)
+    if not is_loopback(settings.host):
+        echo(f"warning: listening on {settings.host}: anyone who can reach it can search"
+             + (" and change the index" if settings.allow_writes else ""))
+    echo(f"stvh serve: {len(service.index)} clips, {service.index.bits} bits, depth {service.index.depth}; "
+         f"page at http://{settings.host}:{settings.port}/ , API docs at /docs"
+         + ("" if settings.allow_writes else " (read-only; --allow-writes to add/remove clips)"))
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")

@@ -1,0 +1,66 @@
+"""What ``stvh serve`` is told: paths, address, write permission and upload limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..train.config import ConfigError
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """Bounds on one uploaded clip (a request over them gets 413).
+
+    ``max_bytes`` caps the whole request body (video or zip + tracks + fields),
+    ``max_unzipped_bytes`` the frames a zip expands to, ``max_frames`` the frames
+    of the video or zip, ``max_persons`` the distinct track ids of the tracks file.
+    """
+
+    max_bytes: int = 64 * MIB
+    max_unzipped_bytes: int = 256 * MIB
+    max_frames: int = 600
+    max_persons: int = 64
+
+    def __post_init__(self):
+        for name in ("max_bytes", "max_unzipped_bytes", "max_frames", "max_persons"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"upload limit {name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Everything the service needs to start; ``data=None`` takes the run's dataset.
+
+    ``uploads``: the folder of clips added with ``POST /api/clips`` (default
+    ``<index>.uploads`` beside the index). ``clip_frames`` / ``clip_persons``:
+    T and N of an uploaded clip (default: those of the dataset's clips).
+    """
+
+    run: Path
+    index: Path
+    data: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    allow_writes: bool = False
+    uploads: Path | None = None
+    checkpoint: str = "best"
+    device: str = "cpu"
+    limits: UploadLimits = UploadLimits()
+    clip_frames: int | None = None
+    clip_persons: int | None = None
+
+    def __post_init__(self):
+        if not 0 <= int(self.port) <= 65535:
+            raise ConfigError(f"--port must be 0..65535, got {self.port}")
+        for name in ("clip_frames", "clip_persons"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+
+    @property
+    def uploads_dir(self) -> Path:
+        return Path(self.uploads) if self.uploads is not None else Path(f"{self.index}.uploads")
