@@ -101,4 +101,5 @@ def run_demo(out: str | Path, *, seed: int = 0, progress: bool = True, echo: Cal
         "mca": m["mca"], "report": str(report), "seconds": round(time.time() - t_all, 1),
     }
     echo(json.dumps(headline, indent=2))
+    echo(f"search page and API: stvh serve --run {run} --index {index_path}   (then open http://127.0.0.1:8000/)")
     return headline
