@@ -190,7 +190,8 @@ def test_unknown_keys_list_the_known_ones():
 def test_several_bad_keys_one_line_counts_the_rest():
     with pytest.raises(ConfigError) as info:
         load_config(None, ["model.bits=20", "train.lr=0", "seed=x"])
-    assert str(info.value) == "config key 'seed': got 'x'; expected an integer >= 0 (and 2 more: model.bits, train.lr)"
+    assert str(info.value) == "config key 'seed': got 'x'; expected an integer >= 0 (and 2 more: 'model.bits', "
+                               "'train.lr')"
     assert len(info.value.errors) == 3 and info.value.errors[2].startswith("config key 'train.lr': got 0")
 
 

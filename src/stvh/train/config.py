@@ -533,7 +533,7 @@ def _validate(raw: dict, origin: dict[str, str], check_device: bool = True) -> d
                             if p in origin), "")
                 lines[key] = src + text
         errors = list(lines.values())
-        more = f" (and {len(errors) - 1} more: {', '.join(list(lines)[1:4])})" if len(errors) > 1 else ""
+        more = f" (and {len(errors) - 1} more: {', '.join(map(repr, list(lines)[1:4]))})" if len(errors) > 1 else ""
         raise ConfigError(errors[0] + more, errors) from None
 
 
