@@ -91,6 +91,14 @@ def test_overrides_are_yaml_scalars():
         parse_override("train.lr=[1,")
     with pytest.raises(ConfigError, match="empty key part"):
         parse_override("train..lr=1")
+    with pytest.raises(ConfigError, match="key nested more than 32 levels deep"):
+        parse_override("a." * 5000 + "b=1")
+    with pytest.raises(ConfigError, match=r"invalid YAML value \(values nested more than 32 levels deep\)"):
+        parse_override("synth.size=" + "[" * 400 + "]" * 400)
+    with pytest.raises(ConfigError, match="invalid YAML value"):
+        parse_override("synth.size=" + "[" * 5000 + "]" * 5000)
+    with pytest.raises(ConfigError, match=r"an alias refers to its own anchor"):
+        parse_override("synth.size=&a [*a]")
 
 
 def test_json_schema_lists_types_and_choices():
@@ -190,8 +198,8 @@ def test_unknown_keys_list_the_known_ones():
 def test_several_bad_keys_one_line_counts_the_rest():
     with pytest.raises(ConfigError) as info:
         load_config(None, ["model.bits=20", "train.lr=0", "seed=x"])
-    assert str(info.value) == "config key 'seed': got 'x'; expected an integer >= 0 (and 2 more: 'model.bits', "
-                               "'train.lr')"
+    assert str(info.value) == ("config key 'seed': got 'x'; expected an integer >= 0 "
+                               "(and 2 more: 'model.bits', 'train.lr')")
     assert len(info.value.errors) == 3 and info.value.errors[2].startswith("config key 'train.lr': got 0")
 
 
@@ -310,6 +318,8 @@ def test_unreadable_or_malformed_files(tmp_path):
     assert error_of([], f) == f"{f}: expected a mapping at the top level, got list"
     f.write_text("model: {bits: 64}\nseed: 1\nmodel: {depth: 2}\n", encoding="utf-8")
     assert error_of([], f) == f"{f}:3: duplicate config key 'model' (first on line 1)"
+    f.write_text("synth: " + "[" * 400 + "]" * 400 + "\n", encoding="utf-8")
+    assert error_of([], f) == f"{f}: invalid YAML: values nested more than 32 levels deep"
     f.write_text("synth: &a {x: *a}\n", encoding="utf-8")
     assert error_of([], f).startswith(f"{f}: invalid YAML: an alias refers to its own anchor")
     f.write_text("model: {1: 2}\n", encoding="utf-8")

@@ -163,7 +163,7 @@ def devices_here() -> list[str]:
     return out
 
 
-# ---- typed building blocks (strict: 1 is not True, "3" is not 3, 2.0 is not an epoch count) ----
+# ---- typed building blocks (strict: True is not 1, "3" is not 3, 2.0 is not an epoch count) ----
 
 def _one_of(choices) -> str:
     return "one of " + ", ".join(str(c) for c in choices)
@@ -183,8 +183,7 @@ def _ordered(v: tuple) -> tuple:
     return v
 
 
-Int = Annotated[int, Strict()]
-Float = Annotated[float, Strict()]  # strict float still takes ints (1 -> 1.0); never bools or text
+Int = Annotated[int, Strict()]  # strict: no bools, no text, no 2.0; strict floats still take ints (1 -> 1.0)
 PosInt = Annotated[int, Strict(), Field(ge=1)]
 NonNegInt = Annotated[int, Strict(), Field(ge=0)]
 PosFloat = Annotated[float, Strict(), Field(gt=0)]
@@ -254,7 +253,8 @@ class LossConfig(_Section):
     quant: NonNegFloat = _field(0.1, "a number >= 0 (lambda1 / mu1 of Eq. 9 / 15)")
     contrast: NonNegFloat = _field(0.5, "a number >= 0 (lambda2 / mu2 of Eq. 9 / 15)")
     recon: Optional[NonNegFloat] = _field(None, "a number >= 0 or null (mu3 of Eq. 15; null = 0.01 for M-STVH)")
-    layer_weights: Optional[list[NonNegFloat]] = _field(None, "a list of numbers >= 0, one per depth, or null")
+    layer_weights: Optional[list[NonNegFloat]] = _field(None, "a list of numbers >= 0, one per depth, or null "
+                                                              "(w_tau of Eq. 14)")
 
 
 class TrainConfig(_Section):
@@ -280,7 +280,7 @@ class TrainConfig(_Section):
 
 
 class FilterConfig(_Section):
-    """The filter matrix F of Sec. 5.4 (Eq. 16-17)."""
+    """Fitting the filter matrix F of Sec. 5.4 (Eq. 16-17)."""
 
     steps: PosInt = _field(400, "an integer >= 1")
     lr: PosFloat = _field(0.01, "a number > 0")
@@ -364,25 +364,32 @@ def _parse(text: str, where: str) -> tuple[Any, dict[str, int]]:
             loader.dispose()
     except (yaml.YAMLError, RecursionError) as exc:
         raise _yaml_error(exc, where) from None
-    if _cyclic(data):
-        raise ConfigError(f"{where}: invalid YAML: an alias refers to its own anchor (a cycle)")
+    problem = _shape_problem(data)
+    if problem:
+        raise ConfigError(f"{where}: invalid YAML: {problem}")
     lines: dict[str, int] = {}
     _key_lines(node, "", lines, where, set())
     return data, lines
 
 
-def _cyclic(value: Any, parents: frozenset = frozenset(), done: set | None = None) -> bool:
-    """Whether a YAML value contains itself (``&a [*a]``): such a config can never be valid."""
+MAX_NESTING = 32  # a config is a few levels deep; deeper (or cyclic) YAML values are refused before any recursion
+
+
+def _shape_problem(value: Any, parents: tuple[int, ...] = (), done: set | None = None) -> str | None:
+    """Why a YAML value can never be a config: it contains itself (``&a [*a]``) or is nested too deep; else None."""
     done = set() if done is None else done
     if not isinstance(value, (dict, list)) or id(value) in done:
-        return False
+        return None
     if id(value) in parents:
-        return True
-    items = value.values() if isinstance(value, dict) else value
-    if any(_cyclic(v, parents | {id(value)}, done) for v in items):
-        return True
+        return "an alias refers to its own anchor (a cycle)"
+    if len(parents) >= MAX_NESTING:
+        return f"values nested more than {MAX_NESTING} levels deep"
+    for item in (value.values() if isinstance(value, dict) else value):
+        problem = _shape_problem(item, (*parents, id(value)), done)
+        if problem:
+            return problem
     done.add(id(value))  # shared (aliased) values are walked once
-    return False
+    return None
 
 
 def _key_lines(node, prefix: str, lines: dict[str, int], where: str, seen: set) -> None:
@@ -448,20 +455,24 @@ def _override_source(key: str) -> str:
 
 def parse_override(text: str) -> dict:
     """``"a.b=3"`` → ``{"a": {"b": 3}}``; the value is read as YAML (``1e-5``, ``[11, 21]``, ``none``)."""
+    shown = _short(text, 100)
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key.sub=value")
+        raise ConfigError(f"override {shown} must look like key.sub=value")
     key, raw = text.split("=", 1)
     parts = key.strip().split(".")
     if not all(parts):
-        raise ConfigError(f"override {text!r}: empty key part; use key.sub=value")
+        raise ConfigError(f"override {shown}: empty key part; use key.sub=value")
+    if len(parts) > MAX_NESTING:
+        raise ConfigError(f"override {shown}: key nested more than {MAX_NESTING} levels deep")
     if raw.strip():
         try:
             value = yaml.load(raw, Loader=_OverrideLoader)
         except (yaml.YAMLError, RecursionError) as exc:
             problem = _one_line(getattr(exc, "problem", None) or exc)
-            raise ConfigError(f"override {text!r}: invalid YAML value ({problem})") from None
-        if _cyclic(value):
-            raise ConfigError(f"override {text!r}: invalid YAML value (an alias refers to its own anchor)")
+            raise ConfigError(f"override {shown}: invalid YAML value ({problem})") from None
+        problem = _shape_problem(value)
+        if problem:
+            raise ConfigError(f"override {shown}: invalid YAML value ({problem})")
     else:
         value = None
     out: dict = {}
@@ -561,6 +572,9 @@ def complete_config(cfg: dict) -> dict:
     """
     if not isinstance(cfg, dict):
         raise ConfigError(f"saved config: expected a mapping, got {type(cfg).__name__}")
+    problem = _shape_problem(cfg)
+    if problem:
+        raise ConfigError(f"saved config: {problem}")
     merged = copy.deepcopy(DEFAULTS)
     origin: dict[str, str] = {}
     _merge(merged, cfg, "", origin, lambda key: "saved config: ")
