@@ -101,6 +101,29 @@ def data_synth(
     typer.echo(json.dumps(result, indent=2, default=str))
 
 
+@data_app.command("export-mot")
+@friendly_errors
+def data_export_mot(
+    src: Path = typer.Argument(..., help="Dataset folder of any supported format (clips with frames are exported)."),
+    out: Path = typer.Option(..., "--out", help="Folder to write the MOT layout into."),
+    media: str = typer.Option("video", help="video (an mp4 per video), frames (a JPEG folder per video) or mixed."),
+    labels: bool = typer.Option(True, help="Write the activity column of clips.csv (--no-labels: leave it empty)."),
+    splits: bool = typer.Option(True, help="Write splits.json with the source's train/test split."),
+    videos: Optional[list[str]] = typer.Option(None, "--videos", help="Export only these videos (repeat the flag)."),
+    unlabeled: Optional[list[str]] = typer.Option(None, "--unlabeled", help="Videos whose clips get no label and no "
+                                                                            "split (repeat the flag)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out folder."),
+):
+    """Write a dataset in the MOT user layout (tracks + video or frames + clips.csv), e.g. to try your-footage runs."""
+    from .data.mot_export import export_mot
+    from .outputs import check_output
+
+    check_output(out, inputs=[(src, "dataset")], overwrite=overwrite, kind="dir", what="MOT dataset")
+    result = export_mot(src, out, media=media, labels=labels, splits=splits, videos=videos or None,
+                        unlabeled=unlabeled or ())
+    typer.echo(json.dumps(result, indent=2))
+
+
 @data_app.command("info")
 @friendly_errors
 def data_info(
@@ -405,16 +428,23 @@ def demo(
     ctx: typer.Context,
     out: Path = typer.Option(Path("runs/demo"), help="Folder for everything the demo writes (resumes)."),
     seed: int = typer.Option(0, help="Random seed (data, initialisation, shuffling)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Your dataset (any supported format, e.g. MOT footage) "
+                                                             "instead of the synthetic one."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config instead of the synthetic one."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
-    """The main job on the embedded default: synthetic data, features, M-STVH, eval, report, index, a query.
+    """The main job in one line: data, features, M-STVH, eval, report, index, a sample query.
 
-    Extra key=value arguments override keys of the synthetic config (e.g. train.epochs=5).
+    By default on the embedded synthetic data; --data runs the same stages on yours. Extra key=value
+    arguments override config keys (e.g. train.epochs=5).
     """
     from .demo import run_demo
 
+    if data is not None:
+        from .outputs import check_output
+        check_output(out, inputs=[(data, "dataset"), (config, "config")], overwrite=True, kind="dir")
     run_demo(out, seed=seed, progress=progress and sys.stderr.isatty(), echo=typer.echo,
-             overrides=tuple(ctx.args))
+             overrides=tuple(ctx.args), data=data, config=config)
 
 
 @app.command("serve")

@@ -21,8 +21,13 @@ def _stage(echo: Callable[[str], None], n: int, total: int, title: str):
 
 
 def run_demo(out: str | Path, *, seed: int = 0, progress: bool = True, echo: Callable[[str], None] = print,
-             overrides: tuple[str, ...] = ()) -> dict:
-    """Run every stage into ``out``; returns the headline metrics and paths."""
+             overrides: tuple[str, ...] = (), data: str | Path | None = None,
+             config: str | Path | None = None) -> dict:
+    """Run every stage into ``out``; returns the headline metrics and paths.
+
+    ``data`` replaces the synthetic dataset by one of yours (any supported format, e.g. MOT
+    footage); ``config`` replaces the synthetic config (its ``data.format`` is detected then).
+    """
     from .data.formats import read_dataset
     from .data.synth import generate
     from .eval.evaluate import evaluate, format_headline
@@ -35,20 +40,29 @@ def run_demo(out: str | Path, *, seed: int = 0, progress: bool = True, echo: Cal
     from .train.loop import epochs_done, fit
 
     out = Path(out)
-    cfg = load_config(SYNTH_CONFIG, [f"seed={seed}", *overrides])
-    data, feats, run = out / "data", out / "features", out / "run"
+    user_data = data is not None
+    cfg = load_config(config or SYNTH_CONFIG, [f"seed={seed}", *(["data.format=null"] if user_data and config is None
+                                                                 else []), *overrides])
+    data, feats, run = Path(data) if user_data else out / "data", out / "features", out / "run"
     total, t_all = 7, time.time()
 
-    t = _stage(echo, 1, total, f"synthetic dataset -> {data}")
-    generate(data, seed=seed, progress=progress, **cfg["synth"])
-    s = read_dataset(data).summary()
-    echo(f"      {s['clips']} clips ({s['clips_per_split']}), {s['groups']} matches, "
-         f"{len(s['activities'])} activities  [{time.time() - t:.0f}s]")
+    if user_data:
+        t = _stage(echo, 1, total, f"dataset {data}")
+    else:
+        t = _stage(echo, 1, total, f"synthetic dataset -> {data}")
+        generate(data, seed=seed, progress=progress, **cfg["synth"])
+    s = read_dataset(data, cfg["data"]["format"]).summary()
+    echo(f"      {s['format']}: {s['clips']} clips ({s['clips_per_split']}), {s['groups']} visual groups, "
+         f"{len(s['activities'])} activities, {s['clips_with_frames']} clips with frames  [{time.time() - t:.0f}s]")
 
-    t = _stage(echo, 2, total, f"RoI features ({cfg['model']['backbone']}) -> {feats}")
-    r = extract_with_config(cfg, data, feats, progress=progress)
-    echo(f"      {r['clips']} clips, {r['channels']} channels, {r['extracted']} extracted now  "
-         f"[{time.time() - t:.0f}s]")
+    if cfg["model"]["backbone"] == "none":
+        _stage(echo, 2, total, "RoI features: none (model.backbone = none, box geometry only)")
+        feats = None
+    else:
+        t = _stage(echo, 2, total, f"RoI features ({cfg['model']['backbone']}) -> {feats}")
+        r = extract_with_config(cfg, data, feats, progress=progress)
+        echo(f"      {r['cached']} clips cached ({r['no_frames']} without frames), {r['channels']} channels, "
+             f"{r['extracted']} extracted now  [{time.time() - t:.0f}s]")
 
     t = _stage(echo, 3, total, f"train {cfg['model']['name']} (K={cfg['model']['bits']}, "
                                f"depth {cfg['model']['depth']}) -> {run}")
@@ -60,30 +74,36 @@ def run_demo(out: str | Path, *, seed: int = 0, progress: bool = True, echo: Cal
 
     t = _stage(echo, 4, total, "encode + evaluate (train = database, test = queries)")
     codes = run / "codes.npz"
-    encode(run, codes, device=cfg["train"]["device"])
-    result = evaluate(codes, run)
-    m, details = result["metrics"], result["details"]
-    for line in format_headline(m, details).splitlines():
-        echo("      " + line)
-
-    t = _stage(echo, 5, total, "report")
-    report = write_report(run)
-    echo(f"      {report}  [{time.time() - t:.0f}s]")
+    encode(run, codes, device=cfg["train"]["device"], log=lambda line: echo("      " + line))
+    import numpy as np
+    from .index.codes import CodeSet
+    cs = CodeSet.load(codes)
+    labelled = cs.activity >= 0
+    m = details = report = None
+    if (labelled & (cs.split == "test")).any() and (labelled & (cs.split != "test")).any():
+        result = evaluate(codes, run)
+        m, details = result["metrics"], result["details"]
+        for line in format_headline(m, details).splitlines():
+            echo("      " + line)
+        t = _stage(echo, 5, total, "report")
+        report = write_report(run)
+        echo(f"      {report}  [{time.time() - t:.0f}s]")
+    else:
+        echo("      no labelled test split: evaluation skipped (mark test clips in splits.json to evaluate)")
+        _stage(echo, 5, total, "report: skipped (needs an evaluation)")
 
     t = _stage(echo, 6, total, "index (exact Hamming search; every depth's code stored)")
     index_path = out / "index.npz"
     summary = build_index(codes, index_path, mode="all", overwrite=True)
     from .models.filter import storage_bits
-    M, K, Y = details["database"] + details["queries"], details["bits"], details["depth"]
+    M, K, Y = len(cs), cs.bits, cs.depth
     echo(f"      {M} clips, engine {summary.get('engine', '?')}  [{time.time() - t:.0f}s]; storage (Eq. 18): "
          f"all depths {storage_bits(M, K, Y, 'all')} bits, compact (deepest + F) "
          f"{storage_bits(M, K, Y, 'compact')} bits")
 
     _stage(echo, 7, total, "sample query: top 5 per depth")
-    import numpy as np
-    from .index.codes import CodeSet
-    cs = CodeSet.load(codes)
-    query = str(cs.ids[np.flatnonzero(cs.split == "test")[0]])
+    tests = np.flatnonzero(cs.split == "test")
+    query = str(cs.ids[tests[0] if len(tests) else 0])
     names = cs.meta.get("activities", [])
     qa = int(cs.activity[list(cs.ids).index(query)])
     echo(f"      query {query}: activity {names[qa] if 0 <= qa < len(names) else qa}, "
@@ -94,12 +114,11 @@ def run_demo(out: str | Path, *, seed: int = 0, progress: bool = True, echo: Cal
         for line in format_results(rows).splitlines():
             echo("        " + line)
 
-    bits, depth = details["bits"], details["depth"]
-    headline = {
-        "activity_map@10_deepest": m[f"map@10/activity/K{bits}/depth{depth}"],
-        "visual_map@10_shallowest": m[f"map@10/visual/K{bits}/depth1"],
-        "mca": m["mca"], "report": str(report), "seconds": round(time.time() - t_all, 1),
-    }
+    headline = {"report": str(report) if report else None, "seconds": round(time.time() - t_all, 1)}
+    if m is not None:
+        bits, depth = details["bits"], details["depth"]
+        headline = {"activity_map@10_deepest": m[f"map@10/activity/K{bits}/depth{depth}"],
+                    "visual_map@10_shallowest": m[f"map@10/visual/K{bits}/depth1"], "mca": m["mca"], **headline}
     echo(json.dumps(headline, indent=2))
     echo(f"search page and API: stvh serve --run {run} --index {index_path}   (then open http://127.0.0.1:8000/)")
     return headline

@@ -75,7 +75,8 @@ def evaluate(codes_path: str | Path, out: str | Path | None = None, ks=KS) -> di
     m["mpca"] = mpca(y[test], acty_pred[test, -1], num_classes)
     for t in range(acty_pred.shape[1]):
         m[f"mca/depth{t + 1}"] = mca(y[test], acty_pred[test, t])
-    m["action_acc"] = action_accuracy(pred["action_true"][test], pred["action_pred"][test], pred["mask"][test])
+    if ((pred["action_true"][test] >= 0) & pred["mask"][test]).any():  # absent for data without action labels
+        m["action_acc"] = action_accuracy(pred["action_true"][test], pred["action_pred"][test], pred["mask"][test])
 
     signs = cs.signs()  # (M, depth, K)
     derived = derived_codes(cs)
@@ -115,7 +116,8 @@ def evaluate(codes_path: str | Path, out: str | Path | None = None, ks=KS) -> di
 def format_headline(m: dict, details: dict) -> str:
     """A short table: accuracy and mAP@10 per depth, activity vs visual focus."""
     bits, depth = details["bits"], details["depth"]
-    lines = [f"accuracy (MCA) {m['mca']:.4f}   MPCA {m['mpca']:.4f}   action accuracy {m['action_acc']:.4f}",
+    action = f"{m['action_acc']:.4f}" if "action_acc" in m else "n/a (no action labels)"
+    lines = [f"accuracy (MCA) {m['mca']:.4f}   MPCA {m['mpca']:.4f}   action accuracy {action}",
              f"{'depth':>6} {'activity mAP@10':>16} {'visual mAP@10':>14} {'activity (F)':>13} {'visual (F)':>11}"]
     for t in range(1, depth + 1):
         row = [m[f"map@10/activity/K{bits}/depth{t}"], m[f"map@10/visual/K{bits}/depth{t}"]]

@@ -14,6 +14,8 @@ block. Actions come from time-pooled ``f_T`` (``F_a``), the code from ``f_S``
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 
@@ -47,8 +49,10 @@ class HashingModel(nn.Module):
         self.keep_attention = keep_attention
         self.visual = make_visual(d, backbone, visual, visual_module)
         self.positional = PositionalModule(max_frames)
-        self.action_head = ActionHead(d, num_actions)
-        self.gcn = ContrastiveGCN(num_actions, bits, gcn_hidden)
+        with warnings.catch_warnings():  # num_actions = 0 (data without action labels): empty layers, said once
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors", UserWarning)
+            self.action_head = ActionHead(d, num_actions)  # (B, N, 0) logits when num_actions = 0
+            self.gcn = ContrastiveGCN(num_actions, bits, gcn_hidden)  # L_CON is off then (train/loop.py)
         self.activity_heads: nn.ModuleList  # one ActivityHead per depth, set by subclasses
 
     def _inputs(self, boxes: Tensor, mask: Tensor, image_size: Tensor, frames, roi):
