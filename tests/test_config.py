@@ -241,7 +241,7 @@ READER_OPTIONS = {
 
 
 def test_every_format_has_a_reader():
-    assert set(READER_OPTIONS) == set(FORMATS)
+    assert set(READER_OPTIONS) == set(FORMATS) == set(C._readers())
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
