@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 # the locally available torch 2.14.1 / torchvision 0.29.1 pair.
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean browser
 
 $(STAMP): pyproject.toml setup.py src/stvh/index/_hamming.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/stvh demo --out runs/demo
 
-test: $(STAMP)
+# The browser test (tests/test_serve_browser.py) drives Debian's chromium: install it when missing (as root,
+# apt-get update first); a failure is tolerated and the test then skips with a one-line reason.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null 2>&1 && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; } || \
+	  echo "note: chromium could not be installed; the browser test will skip"
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q
 
 clean:

@@ -471,3 +471,25 @@ def test_add_and_remove_clips_with_allow_writes(world, tmp_path):
         assert gone not in load_index(index) and len(load_index(index)) == 24
     assert sorted(p for p in Path(world["data"]).rglob("*") if p.is_file()) == data_files
     assert not list((tmp_path / "index.npz.uploads").glob(".staging-*"))
+
+
+# --------------------------------------------------------------------------- the command
+
+def test_serve_command_errors_are_one_line(world, tmp_path):
+    from typer.testing import CliRunner
+
+    from stvh.cli import app
+
+    def run(*args):
+        r = CliRunner().invoke(app, ["serve", *[str(a) for a in args]])
+        assert r.exit_code == 2, r.output
+        assert r.output.count("\n") == 1 and r.output.startswith("error:"), r.output
+        return r.output
+
+    assert "missing.npz" in run("--run", world["run"], "--index", tmp_path / "missing.npz")
+    assert "run.json" in run("--run", tmp_path, "--index", world["index"])
+    from stvh.index.base import create_index
+    other = create_index("numpy", 16, 3)
+    other.save(tmp_path / "other.npz")
+    assert "holds 16 bits" in run("--run", world["run"], "--index", tmp_path / "other.npz")
+    assert "--port" in run("--run", world["run"], "--index", world["index"], "--port", "70000")

@@ -414,7 +414,7 @@ class Service:
     def describe_query(self, token: str, entry: UploadedQuery) -> dict:
         return {"kind": "upload", "token": token, "id": entry.clip.id, "activity": entry.activity,
                 "activity_name": self.activity_name(entry.activity), "predicted": True,
-                "group": entry.clip.group, "split": None, "frames": entry.clip.num_frames,
+                "group": None, "split": None, "frames": entry.clip.num_frames,
                 "persons": entry.clip.num_persons, "codes": [bytes(c).hex() for c in entry.codes]}
 
     def new_query_root(self) -> Path:

@@ -143,17 +143,20 @@ function showResults(res) {
   const grid = $("results");
   grid.dataset.focus = String(res.focus);
   grid.replaceChildren(...res.results.map((r) => {
-    const sameGroup = q.group !== undefined && r.group === q.group;
-    const sameAct = q.activity !== undefined && q.activity >= 0 && r.activity === q.activity;
+    const knownGroup = q.group !== undefined && q.group !== null;  // an upload has no group of its own
+    const knownAct = q.activity !== undefined && q.activity >= 0;
+    const sameGroup = knownGroup && r.group === q.group;
+    const sameAct = knownAct && r.activity === q.activity;
+    const mark = (known, same) => `badge${known ? (same ? " yes" : " no") : ""}`;
     const card = el("div", { className: `card hit${sameGroup ? " same-group" : ""}`, "data-clip": r.id,
                              "data-distance": String(r.distance), title: `${r.id} · split ${r.split || "–"}` }, [
       el("img", { src: thumbUrl(r.id, 320), alt: r.id, loading: "lazy" }),
       el("div", { className: "meta" }, [
         el("div", { className: "top" }, [el("span", { text: `#${r.rank}` }),
                                          el("span", { className: "dist", text: `d = ${r.distance}` })]),
-        el("div", { className: "act" }, [el("span", { className: `badge ${sameAct ? "yes" : "no"}`,
+        el("div", { className: "act" }, [el("span", { className: mark(knownAct, sameAct),
                                                       text: activityText(r) })]),
-        el("div", {}, [el("span", { className: `badge ${sameGroup ? "yes" : "no"}`, text: `group ${r.group}` })]),
+        el("div", {}, [el("span", { className: mark(knownGroup, sameGroup), text: `group ${r.group}` })]),
         el("div", { className: "id", text: r.id }),
       ]),
     ]);
@@ -191,7 +194,7 @@ async function searchUpload(event) {
     const seq = ++state.seq;
     const res = await api("/api/search", { method: "POST", body: form });
     state.query = { query: res.query.token };
-    state.queryLabels = { ...res.query, group: undefined };
+    state.queryLabels = res.query;
     for (const c of document.querySelectorAll("#clip-grid .card")) c.classList.remove("selected");
     showQuery(`/api/queries/${res.query.token}/keyframe.jpg?width=320`,
               `uploaded clip (${res.query.persons} persons, ${res.query.frames} frames)`, res.query, true);
