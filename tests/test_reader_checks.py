@@ -71,7 +71,7 @@ def expect(read, root: Path, error: type, path: Path, line: int | None, text: st
         read(root)
     err = info.value
     where = str(path) if line is None else f"{path}:{line}"
-    assert str(err).startswith(where + ":"), str(err)
+    assert str(err).startswith((where + ": ", where + ", clip ")), str(err)
     assert text in str(err), str(err)
     assert err.path == str(path) and err.line == line
     ds = read(root, skip_bad=True)
@@ -117,7 +117,7 @@ def test_clips_csv_non_finite(tmp_path, row):
 def test_nan_box_through_the_cli_is_one_line_exit_2(tmp_path):
     root = vb(tmp_path, {"7": [VB_LINE, "200.jpg r_set nan 20 30 40 standing"]})
     result = CliRunner().invoke(app, ["data", "info", str(root)])
-    assert result.exit_code == 2 and "annotations.txt:2: malformed line" in result.output
+    assert result.exit_code == 2 and "annotations.txt:2, clip 7/200: malformed line" in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
     result = CliRunner().invoke(app, ["data", "info", str(root), "--skip-bad", "--json"])
     assert result.exit_code == 0 and json.loads(result.output)["skipped"] == 1
@@ -146,6 +146,12 @@ def test_mot_all_conf_zero_and_empty_tracks(tmp_path):
            "all 3 rows have conf=0; nothing is tracked", clips=1)
     write(root / "tracks/b.txt", "")
     expect(read_mot, root, EmptyFile, root / "tracks/b.txt", None, "no rows", clips=1)
+
+
+def test_mot_clips_csv_without_rows(tmp_path):
+    root = mot(tmp_path, {"a": track_rows()})
+    csv = write(root / "clips.csv", "video,start,end,activity\n\n")
+    expect(read_mot, root, EmptyFile, csv, None, "a header but no clip rows", clips=0)
 
 
 def test_mot_some_conf_zero_rows_are_still_ignored(tmp_path):
@@ -179,6 +185,13 @@ def test_unmatched_split_entries(tmp_path, reader, layout, entry, message):
     splits = write(root / "splits.json", '{\n  "train": ["%s"],\n  "test": [\n    "%s"\n  ]\n}\n' % (good, entry))
     ds = expect(read, root, UnmatchedSplit, splits, 4, message, clips=1)
     assert ds.clips[0].split == "train"
+
+
+def test_split_entries_of_skipped_clips_are_not_counted_twice(tmp_path):
+    root = vb(tmp_path, {"7": [VB_LINE, "200.jpg r_set nan 1 5 5 standing"], "8": []})
+    write(root / "splits.json", json.dumps({"train": ["7/100", "8/50"], "test": ["7/200"]}))
+    ds = read_volleyball(root, skip_bad=True)
+    assert [(e.kind, e.clip) for e in ds.skipped] == [("malformed line", "7/200"), ("empty file", None)]
 
 
 def test_splits_json_structure_errors(tmp_path):
@@ -363,7 +376,8 @@ def test_volleyball_files_in_utf16(tmp_path, target):
     path.write_bytes(path.read_text().encode("utf-16"))
     with pytest.raises(FormatError) as info:
         read_dataset(root)  # detection sniffs leniently; the reader names the file
-    assert str(info.value) == f"{path}: format error: file is UTF-16; save it as UTF-8"
+    message = str(info.value)  # (a tracking file's error also names its clip: "FILE, clip 7/100: ...")
+    assert message.startswith(str(path)) and message.endswith("format error: file is UTF-16; save it as UTF-8")
 
 
 @pytest.mark.parametrize("target", ["tracks/a.txt", "clips.csv"])

@@ -30,6 +30,9 @@ class DataError(Exception):
         self.clip = clip
         super().__init__(self._render())
 
+    def __str__(self) -> str:  # rendered on demand: a reader may add the clip after raising
+        return self._render()
+
     def _render(self) -> str:
         where = []
         if self.path is not None:

@@ -251,6 +251,7 @@ def _read_clips_csv(path: Path, problems: Problems) -> list[_Row]:
         return rows
     col = {h: i for i, h in enumerate(header)}
     spellings: dict[tuple[str, str], tuple[str, int]] = {}  # (column, lower-case value) -> (first spelling, line)
+    reported, rows_seen = len(problems), 0
     while True:
         try:
             row = next(reader)
@@ -262,6 +263,7 @@ def _read_clips_csv(path: Path, problems: Problems) -> list[_Row]:
         line = reader.line_num
         if not any(c.strip() for c in row):
             continue
+        rows_seen += 1
         if len(row) != len(header):
             problems.report(MalformedLine(f"expected {len(header)} fields, got {len(row)}", path=path, line=line))
             continue
@@ -284,6 +286,9 @@ def _read_clips_csv(path: Path, problems: Problems) -> list[_Row]:
             problems.report(AmbiguousLabel(clash, path=path, line=line))
             continue
         rows.append(_Row(line, video, start, end, get("activity"), get("group")))
+    if not rows_seen and len(problems) == reported:
+        problems.report(EmptyFile("a header but no clip rows; add rows or delete clips.csv to cut every video "
+                                  "into windows", path=path))
     return rows
 
 

@@ -117,12 +117,13 @@ def assign_splits(clips: list, splits: Splits | None, default: Callable[[object]
     read = videos if read is None else set(read)
     clip_ids = {c.id for c in clips}
     skipped = {e.clip for e in problems.errors if e.clip}
+    with_clips = {c.video for c in clips}
     for entry in splits:
         if entry in clip_ids or entry in videos or entry in skipped:
             continue
         video, sep, _ = entry.rpartition("/")
-        if sep and video in videos and video not in read:
-            continue
+        if sep and video in videos and (video not in read or (video not in with_clips and problems.errors)):
+            continue  # a video not read, or one whose clips were all skipped as bad (already counted)
         what = (f"no clip of video {video!r} has id {entry!r}" if sep and video in videos
                 else f"{entry!r} matches no clip id (video/clip) and no video name")
         problems.report(UnmatchedSplit(f"{what} (listed under {splits[entry]!r})", path=splits.path,

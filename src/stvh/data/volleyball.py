@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -126,16 +127,30 @@ def _int_pair(value) -> bool:
             and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
 
 
-def _image_size_from_frames(videos_dir: Path, video: str) -> tuple[int, int] | None:
-    """(H, W) read from the header of the first frame found under the video folder.
-
-    ``None`` when the video has no frames; a corrupt first frame raises
-    :class:`UnreadableFrame` naming it (never a guessed size).
-    """
+def _first_frame(videos_dir: Path, video: str) -> Path | None:
+    """The first frame (by name) under the video folder; ``None`` when it has none."""
     for clip_dir in sorted(p for p in (videos_dir / video).iterdir() if p.is_dir()):
         for img in sorted(p for p in clip_dir.glob("*.jpg") if p.is_file())[:1]:
-            return image_header_size(img)
+            return img
     return None
+
+
+def _image_size(videos_dir: Path, video: str, meta: dict, meta_path: Path) -> tuple[int, int]:
+    """(H, W) of a video: ``dataset.json``, else the first frame's header, else the official table.
+
+    A corrupt first frame raises :class:`UnreadableFrame` naming it (never a
+    guessed size); a ``dataset.json`` size that the frames contradict is a
+    :class:`FormatError` naming both.
+    """
+    first = _first_frame(videos_dir, video)
+    header = image_header_size(first) if first is not None else None
+    if "image_size" not in meta:
+        return header or official_image_size(video)
+    size = tuple(int(v) for v in meta["image_size"])
+    if header is not None and header != size:
+        raise FormatError(f"image_size {size[0]}x{size[1]} (height x width) contradicts the "
+                          f"{header[0]}x{header[1]} frame {first}", path=meta_path)
+    return size
 
 
 def parse_annotation_line(line: str, path: Path, lineno: int, image_size: tuple[int, int]):
@@ -285,22 +300,19 @@ def read_volleyball(root: str | Path, *, window: tuple[int, int] | None = None, 
 
     clips: list[Clip] = []
     for ann in ann_files:
-        clips += _read_video(ann, meta, offsets, key_index, n_max, videos_dir,
+        clips += _read_video(ann, meta, root / "dataset.json", offsets, key_index, n_max, videos_dir,
                              tracking_dir if use_tracks else None, require_frames, problems)
     assign_splits(clips, splits, lambda c: official_split(c.video), problems,
                   videos=on_disk, read=[p.parent.name for p in ann_files])
     return ClipDataset("volleyball", root, clips, VOLLEYBALL_ACTIVITIES, VOLLEYBALL_ACTIONS, problems.errors)
 
 
-def _read_video(ann: Path, meta: dict, offsets, key_index, n_max, videos_dir, tracking_dir, require_frames,
+def _read_video(ann: Path, meta: dict, meta_path: Path, offsets, key_index, n_max, videos_dir, tracking_dir, require_frames,
                 problems: Problems) -> list[Clip]:
     """The clips of one ``<match>/annotations.txt``; a bad video is reported whole (empty, unreadable)."""
     video = ann.parent.name
     try:
-        if "image_size" in meta:
-            image_size = tuple(int(v) for v in meta["image_size"])
-        else:
-            image_size = _image_size_from_frames(videos_dir, video) or official_image_size(video)
+        image_size = _image_size(videos_dir, video, meta, meta_path)
     except DataError as err:
         problems.report(err)
         return []
@@ -316,10 +328,18 @@ def _read_video(ann: Path, meta: dict, offsets, key_index, n_max, videos_dir, tr
             clip = _read_clip(line, ann, lineno, video, image_size, offsets, key_index, n_max,
                               videos_dir, tracking_dir, require_frames, problems, first_line)
         except DataError as err:
+            if err.clip is None:
+                err.clip = _clip_of(line, video)
             problems.report(err)
             continue
         clips.append(clip)
     return clips
+
+
+def _clip_of(line: str, video: str) -> str | None:
+    """``video/key`` of an annotation line whose first field is ``<key>.jpg`` (to locate a bad line's clip)."""
+    first = line.split(maxsplit=1)[0]
+    return f"{video}/{int(first[:-4])}" if re.fullmatch(r"\d{1,9}\.jpg", first) else None
 
 
 def _read_clip(line, ann, lineno, video, image_size, offsets, key_index, n_max,
