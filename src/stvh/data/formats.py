@@ -47,6 +47,14 @@ def read_dataset(root: str | Path, format: str | None = None, **kwargs) -> ClipD
     Extra keyword arguments go to the reader (e.g. ``skip_bad``, ``n_max``).
     """
     fmt = format or detect_format(root)
+    if format is not None:
+        try:
+            found = detect_format(root)
+        except FormatError:
+            found = None  # let the reader say what is wrong
+        if found is not None and found != fmt and {found, fmt} != {"cad", "caed"}:
+            raise FormatError(f"this is a {found} dataset, but format {fmt!r} was asked for (data.format in the "
+                              f"config or --format); set it to {found!r}, or to null to detect it", path=root)
     if fmt == "volleyball":
         from .volleyball import read_volleyball
         return read_volleyball(root, **kwargs)

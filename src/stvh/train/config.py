@@ -215,6 +215,7 @@ class DataConfig(_Section):
     window: Optional[Window] = _field(None, "[first, last] frame offsets (integers, first <= last) or null")
     val_fraction: Fraction = _field(0.15, "a number in [0, 1)")
     reader: dict[str, Any] = _field({}, "a mapping of reader options")
+    require_features: Annotated[bool, Strict()] = _field(False, "true (refuse clips without cached features) or false (leave them out)")
 
     @model_validator(mode="after")
     def _reader_options(self):
