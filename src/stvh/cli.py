@@ -317,7 +317,14 @@ def check_output_of_encode(run: Path, out: Path, data: Optional[Path], features:
 
     run_files = [(run / name, "run file") for name in ("best.pt", "last.pt", "run.json", "config.yaml",
                                                       "filter.npz", "metrics.csv", "metrics.json")]
-    inputs = [(run, "run folder"), *run_files, (data, "dataset"), (features, "feature cache")]
+    info = {}
+    if (run / "run.json").is_file():
+        try:
+            info = json.loads((run / "run.json").read_text(encoding="utf-8"))
+        except ValueError:
+            pass  # encode names the corrupt file
+    inputs = [(run, "run folder"), *run_files, (data or info.get("data"), "dataset"),
+              (features or info.get("features"), "feature cache")]
     check_output(out, inputs=inputs, overwrite=overwrite, allow_inside=[run], what="CODES file")
     check_output(predictions_path(out), inputs=inputs, overwrite=True, allow_inside=[run],
                  what="predictions file")

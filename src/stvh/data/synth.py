@@ -742,7 +742,8 @@ def _prepare_output(out: Path, cfg: SynthConfig, overwrite: bool) -> None:
         diff = sorted(k for k in ours["params"] if (theirs.get("params") or {}).get(k) != ours["params"][k])
         diff += [k for k in ("version", "seed") if theirs[k] != ours[k]]
         raise ValueError(f"{out} already holds a synthetic dataset generated with different settings "
-                         f"({', '.join(diff)} differ); choose another folder or pass overwrite=True")
+                         f"({', '.join(diff)} differ); choose another folder or pass --overwrite "
+                         "(overwrite=True in Python)")
     for name in ("videos", "tracking"):
         shutil.rmtree(out / name, ignore_errors=True)
     for name in ("splits.json", "dataset.json"):

@@ -1,0 +1,159 @@
+"""What a user gets wrong on the pipeline commands: one line, exit 2, the path or key named, nothing lost."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from stvh import __version__
+from stvh.cli import app
+
+runner = CliRunner()
+TINY = ["model.d=16", "model.d_v=8", "model.heads=2", "model.bits=16", "model.depth=2", "train.epochs=2",
+        "train.batch_size=4", "train.lr=3e-3", "data.val_fraction=0.25", "filter.steps=5", "model.backbone=none"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_line_error(result, *needles):
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_synth, tmp_path_factory):
+    run = tmp_path_factory.mktemp("trained") / "run"
+    result = invoke("train", "--data", tiny_synth, "--out", run, "--no-progress", *TINY)
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def test_version():
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output.strip() == f"stvh {__version__}"
+
+
+def test_encode_never_writes_over_its_inputs(trained, tiny_synth, tmp_path):
+    before = (trained / "best.pt").read_bytes()
+    one_line_error(invoke("encode", "--run", trained, "--out", trained / "best.pt"), "best.pt", "input")
+    assert (trained / "best.pt").read_bytes() == before  # the checkpoint survives
+    one_line_error(invoke("encode", "--run", trained, "--out", tiny_synth / "codes.npz"), "dataset")
+    (tmp_path / "adir").mkdir()
+    one_line_error(invoke("encode", "--run", trained, "--out", tmp_path / "adir"), "is a directory")
+    assert invoke("encode", "--run", trained, "--out", tmp_path / "c.npz").exit_code == 0
+    one_line_error(invoke("encode", "--run", trained, "--out", tmp_path / "c.npz"), "exists", "--overwrite")
+    assert invoke("encode", "--run", trained, "--out", tmp_path / "c.npz", "--overwrite").exit_code == 0
+
+
+def test_train_output_folder_checks(trained, tiny_synth, tmp_path):
+    one_line_error(invoke("train", "--data", tiny_synth, "--out", trained, *TINY), "not empty", "--overwrite")
+    (tmp_path / "file").write_text("x")
+    one_line_error(invoke("train", "--data", tiny_synth, "--out", tmp_path / "file", *TINY), "is a file")
+    one_line_error(invoke("train", "--data", tiny_synth, "--out", tiny_synth / "run", *TINY), "inside input folder")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "precious.txt").write_text("keep me")
+    one_line_error(invoke("train", "--data", tiny_synth, "--out", tmp_path / "other", "--overwrite", *TINY),
+                   "not a run folder")
+    assert (tmp_path / "other" / "precious.txt").read_text() == "keep me"
+
+
+def test_ctrl_c_says_where_it_stopped_and_how_to_resume(tiny_synth, tmp_path, monkeypatch):
+    from stvh.train import loop
+
+    real = loop._train_epoch
+
+    def interrupted(*args, **kwargs):
+        if args[10] == 2:  # the 1-based epoch number
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "_train_epoch", interrupted)
+    run = tmp_path / "run"
+    result = invoke("train", "--data", tiny_synth, "--out", run, "--no-progress", *TINY)
+    assert result.exit_code == 130
+    assert "interrupted during epoch 2/2; 1 finished epoch(s) saved" in result.output
+    assert f"stvh train --resume {run}" in result.output
+    monkeypatch.setattr(loop, "_train_epoch", real)
+    assert invoke("train", "--resume", run, "--no-progress").exit_code == 0
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+
+
+def test_mot_without_train_split_says_how_to_make_one(tmp_path, tiny_synth):
+    from stvh.data.mot_export import export_mot
+
+    export_mot(tiny_synth, tmp_path / "mot", media="frames", splits=False)
+    line = one_line_error(invoke("train", "--data", tmp_path / "mot", "--out", tmp_path / "run", *TINY),
+                          "no training clips", "splits.json")
+    assert "all: 16" in line
+
+
+def test_encode_other_data_reports_unknown_labels(trained, tiny_synth, tmp_path):
+    from stvh.data.mot_export import export_mot
+    from stvh.index.codes import CodeSet
+
+    mot = tmp_path / "mot"
+    export_mot(tiny_synth, mot, media="frames")
+    text = (mot / "clips.csv").read_text().replace(",r_set,", ",R_Set,").splitlines()  # matched ignoring case
+    first = text[1].split(",")
+    text[1] = ",".join(first[:3] + ["juggling"] + first[4:])
+    (mot / "clips.csv").write_text("\n".join(text) + "\n")
+    result = invoke("encode", "--run", trained, "--data", mot, "--out", tmp_path / "c.npz")
+    assert result.exit_code == 0, result.output
+    assert "1 clips have activities the model does not know (juggling: 1); encoded as unlabeled" in result.output
+    summary = json.loads(result.output[result.output.index("{"):])
+    assert summary["unknown_labels"] == {"juggling": 1}
+    cs = CodeSet.load(tmp_path / "c.npz")
+    names = cs.meta["activities"]
+    assert cs.activity[0] == -1 and first[3] != "juggling"
+    assert sorted(names[a] for a in cs.activity[1:]) == sorted(r.split(",")[3].lower() for r in text[2:])
+
+
+def test_skip_bad_through_train_encode_eval(tiny_synth, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_synth, data)
+    ann = data / "videos" / "0" / "annotations.txt"
+    lines = ann.read_text().splitlines()
+    lines.insert(1, "999.jpg r_set 1 2 3")  # malformed: wrong number of fields
+    ann.write_text("\n".join(lines) + "\n")
+    one_line_error(invoke("train", "--data", data, "--out", tmp_path / "r0", *TINY), "annotations.txt:2")
+    result = invoke("train", "--data", data, "--out", tmp_path / "run", "--skip-bad", "--no-progress", *TINY)
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 bad input(s)" in result.output
+    rows = list(csv.DictReader((tmp_path / "run" / "skipped.csv").open()))
+    assert len(rows) == 1 and rows[0]["file"].endswith("annotations.txt") and rows[0]["line"] == "2"
+    assert rows[0]["kind"] == "malformed line"
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["skipped"] == 1
+    result = invoke("encode", "--run", tmp_path / "run", "--out", tmp_path / "c.npz", "--skip-bad")
+    assert result.exit_code == 0 and (tmp_path / "c.skipped.csv").read_text().count("annotations.txt") == 1
+    result = invoke("eval", "--run", tmp_path / "run", "--skip-bad")
+    assert result.exit_code == 0 and (tmp_path / "run" / "codes.skipped.csv").is_file()
+
+
+def test_non_finite_features_stop_training_with_a_message(tiny_synth, tmp_path):
+    from stvh.data.feature_cache import FeatureCacheWriter
+    from stvh.data.formats import read_dataset
+
+    ds = read_dataset(tiny_synth)
+    meta = {"backbone": "mobilenet_v3_small", "weights_hash": "random-init-seed0", "frame_size": "native",
+            "roi_size": 5, "channels": 4, "reduction": "none"}
+    rng = np.random.default_rng(0)
+    with FeatureCacheWriter(tmp_path / "f", meta) as w:
+        for c in ds.clips:
+            roi = rng.normal(size=(12, c.num_frames, 4, 5, 5)).astype(np.float32)
+            roi[0, 0, 0, 0, 0] = np.nan
+            w.add(c.id, roi)
+    result = invoke("train", "--data", tiny_synth, "--features", tmp_path / "f", "--out", tmp_path / "run",
+                    "--no-progress", *TINY[:-1], "model.backbone=mobilenet_v3_small")
+    one_line_error(result, "training loss is nan at epoch 1, batch 1", "non-finite")
