@@ -157,3 +157,50 @@ def test_non_finite_features_stop_training_with_a_message(tiny_synth, tmp_path):
     result = invoke("train", "--data", tiny_synth, "--features", tmp_path / "f", "--out", tmp_path / "run",
                     "--no-progress", *TINY[:-1], "model.backbone=mobilenet_v3_small")
     one_line_error(result, "training loss is nan at epoch 1, batch 1", "non-finite")
+
+
+def test_extract_skip_bad_skips_an_undecodable_frame(tiny_synth, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_synth, data)
+    frame = sorted((data / "videos" / "1").glob("*/*.jpg"))[-1]  # not the first frame: the reader reads that one
+    frame.write_bytes(b"\xff\xd8 not really a jpeg")
+    args = ["extract", "--data", data, "--backbone", "mobilenet_v3_small", "--no-progress"]
+    one_line_error(invoke(*args, "--out", tmp_path / "f0"), frame.name)
+    result = invoke(*args, "--out", tmp_path / "f", "--skip-bad")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{"):result.output.rindex("}") + 1])
+    assert summary["skipped"] == 1 and summary["cached"] == 15
+    rows = list(csv.DictReader((tmp_path / "f" / "skipped.csv").open()))
+    assert len(rows) == 1 and rows[0]["file"].endswith(frame.name) and rows[0]["clip"] == f"1/{frame.parent.name}"
+
+
+def test_extract_ctrl_c_keeps_finished_clips(tiny_synth, tmp_path, monkeypatch):
+    from stvh.train import extract as ex
+
+    real, calls = ex.RoIExtractor.__call__, []
+
+    def interrupted(self, clips, frames=None):
+        calls.append(len(clips))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, clips, frames)
+
+    monkeypatch.setattr(ex.RoIExtractor, "__call__", interrupted)
+    out = tmp_path / "f"
+    result = invoke("extract", "--data", tiny_synth, "--backbone", "mobilenet_v3_small", "--out", out,
+                    "--no-progress")
+    assert result.exit_code == 130 and "4 clips are cached" in result.output and "run the same command again" in \
+        result.output
+    monkeypatch.setattr(ex.RoIExtractor, "__call__", real)
+    result = invoke("extract", "--data", tiny_synth, "--backbone", "mobilenet_v3_small", "--out", out,
+                    "--no-progress")
+    assert result.exit_code == 0 and json.loads(result.output[result.output.index("{"):result.output.rindex("}") + 1])[
+        "resumed"] == 4
+
+
+def test_report_out_checks(trained, tmp_path):
+    assert invoke("eval", "--run", trained).exit_code == 0
+    one_line_error(invoke("report", "--run", trained, "--out", trained / "best.pt"), "input")
+    assert invoke("report", "--run", trained, "--out", tmp_path / "r.html").exit_code == 0
+    one_line_error(invoke("report", "--run", trained, "--out", tmp_path / "r.html"), "--overwrite")
+    assert invoke("report", "--run", trained).exit_code == 0 and invoke("report", "--run", trained).exit_code == 0

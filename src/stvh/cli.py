@@ -219,8 +219,15 @@ def extract_cmd(
     if format:
         overrides.append(f"data.format={format}")
     cfg = load_config(config, overrides)
-    result = extract_with_config(cfg, data, out, batch_clips=batch_clips, device=device, progress=progress,
-                                 skip_bad=skip_bad)
+    try:
+        result = extract_with_config(cfg, data, out, batch_clips=batch_clips, device=device, progress=progress,
+                                     skip_bad=skip_bad)
+    except KeyboardInterrupt:
+        from .data.feature_cache import FeatureCache
+        done = len(FeatureCache(out)) if (out / "meta.json").is_file() else 0
+        typer.secho(f"interrupted; {done} clips are cached in {out}; run the same command again to resume",
+                    fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130)
     if result["no_frames"]:
         typer.echo(f"{result['cached']} clips cached; {result['no_frames']} of {result['clips']} clips have no "
                    "frames and were not extracted (training uses the clips that have features)", err=True)
@@ -360,6 +367,32 @@ def eval_cmd(
     typer.echo(f"metrics written to {run / 'metrics.json'}")
 
 
+@app.command("ablate", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@friendly_errors
+def ablate_cmd(
+    ctx: typer.Context,
+    data: Path = typer.Option(..., "--data", help="Dataset folder (every row and seed trains on it)."),
+    table: int = typer.Option(..., "--table", min=5, max=7, help="The paper's table: 5 (MSF vs transformer BD/ED), "
+                                                                  "6 (depth 2-5) or 7 (loss terms)."),
+    out: Path = typer.Option(..., "--out", help="Ablation folder (resumes; may hold all three tables)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config every row starts from."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds; each row runs once per seed."),
+    features: Optional[Path] = typer.Option(None, "--features", help="Feature cache (default: extracted once "
+                                                                     "into OUT/features for CNN backbones)."),
+    progress: bool = typer.Option(True, help="Show a progress bar over the runs."),
+):
+    """Run one of the paper's ablation tables over seeds and write OUT/table{N}.md/.json beside the paper's figures.
+
+    Extra key=value arguments override config keys for every row (e.g. train.epochs=10).
+    """
+    from .train.ablate import parse_seeds, run_table
+
+    result = run_table(table, data=data, out=out, config=config, seeds=parse_seeds(seeds), features=features,
+                       overrides=list(ctx.args), progress=progress and sys.stderr.isatty(),
+                       echo=lambda line: typer.echo(line, err=True))
+    typer.echo(result["markdown"])
+
+
 index_app = typer.Typer(help="Hamming indexes of codes: build, then `stvh search`.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
 
@@ -420,11 +453,18 @@ def search_cmd(
 @friendly_errors
 def report_cmd(
     run: Path = typer.Option(..., "--run", help="Run folder (after `stvh eval`)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default RUN/report.html)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="HTML file (default RUN/report.html, rewritten each "
+                                                           "time)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
 ):
     """Write one self-contained HTML page with the paper's figures for a run."""
     from .eval.report import write_report
+    from .outputs import check_output
 
+    if out is not None:  # the default RUN/report.html is the run's own view and is refreshed
+        inputs = [(run / n, "run file") for n in ("best.pt", "last.pt", "run.json", "config.yaml", "codes.npz",
+                                                  "metrics.json", "metrics.csv")]
+        check_output(out, inputs=inputs, overwrite=overwrite, allow_inside=[run], what="report")
     path = write_report(run, out)
     typer.echo(f"report written to {path}")
 
