@@ -114,7 +114,7 @@ def _probe_video(path: Path, problems: Problems) -> _Source | None:
             stream = container.streams.video[0]
             h, w = stream.codec_context.height, stream.codec_context.width
             n = int(stream.frames or 0)
-    except (FFmpegError, OSError) as e:
+    except (FFmpegError, OSError, ValueError) as e:
         problems.report(UnreadableVideo(f"cannot open: {e}", path=path))
         return None
     if not h or not w:

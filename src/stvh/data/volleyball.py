@@ -307,8 +307,8 @@ def read_volleyball(root: str | Path, *, window: tuple[int, int] | None = None, 
     return ClipDataset("volleyball", root, clips, VOLLEYBALL_ACTIVITIES, VOLLEYBALL_ACTIONS, problems.errors)
 
 
-def _read_video(ann: Path, meta: dict, meta_path: Path, offsets, key_index, n_max, videos_dir, tracking_dir, require_frames,
-                problems: Problems) -> list[Clip]:
+def _read_video(ann: Path, meta: dict, meta_path: Path, offsets, key_index, n_max, videos_dir, tracking_dir,
+                require_frames, problems: Problems) -> list[Clip]:
     """The clips of one ``<match>/annotations.txt``; a bad video is reported whole (empty, unreadable)."""
     video = ann.parent.name
     try:
