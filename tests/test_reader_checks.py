@@ -222,6 +222,13 @@ def test_volleyball_duplicate_key_line(tmp_path):
     assert [c.id for c in ds] == ["7/100", "7/200"] and ds.clips[0].activity == 0  # the first line wins
 
 
+def test_volleyball_unreadable_track_file_leaves_the_clip_untracked(tmp_path):
+    root = vb(tmp_path, {"7": [VB_LINE]})
+    track = write(root / "tracking/7/100/100.txt", "3 10 20 40 60 100 0 1 1 standing\n".encode("utf-16"))
+    ds = expect(read_volleyball, root, FormatError, track, None, "file is UTF-16", clips=1)
+    assert not ds.clips[0].tracked
+
+
 def test_volleyball_duplicate_track_box(tmp_path):
     root = vb(tmp_path, {"7": [VB_LINE]})
     track = write(root / "tracking/7/100/100.txt",

@@ -357,8 +357,9 @@ def _read_clip(line, ann, lineno, video, image_size, offsets, key_index, n_max,
     tracked = False
     per_frame = np.repeat(boxes[None], len(offsets), axis=0)  # (T, n, 4)
     track_file = tracking_dir / video / str(key) / f"{key}.txt" if tracking_dir is not None else None
-    if track_file is not None and track_file.is_file():
-        per_frame = _tracked_boxes(boxes, frame_ids, key, read_tracks(track_file, problems), image_size)
+    tracks = read_tracks(track_file, problems) if track_file is not None and track_file.is_file() else {}
+    if tracks:  # (a tracking file whose lines were all skipped as bad leaves the key-frame boxes: not tracked)
+        per_frame = _tracked_boxes(boxes, frame_ids, key, tracks, image_size)
         tracked = True
     clip_id = f"{video}/{key}"
     frames = None
