@@ -393,6 +393,32 @@ def ablate_cmd(
     typer.echo(result["markdown"])
 
 
+@app.command("ablate", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@friendly_errors
+def ablate_cmd(
+    ctx: typer.Context,
+    data: Path = typer.Option(..., "--data", help="Dataset folder (every row and seed trains on it)."),
+    table: int = typer.Option(..., "--table", min=5, max=7, help="The paper's table: 5 (MSF vs transformer BD/ED), "
+                                                                  "6 (depth 2-5) or 7 (loss terms)."),
+    out: Path = typer.Option(..., "--out", help="Ablation folder (resumes; may hold all three tables)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config every row starts from."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds; each row runs once per seed."),
+    features: Optional[Path] = typer.Option(None, "--features", help="Feature cache (default: extracted once "
+                                                                     "into OUT/features for CNN backbones)."),
+    progress: bool = typer.Option(True, help="Show a progress bar over the runs."),
+):
+    """Run one of the paper's ablation tables over seeds and write OUT/table{N}.md/.json beside the paper's figures.
+
+    Extra key=value arguments override config keys for every row (e.g. train.epochs=10).
+    """
+    from .train.ablate import parse_seeds, run_table
+
+    result = run_table(table, data=data, out=out, config=config, seeds=parse_seeds(seeds), features=features,
+                       overrides=list(ctx.args), progress=progress and sys.stderr.isatty(),
+                       echo=lambda line: typer.echo(line, err=True))
+    typer.echo(result["markdown"])
+
+
 index_app = typer.Typer(help="Hamming indexes of codes: build, then `stvh search`.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
 
