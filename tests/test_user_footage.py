@@ -102,3 +102,20 @@ def test_partial_frames_train_on_clips_with_features(tiny_synth, tmp_path):
     bad = runner.invoke(app, ["train", "--data", str(data), "--features", str(tmp_path / "f"), "--out",
                               str(tmp_path / "run4"), "--no-progress", *tiny[:-2], "model.backbone=none"])
     assert bad.exit_code == 2 and "model.backbone is 'none'" in bad.output
+
+
+def test_clips_csv_split_column(tiny_synth, tmp_path):
+    """A split column in clips.csv gives the train/test split (splits.json, when present, overrides it)."""
+    from stvh.data.formats import read_dataset
+    from stvh.data.mot_export import export_mot
+
+    mot = tmp_path / "mot"
+    export_mot(tiny_synth, mot, media="frames", splits=False)
+    rows = (mot / "clips.csv").read_text().splitlines()
+    rows = [rows[0] + ",split"] + [r + ("," + ("test" if i % 4 == 0 else "train")) for i, r in enumerate(rows[1:])]
+    (mot / "clips.csv").write_text("\n".join(rows) + "\n")
+    ds = read_dataset(mot)
+    assert [c.split for c in ds.clips] == ["test" if i % 4 == 0 else "train" for i in range(len(rows) - 1)]
+    (mot / "splits.json").write_text('{"test": ["v0"], "train": ["v1"]}')
+    ds = read_dataset(mot)
+    assert {c.video: c.split for c in ds.clips} == {"v0": "test", "v1": "train"}

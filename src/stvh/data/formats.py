@@ -46,6 +46,8 @@ def read_dataset(root: str | Path, format: str | None = None, **kwargs) -> ClipD
 
     Extra keyword arguments go to the reader (e.g. ``skip_bad``, ``n_max``).
     """
+    if format is not None and format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
     fmt = format or detect_format(root)
     if format is not None:
         try:

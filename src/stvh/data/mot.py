@@ -5,7 +5,7 @@ Layout (see ``docs/data-user.md``)::
     <root>/tracks/<video>.txt        frame,id,x,y,w,h[,conf,...]   (1-based frames)
     <root>/videos/<video>.<ext>      mp4/avi/mkv/mov, decoded with PyAV, index = frame - 1
     <root>/frames/<video>/<n>.jpg    or .png/.jpeg, named by frame number (any zero padding)
-    <root>/clips.csv                 optional: video,start,end[,activity][,group]
+    <root>/clips.csv                 optional: video,start,end[,activity][,group][,split]
     <root>/splits.json               optional {"train": [...], "test": [...]}
 
 Without ``clips.csv`` each video is cut into non-overlapping windows of
@@ -224,6 +224,7 @@ class _Row:
     end: int
     activity: str
     group: str
+    split: str = ""
 
 
 def _read_clips_csv(path: Path, problems: Problems) -> list[_Row]:
@@ -246,7 +247,7 @@ def _read_clips_csv(path: Path, problems: Problems) -> list[_Row]:
     missing = {"video", "start", "end"} - set(header)
     if missing or len(set(header)) != len(header):
         what = f"missing {sorted(missing)}" if missing else "a column is named twice"
-        problems.report(MalformedLine(f"header must name video,start,end[,activity][,group]; {what}",
+        problems.report(MalformedLine(f"header must name video,start,end[,activity][,group][,split]; {what}",
                                       path=path, line=1))
         return rows
     col = {h: i for i, h in enumerate(header)}
@@ -285,7 +286,7 @@ def _read_clips_csv(path: Path, problems: Problems) -> list[_Row]:
         if clash:
             problems.report(AmbiguousLabel(clash, path=path, line=line))
             continue
-        rows.append(_Row(line, video, start, end, get("activity"), get("group")))
+        rows.append(_Row(line, video, start, end, get("activity"), get("group"), get("split")))
     if not rows_seen and len(problems) == reported:
         problems.report(EmptyFile("a header but no clip rows; add rows or delete clips.csv to cut every video "
                                   "into windows", path=path))
@@ -344,6 +345,7 @@ def read_mot(root: str | Path, *, frames_per_clip: int = 10, n_max: int = 12,
 
     # video, start, frame ids, activity, group, clips.csv line (None without clips.csv)
     plans: list[tuple[str, int, list[int], str, str, int | None]] = []
+    csv_splits: dict[str, str] = {}  # clip id -> the split column of clips.csv (splits.json overrides it)
     videos: dict[str, _Video | None] = {}
 
     def video(name: str) -> _Video | None:
@@ -386,6 +388,8 @@ def read_mot(root: str | Path, *, frames_per_clip: int = 10, n_max: int = 12,
             planned[(r.video, r.start)] = r.line
             ids = np.rint(np.linspace(r.start, r.end, T)).astype(np.int64).tolist()
             plans.append((r.video, r.start, ids, r.activity, r.group or r.video, r.line))
+            if r.split:
+                csv_splits[f"{r.video}/{r.start:06d}"] = r.split
     else:
         vocab = tuple(activities) if activities is not None else ()
         for name in track_names:
@@ -418,6 +422,7 @@ def read_mot(root: str | Path, *, frames_per_clip: int = 10, n_max: int = 12,
         clip.validate()
         clips.append(clip)
 
-    assign_splits(clips, splits, lambda c: NO_SPLIT, problems, videos=track_names, read=videos)
+    assign_splits(clips, splits, lambda c: csv_splits.get(c.id, NO_SPLIT), problems, videos=track_names,
+                  read=videos)
     return ClipDataset(format="mot", root=root, clips=clips, activities=vocab, actions=(),
                        skipped=list(problems.errors))
