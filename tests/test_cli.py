@@ -61,6 +61,10 @@ def test_data_info_errors_are_one_line(tmp_path):
     result = runner.invoke(app, ["data", "info", str(root), "--skip-bad", "--json"])
     s = json.loads(result.output)
     assert s["clips"] == 1 and s["skipped"] == 1 and s["skipped_by_kind"] == {"unknown label": 1}
+    row = s["skipped_inputs"][0]
+    assert row["file"].endswith("annotations.txt") and row["line"] == "2" and row["kind"] == "unknown label"
+    result = runner.invoke(app, ["data", "info", str(root), "--skip-bad"])  # the text lists file:line too
+    assert result.exit_code == 0 and "annotations.txt:2: unknown label: activity 'r_smash'" in result.output
 
 
 def test_data_info_unknown_folder(tmp_path):

@@ -139,7 +139,9 @@ def data_info(
     ds = read_dataset(root, format, skip_bad=skip_bad)
     summary = ds.summary()
     if skip_bad:
+        from .data.skipped import skipped_rows
         summary["skipped_by_kind"] = count_kinds(ds.skipped)
+        summary["skipped_inputs"] = skipped_rows(ds.skipped)
     if as_json:
         typer.echo(json.dumps(summary))
         return
@@ -164,6 +166,12 @@ def format_summary(s: dict) -> str:
     lines += [f"    {k:<16}{v:>9}" for k, v in s["action_counts"].items()]
     if s.get("skipped_by_kind"):
         lines += ["", "  skipped:"] + [f"    {k:<16}{v:>9}" for k, v in s["skipped_by_kind"].items()]
+        rows = s.get("skipped_inputs", [])
+        for r in rows[:20]:
+            where = f"{r['file']}:{r['line']}" if r["line"] else r["file"] or f"clip {r['clip']}"
+            lines.append(f"    {where}: {r['kind']}: {r['message']}")
+        if len(rows) > 20:
+            lines.append(f"    ... and {len(rows) - 20} more (--json lists them all)")
     return "\n".join(lines)
 
 
@@ -365,32 +373,6 @@ def eval_cmd(
         return
     typer.echo(format_headline(m, result["details"]))
     typer.echo(f"metrics written to {run / 'metrics.json'}")
-
-
-@app.command("ablate", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-@friendly_errors
-def ablate_cmd(
-    ctx: typer.Context,
-    data: Path = typer.Option(..., "--data", help="Dataset folder (every row and seed trains on it)."),
-    table: int = typer.Option(..., "--table", min=5, max=7, help="The paper's table: 5 (MSF vs transformer BD/ED), "
-                                                                  "6 (depth 2-5) or 7 (loss terms)."),
-    out: Path = typer.Option(..., "--out", help="Ablation folder (resumes; may hold all three tables)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML config every row starts from."),
-    seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds; each row runs once per seed."),
-    features: Optional[Path] = typer.Option(None, "--features", help="Feature cache (default: extracted once "
-                                                                     "into OUT/features for CNN backbones)."),
-    progress: bool = typer.Option(True, help="Show a progress bar over the runs."),
-):
-    """Run one of the paper's ablation tables over seeds and write OUT/table{N}.md/.json beside the paper's figures.
-
-    Extra key=value arguments override config keys for every row (e.g. train.epochs=10).
-    """
-    from .train.ablate import parse_seeds, run_table
-
-    result = run_table(table, data=data, out=out, config=config, seeds=parse_seeds(seeds), features=features,
-                       overrides=list(ctx.args), progress=progress and sys.stderr.isatty(),
-                       echo=lambda line: typer.echo(line, err=True))
-    typer.echo(result["markdown"])
 
 
 @app.command("ablate", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
