@@ -25,7 +25,8 @@ SHIPPED.append(REPO / "src" / "stvh" / "configs" / "synthetic.yaml")
 # The defaults as they were before the pydantic models (must not change).
 OLD_DEFAULTS = {
     "seed": 0,
-    "data": {"format": None, "n_max": None, "window": None, "val_fraction": 0.15, "reader": {}},
+    "data": {"format": None, "n_max": None, "window": None, "val_fraction": 0.15, "reader": {},
+             "require_features": False},
     "model": {"name": "mstvh", "bits": 128, "depth": 3, "d": 1024, "d_v": 512, "heads": 8, "dropout": 0.1,
               "backbone": "none", "weights": None, "train_backbone": False, "geometry": False,
               "hash_norm": "layer", "recon_from": "block"},
