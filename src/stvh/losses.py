@@ -6,7 +6,9 @@ anchors of Eq. 8) so the weights lambda / mu do not depend on the batch size.
 
 Totals: ``L = L_cls + lambda1 L_q + lambda2 L_CON`` (Eq. 9) and
 ``L = L_cls + mu1 L_q + mu2 L_H + mu3 L_recon`` (Eq. 15), with
-``L_cls = L_acty + 0.5 L_action``. Every term has a weight in
+``L_cls = L_acty + 0.5 L_action``. An extension adds ``filter * L_F``
+(:func:`filter_consistency`, the MSE of Eq. 17 trained with the model; the
+paper fits F after training, which is ``filter = 0``). Every term has a weight in
 :class:`LossConfig`; a weight of 0 switches the term off (it is not computed
 and is absent from the returned dict): the loss ablation of Table 7.
 """
@@ -19,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .models.filter import standardise
 from .models.heads import binarize
 from .models.output import ModelOutput
 
@@ -37,6 +40,7 @@ class LossConfig:
     contrast: float = 0.5
     recon: float = 0.01
     layer_weights: tuple[float, ...] | None = None
+    filter: float = 0.0  # weight of filter_consistency (needs a model with joint_filter); 0 = the paper
 
     @classmethod
     def stvh(cls, **kw) -> "LossConfig":
@@ -108,6 +112,19 @@ def recon_loss(recon: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     return err[m].mean()
 
 
+def filter_consistency(derived: list[Tensor], h: list[Tensor]) -> Tensor:
+    """Eq. 16-17 trained with the model: mean over depths ``tau < Upsilon`` of the MSE between the
+    standardised derived code ``(b'_(tau) - mu) / sigma`` and the stored binary code ``sign(h_(tau))``.
+
+    ``derived``: the real chain of Eq. 16 from the deepest *real* code (``Upsilon - 1`` tensors
+    ``(B, K)``, shallow first); ``h``: real codes of every depth. The targets are detached: the
+    shallower codes stay what their own losses make them, while F and the deepest code learn to
+    reproduce them.
+    """
+    return torch.stack([((standardise(x) - binarize(t).detach()) ** 2).mean()
+                        for x, t in zip(derived, h[:-1])]).mean()
+
+
 def layer_weights(depth: int, weights: tuple[float, ...] | None = None) -> list[float]:
     """w_(tau) of Eq. 14, shallow first: given ones, or ``tau / sum(tau)``."""
     if weights is None:
@@ -152,6 +169,9 @@ def total_loss(out: ModelOutput, activity: Tensor, actions: Tensor, config: Loss
     if config.recon and out.recon is not None and out.recon_target is not None:
         terms["recon"] = recon_loss(out.recon, out.recon_target, mask)
         total = total + config.recon * terms["recon"]
+    if config.filter and out.derived:
+        terms["filter"] = filter_consistency(out.derived, out.h)
+        total = total + config.filter * terms["filter"]
     terms["total"] = total
     return terms
 

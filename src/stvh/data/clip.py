@@ -143,6 +143,10 @@ class ClipDataset:
     def __iter__(self):
         return iter(self.clips)
 
+    def mirrored(self, which: str = "activities") -> np.ndarray:
+        """Label ids after a left-right flip of the picture (``which``: activities or actions), see :func:`mirror_ids`."""
+        return mirror_ids(self.activities if which == "activities" else self.actions)
+
     def split(self, name: str) -> list[Clip]:
         return [c for c in self.clips if c.split == name]
 
@@ -184,6 +188,30 @@ class ClipDataset:
             "clips_with_frames": sum(c.frames is not None for c in self.clips),
             "skipped": len(self.skipped),
         }
+
+
+_SIDES = {"l": "r", "r": "l", "left": "right", "right": "left"}
+
+
+def mirror_ids(names) -> np.ndarray:
+    """``(len(names),)`` ids: the label a left-right flip turns each label into, by its side word.
+
+    A name's side words (``l``/``r``, ``left``/``right``, any case, words split at ``_``, ``-`` and
+    spaces: ``l_set``, ``Left pass``) are swapped; when the swapped words name a label of ``names``
+    that is the mirror, else the label is its own mirror (``queueing``, ``spiking``).
+    """
+    import re
+
+    def words(name) -> list[str]:
+        return re.split(r"[_\-\s]+", str(name).lower())
+
+    lookup = {tuple(words(n)): i for i, n in enumerate(names)}
+    out = np.arange(len(names), dtype=np.int64)
+    for i, name in enumerate(names):
+        swapped = tuple(_SIDES.get(w, w) for w in words(name))
+        if swapped != tuple(words(name)) and swapped in lookup:
+            out[i] = lookup[swapped]
+    return out
 
 
 def _natural_key(s: str):

@@ -28,7 +28,7 @@ import torch
 from ..data.atomic import write_text_atomic
 from ..data.splits import unit_hash
 from ..index.codes import CodeSet
-from ..models.filter import FilterMatrix
+from ..models.filter import FilterMatrix, storage_bits
 from ..train.encode import predictions_path
 from .metrics import action_accuracy, class_hamming_matrix, confusion_matrix, mca, mpca, retrieval_metrics
 
@@ -102,7 +102,7 @@ def evaluate(codes_path: str | Path, out: str | Path | None = None, ks=KS) -> di
         "class_hamming": [np.nan_to_num(class_hamming_matrix(signs[test, t], y[test], num_classes),
                                         nan=-1).tolist() for t in range(depth)],
         "visual_protocol": vdesc,
-        "bits": bits, "depth": depth, "queries": int(test.sum()), "database": int(train.sum()),
+        "bits": bits, "depth": depth, "queries": int(test.sum()), "database": int(train.sum()), "clips": len(cs),
     }
     if derived is not None:
         extras["derived_bit_agreement"] = [float((derived[:, t] == signs[:, t]).mean()) for t in range(depth - 1)]
@@ -114,14 +114,19 @@ def evaluate(codes_path: str | Path, out: str | Path | None = None, ks=KS) -> di
 
 
 def format_headline(m: dict, details: dict) -> str:
-    """A short table: accuracy and mAP@10 per depth, activity vs visual focus."""
+    """A short table: accuracy and mAP@10 per depth, activity vs visual focus, each stored code beside
+    the code derived from the deepest one by F (Eq. 16-17; "-" at the deepest depth, which is stored)."""
     bits, depth = details["bits"], details["depth"]
     action = f"{m['action_acc']:.4f}" if "action_acc" in m else "n/a (no action labels)"
+    cols = ("activity mAP@10", "activity (F)", "visual mAP@10", "visual (F)")
     lines = [f"accuracy (MCA) {m['mca']:.4f}   MPCA {m['mpca']:.4f}   action accuracy {action}",
-             f"{'depth':>6} {'activity mAP@10':>16} {'visual mAP@10':>14} {'activity (F)':>13} {'visual (F)':>11}"]
+             f"{'depth':>5}" + "".join(f"  {c:>15}" for c in cols)]
     for t in range(1, depth + 1):
-        row = [m[f"map@10/activity/K{bits}/depth{t}"], m[f"map@10/visual/K{bits}/depth{t}"]]
-        der = [m.get(f"map@10/activity/K{bits}/depth{t}/derived"), m.get(f"map@10/visual/K{bits}/depth{t}/derived")]
-        cells = "".join(f"{v:>13.4f}" if v is not None else f"{'-':>13}" for v in der)
-        lines.append(f"{t:>6} {row[0]:>16.4f} {row[1]:>14.4f}{cells}")
+        base = f"K{bits}/depth{t}"
+        cells = [m.get(f"map@10/{focus}/{base}{suffix}") for focus in ("activity", "visual") for suffix in ("", "/derived")]
+        lines.append(f"{t:>5}" + "".join(f"  {v:>15.4f}" if v is not None else f"  {'-':>15}" for v in cells))
+    M = details.get("clips")
+    if depth > 1 and M and any(f"map@10/visual/K{bits}/depth1/derived" in k for k in m):
+        lines.append(f"storage (Eq. 18): every depth {storage_bits(M, bits, depth, 'all')} bits; deepest code + F "
+                     f"{storage_bits(M, bits, depth, 'compact')} bits (M = {M}, K = {bits}, depths = {depth})")
     return "\n".join(lines)

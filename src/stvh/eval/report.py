@@ -351,7 +351,12 @@ def _metrics_section(run: _Run) -> str:
             row = table[bits][(depth, derived)]
             if derived:
                 agree = agreement[depth - 1] if depth - 1 < len(agreement) else None
-                what = "derived by F" + (f" ({agree:.1%} bits equal)" if agree is not None else "")
+                stored = table[bits].get((depth, False), {})
+                ratios = [f"{focus} {row[(focus, 10)] / stored[(focus, 10)]:.2f}"
+                          for focus in ("activity", "visual")
+                          if (focus, 10) in row and stored.get((focus, 10))]
+                what = "derived by F" + (f" ({agree:.1%} bits equal)" if agree is not None else "") + (
+                    f"; mAP@10 / stored: {', '.join(ratios)}" if ratios else "")
                 acc = None
             else:
                 what, acc = "stored", metrics.get(f"mca/depth{depth}")

@@ -10,6 +10,12 @@ agree. No straight-through estimator is used.
 Eq. 5 writes ``AVG(F_h(f_S))`` and Eq. 12 ``F(AVG(f))``: for an affine ``F``
 the two are equal, so we pool first (cheaper). The average runs over the
 real persons and all frames.
+
+Option ``pooling="sides"`` (an extension; ``"paper"`` is Eq. 5's AVG): two
+averages, weighted by each person's court side (``models/tracks.py``,
+:func:`court_sides`), concatenated before ``F_h``. A plain average forgets
+which half of the court a player is on, so "a player of the left team sets"
+and "a player of the right team sets" pool to nearly the same vector.
 """
 
 from __future__ import annotations
@@ -31,6 +37,17 @@ def masked_mean(f: Tensor, mask: Tensor) -> Tensor:
     return total / count[:, None]
 
 
+POOLINGS = ("paper", "sides")
+
+
+def side_means(f: Tensor, mask: Tensor, left: Tensor) -> Tensor:
+    """Means of ``f (B, N, T, d)`` over the left and the right persons (weights ``left (B, N)``) -> ``(B, 2d)``."""
+    w = torch.stack([left, 1.0 - left], 1) * mask[:, None, :].to(f.dtype)  # (B, 2, N)
+    pooled = torch.einsum("bsn,bntd->bsd", w, f) / f.shape[2]  # (B, 2, d)  mean over frames
+    pooled = pooled / w.sum(2, keepdim=True).clamp_min(1e-6)  # mean over the side's persons
+    return pooled.flatten(1)  # (B, 2d)
+
+
 class HashHead(nn.Module):
     """``h = tanh(LN(F_h(AVG(f))))``: ``f (B, N, T, d)``, ``mask (B, N)`` -> ``(B, K)`` (Eq. 5 / 12).
 
@@ -45,15 +62,24 @@ class HashHead(nn.Module):
     it would force the two codes to be opposite).
     """
 
-    def __init__(self, d: int, bits: int, norm: str = "layer"):
+    def __init__(self, d: int, bits: int, norm: str = "layer", pooling: str = "paper"):
         super().__init__()
         if norm not in ("layer", "none"):
             raise ValueError(f"hash norm must be 'layer' or 'none', got {norm!r}")
-        self.fc = nn.Linear(d, bits)
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        self.pooling = pooling
+        self.fc = nn.Linear(2 * d if pooling == "sides" else d, bits)
         self.norm = nn.LayerNorm(bits) if norm == "layer" else nn.Identity()
 
-    def forward(self, f: Tensor, mask: Tensor) -> Tensor:
-        z = self.fc(masked_mean(f, mask))  # (B, K)
+    def forward(self, f: Tensor, mask: Tensor, left: Tensor | None = None) -> Tensor:
+        """``left (B, N)``: weight of the left side per person, needed by ``pooling="sides"``."""
+        if self.pooling == "sides":
+            if left is None:
+                raise ValueError("pooling='sides' needs the court side of every person (left (B, N))")
+            z = self.fc(side_means(f, mask, left))  # (B, K)
+        else:
+            z = self.fc(masked_mean(f, mask))  # (B, K)
         return torch.tanh(self.norm(z))  # (B, K)
 
 

@@ -18,6 +18,13 @@
   visual-focused code is then trained to keep the visual content itself.
 * L_CON (Eq. 8) uses the deepest code: the GCN encoding ``a_i`` describes the
   group activity, the focus of the deepest code.
+* Option ``joint_filter=True`` (``loss.filter > 0``; the paper fits F after
+  training, Sec. 5.4): the model owns the filter matrix F and returns the real
+  codes derived from its deepest real code (Eq. 16) in ``out.derived``; the
+  filter loss (``losses.filter_consistency``, Eq. 17) then trains F *and* the
+  model, so the deepest code learns to carry what the shallower codes need.
+* Option ``pooling="sides"`` and ``tracks``: see ``models/heads.py`` and
+  ``models/tracks.py`` (extensions; the paper's setting is ``"paper"`` / ``"raw"``).
 """
 
 from __future__ import annotations
@@ -25,10 +32,12 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .blocks import MSFBlock, zero_padded
+from .filter import FilterMatrix
 from .graphs import Graphs
 from .heads import ActivityHead, HashHead, binarize
 from .output import ModelOutput
 from .stvh import HashingModel
+from .tracks import court_sides
 
 
 class MSTVH(HashingModel):
@@ -38,16 +47,20 @@ class MSTVH(HashingModel):
                  num_actions: int = 9, heads: int = 8, dropout: float = 0.1, backbone: str = "none",
                  visual: dict | None = None, visual_module: nn.Module | None = None, ffn_mult: int = 4,
                  edge_hidden: int = 16, gcn_hidden: int = 64, max_frames: int = 64,
-                 keep_attention: bool = False, hash_norm: str = "layer", recon_from: str = "block"):
+                 keep_attention: bool = False, hash_norm: str = "layer", recon_from: str = "block",
+                 pooling: str = "paper", tracks: str = "raw", joint_filter: bool = False):
         super().__init__(bits=bits, d=d, num_activities=num_activities, num_actions=num_actions,
                          backbone=backbone, visual=visual, visual_module=visual_module,
-                         max_frames=max_frames, gcn_hidden=gcn_hidden, keep_attention=keep_attention)
+                         max_frames=max_frames, gcn_hidden=gcn_hidden, keep_attention=keep_attention,
+                         tracks=tracks)
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         self.depth = depth
         self.blocks = self._make_blocks(d, heads, depth, dropout=dropout, ffn_mult=ffn_mult,
                                         edge_hidden=edge_hidden, keep_attention=keep_attention)
-        self.hash_heads = nn.ModuleList([HashHead(d, bits, hash_norm) for _ in range(depth)])
+        self.pooling = pooling
+        self.hash_heads = nn.ModuleList([HashHead(d, bits, hash_norm, pooling) for _ in range(depth)])
+        self.filter = FilterMatrix(bits) if joint_filter and depth > 1 else None  # F of Sec. 5.4, trained jointly
         self.activity_heads = nn.ModuleList([ActivityHead(bits, num_activities) for _ in range(depth)])
         if recon_from not in ("block", "code"):
             raise ValueError(f"recon_from must be 'block' or 'code', got {recon_from!r}")
@@ -67,9 +80,10 @@ class MSTVH(HashingModel):
         return feats
 
     def forward(self, boxes: Tensor, mask: Tensor, image_size: Tensor, frames=None, roi=None) -> ModelOutput:
-        f, target, g, mask = self._inputs(boxes, mask, image_size, frames, roi)  # f (B, N, T, d)
-        feats = self._stack(f, g, boxes, image_size)
-        h = [head(x, mask) for head, x in zip(self.hash_heads, feats)]  # each (B, K)
+        f, target, g, mask, clean = self._inputs(boxes, mask, image_size, frames, roi)  # f (B, N, T, d)
+        feats = self._stack(f, g, clean, image_size)
+        left = court_sides(clean, mask, image_size) if self.pooling == "sides" else None  # (B, N)
+        h = [head(x, mask, left) for head, x in zip(self.hash_heads, feats)]  # each (B, K)
         action_logits = self.action_head(feats[-1])  # (B, N, A)
         if self.recon_from == "code":  # the shallowest code must carry the clip's appearance
             B, N, T = feats[0].shape[:3]
@@ -84,4 +98,5 @@ class MSTVH(HashingModel):
             recon_target=None if target is None else zero_padded(target.detach(), mask),
             graphs=(g.g_t, g.g_s), contrast=self.gcn(action_logits, g.g_s, mask), mask=mask,
             attention=self._attention(self.blocks),
+            derived=None if self.filter is None else self.filter.chain(h[-1], self.depth),
         )

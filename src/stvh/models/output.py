@@ -29,6 +29,9 @@ class ModelOutput:
     contrast: ``(B, K)`` the GCN encoding ``a_i`` of Eq. 8, or ``None``.
     mask: ``(B, N)`` bool, the person mask the model ran with.
     attention: last attention maps per block when ``keep_attention`` is set, else ``None``.
+    derived: with a jointly trained filter matrix (M-STVH, ``joint_filter``), the real codes
+        ``b'_(tau)`` of Eq. 16 derived from the deepest real code, depths ``1..Upsilon-1``
+        (shallow first), each ``(B, K)``; else ``None``.
     """
 
     h: list[Tensor]
@@ -41,6 +44,7 @@ class ModelOutput:
     contrast: Tensor | None = None
     mask: Tensor | None = None
     attention: dict | None = None
+    derived: list[Tensor] | None = None
 
     @property
     def depth(self) -> int:

@@ -25,6 +25,7 @@ from .gcn import ContrastiveGCN
 from .graphs import PositionalModule
 from .heads import ActionHead, ActivityHead, HashHead, binarize
 from .output import ModelOutput
+from .tracks import TRACKS, clean_tracks
 
 
 def make_visual(d: int, backbone: str, visual: dict | None, visual_module: nn.Module | None) -> nn.Module:
@@ -42,8 +43,11 @@ class HashingModel(nn.Module):
 
     def __init__(self, *, bits: int, d: int, num_activities: int, num_actions: int, backbone: str,
                  visual: dict | None, visual_module: nn.Module | None, max_frames: int, gcn_hidden: int,
-                 keep_attention: bool):
+                 keep_attention: bool, tracks: str = "raw"):
         super().__init__()
+        if tracks not in TRACKS:
+            raise ValueError(f"tracks must be one of {', '.join(TRACKS)}, got {tracks!r}")
+        self.tracks = tracks
         self.bits, self.d = bits, d
         self.num_activities, self.num_actions = num_activities, num_actions
         self.keep_attention = keep_attention
@@ -56,10 +60,13 @@ class HashingModel(nn.Module):
         self.activity_heads: nn.ModuleList  # one ActivityHead per depth, set by subclasses
 
     def _inputs(self, boxes: Tensor, mask: Tensor, image_size: Tensor, frames, roi):
-        """Run the visual and positional modules: ``f (B, N, T, d)``, target, graphs."""
+        """Run the visual and positional modules: ``f (B, N, T, d)``, target, graphs, mask and the
+        cleaned boxes ``(B, T, N, 4)`` (``model.tracks``) that the graphs and geometry features use."""
         mask = mask.bool()
-        f_v, target = self.visual(boxes, mask, image_size, frames=frames, roi=roi)  # (B, N, T, d), (B, N, T, r)
-        return zero_padded(f_v, mask), target, self.positional(boxes, mask), mask
+        clean = clean_tracks(boxes, mask, self.tracks)  # (B, T, N, 4); the annotated boxes when "raw"
+        extra = {} if self.tracks == "raw" else {"geo_boxes": clean}  # injected modules need not know it
+        f_v, target = self.visual(boxes, mask, image_size, frames=frames, roi=roi, **extra)  # (B,N,T,d), (B,N,T,r)
+        return zero_padded(f_v, mask), target, self.positional(clean, mask), mask, clean
 
     def set_keep_attention(self, flag: bool = True) -> None:
         """Store (or stop storing) the attention maps of every block, e.g. for Fig. 11."""
@@ -96,10 +103,11 @@ class STVH(HashingModel):
                  num_actions: int = 9, heads: int = 8, dropout: float = 0.1, backbone: str = "none",
                  visual: dict | None = None, visual_module: nn.Module | None = None, ffn_mult: int = 4,
                  edge_hidden: int = 16, gcn_hidden: int = 64, max_frames: int = 64,
-                 keep_attention: bool = False, hash_norm: str = "layer"):
+                 keep_attention: bool = False, hash_norm: str = "layer", tracks: str = "raw"):
         super().__init__(bits=bits, d=d, num_activities=num_activities, num_actions=num_actions,
                          backbone=backbone, visual=visual, visual_module=visual_module,
-                         max_frames=max_frames, gcn_hidden=gcn_hidden, keep_attention=keep_attention)
+                         max_frames=max_frames, gcn_hidden=gcn_hidden, keep_attention=keep_attention,
+                         tracks=tracks)
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         self.depth = depth
@@ -112,7 +120,7 @@ class STVH(HashingModel):
         self.activity_heads = nn.ModuleList([ActivityHead(bits, num_activities)])
 
     def forward(self, boxes: Tensor, mask: Tensor, image_size: Tensor, frames=None, roi=None) -> ModelOutput:
-        f, _, g, mask = self._inputs(boxes, mask, image_size, frames, roi)  # f (B, N, T, d)
+        f, _, g, mask, _ = self._inputs(boxes, mask, image_size, frames, roi)  # f (B, N, T, d)
         f_t = f
         for i in range(0, len(self.blocks), 2):
             f_t = self.blocks[i](f, g)  # object interleaving  (B, N, T, d)

@@ -702,10 +702,13 @@ class VisualModule(nn.Module):
         return roi_features(fmap, boxes, image_size, self.roi_size)
 
     def forward(self, boxes: Tensor, mask: Tensor, image_size, frames: Tensor | None = None,
-                roi: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                roi: Tensor | None = None, geo_boxes: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``geo_boxes`` (B, T, N, 4): boxes for the geometry features (cleaned tracks,
+        ``models/tracks.py``); RoIAlign always uses ``boxes``. Default: ``boxes``."""
         B, T, N, mask, size = self._check_inputs(boxes, mask, image_size)
+        geo_boxes = boxes if geo_boxes is None else geo_boxes
         if self.geometry is not None:
-            return self.geometry(boxes, mask, size)
+            return self.geometry(geo_boxes, mask, size)
         if roi is None:
             if frames is None:
                 raise ValueError(f"VisualModule({self.backbone_name!r}) needs frames (B, T, 3, H, W) "
@@ -732,6 +735,6 @@ class VisualModule(nn.Module):
         reduced = self.roi_embed.reduce_roi(roi)
         f_v = self.roi_embed.embed_reduced(reduced, mask)
         if self.box_geometry is not None:
-            f_v = f_v + self.box_geometry(boxes.to(param.dtype), mask, size.to(param.dtype))[0]
+            f_v = f_v + self.box_geometry(geo_boxes.to(param.dtype), mask, size.to(param.dtype))[0]
         recon = reduced.detach().mean(dim=(-2, -1)) * mask.to(reduced.dtype).view(B, N, 1, 1)
         return f_v, recon

@@ -34,7 +34,9 @@ from ..data.formats import FORMATS
 from ..models import list_models
 from ..models.visual import backbone_names
 
-SELECT = ("val_map@10", "val_mca")          # train.select: model-selection scores of train/loop.py
+SELECT = ("val_map@10", "val_mca", "val_both")  # train.select: model-selection scores of train/loop.py
+POOLINGS = ("paper", "sides")               # models/heads.py HashHead(pooling=...)
+TRACKS = ("raw", "smooth", "stable")        # models/tracks.py clean_tracks(mode=...)
 HASH_NORMS = ("layer", "none")              # models/heads.py HashHead(norm=...)
 RECON_FROM = ("block", "code")              # models/mstvh.py MSTVH(recon_from=...)
 BACKBONES = ("none", *backbone_names())    # models/visual.py; "none" = box geometry only
@@ -238,6 +240,8 @@ class ModelConfig(_Section):
     geometry: Annotated[bool, Strict()] = _field(False, "true or false")
     hash_norm: Annotated[_choice(HASH_NORMS), NoneWord] = _field("layer", _one_of(HASH_NORMS))
     recon_from: _choice(RECON_FROM) = _field("block", _one_of(RECON_FROM))
+    pooling: _choice(POOLINGS) = _field("paper", _one_of(POOLINGS) + " (paper = Eq. 5's AVG; docs/model.md)")
+    tracks: _choice(TRACKS) = _field("raw", _one_of(TRACKS) + " (raw = the annotated boxes; docs/model.md)")
 
     @model_validator(mode="after")
     def _heads_divide_d(self):
@@ -256,6 +260,16 @@ class LossConfig(_Section):
     recon: Optional[NonNegFloat] = _field(None, "a number >= 0 or null (mu3 of Eq. 15; null = 0.01 for M-STVH)")
     layer_weights: Optional[list[NonNegFloat]] = _field(None, "a list of numbers >= 0, one per depth, or null "
                                                               "(w_tau of Eq. 14)")
+    filter: NonNegFloat = _field(0.0, "a number >= 0 (F of Eq. 16-17 trained with the model; 0 = fitted after)")
+
+
+class AugmentConfig(_Section):
+    """Training-time augmentation (train/augment.py); all 0 = the paper's setting."""
+
+    flip: Fraction = _field(0.0, "a probability in [0, 1) (mirror a clip, swapping l_/r_ labels)")
+    jitter: NonNegFloat = _field(0.0, "a number >= 0 (box noise std, fraction of the box size)")
+    pan: NonNegFloat = _field(0.0, "a number >= 0 (camera travel, fraction of the image width)")
+    drop: Fraction = _field(0.0, "a probability in [0, 1) (remove a person)")
 
 
 class TrainConfig(_Section):
@@ -268,6 +282,7 @@ class TrainConfig(_Section):
     select: _choice(SELECT) = _field("val_map@10", _one_of(SELECT))
     device: Annotated[str, Strict()] = _field("auto", "auto, cpu, cuda, cuda:N or mps")
     log_every: NonNegInt = _field(0, "an integer >= 0 (0 = off)")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
     @field_validator("device")
     @classmethod

@@ -46,6 +46,7 @@ from ..models import build
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import dump_config
 from ..models.filter import fit_filter
+from .augment import Augment, augment_batch
 from .tensors import ClipTensors, clips_to_tensors, partition
 
 MSTVH_LIKE = ("mstvh", "mstvh_bd", "mstvh_ed")
@@ -70,7 +71,7 @@ def loss_config(cfg: dict) -> L.LossConfig:
         recon = 0.01 if cfg["model"]["name"] in MSTVH_LIKE else 0.0
     lw = tuple(lc["layer_weights"]) if lc["layer_weights"] else None
     return L.LossConfig(acty=lc["acty"], action=lc["action"], quant=lc["quant"], contrast=lc["contrast"],
-                        recon=recon, layer_weights=lw)
+                        recon=recon, layer_weights=lw, filter=lc.get("filter", 0.0))
 
 
 def model_from_config(cfg: dict, num_activities: int, num_actions: int, in_channels: int | None):
@@ -80,8 +81,13 @@ def model_from_config(cfg: dict, num_activities: int, num_actions: int, in_chann
                   d_v=m["d_v"], weights=m["weights"], train_backbone=m["train_backbone"], hash_norm=m["hash_norm"])
     if m["geometry"]:
         kwargs["geometry"] = True
+    for key in ("pooling", "tracks"):  # extensions: passed only when not the paper's setting (older models)
+        if m.get(key, "paper" if key == "pooling" else "raw") not in ("paper", "raw"):
+            kwargs[key] = m[key]
     if m["name"] in MSTVH_LIKE:
         kwargs["recon_from"] = m["recon_from"]
+        if cfg["loss"].get("filter", 0.0) > 0 and m["depth"] > 1:
+            kwargs["joint_filter"] = True  # F of Sec. 5.4 trained with the model
     if in_channels is not None:
         kwargs["in_channels"] = in_channels
     return build(m["name"], **kwargs)
@@ -205,17 +211,36 @@ def predict(model, data: ClipTensors, device, batch_size: int = 64) -> dict[str,
             "actions": torch.cat(actions).numpy()}
 
 
-def validate(model, val: ClipTensors, train: ClipTensors, device, with_map: bool = True) -> dict[str, float]:
+def validate(model, val: ClipTensors, train: ClipTensors, device, with_map: bool = True,
+             visual: bool = False) -> dict[str, float]:
     """Validation accuracy of the deepest head and, with ``with_map``, mAP@10 of the deepest code
-    (val queries, train database; encoding the train clips costs about a third of an epoch)."""
+    (val queries, train database; encoding the train clips costs about a third of an epoch).
+
+    With ``visual``, also visual-focus mAP@10 (relevant = same group) of the shallowest code
+    (``val_visual@10``), of the one derived by the model's F when it trains one
+    (``val_visual_derived@10``), and ``val_both``: the mean of the activity and visual figures.
+    """
     pv = predict(model, val, device)
     yv = val.activity.numpy()
     out = {"val_mca": mca(yv, pv["activity"][:, -1])}
-    if with_map:
+    if with_map or visual:
         pt = predict(model, train, device)
         yt = train.activity.numpy()
         q, db = yv >= 0, yt >= 0  # unlabelled clips are neither queries nor database
         out["val_map@10"] = map_at_k(pv["codes"][q, -1], yv[q], pt["codes"][db, -1], yt[db], 10)
+    if visual:
+        gv, gt = np.asarray(val.groups), np.asarray(train.groups)
+        scores = [out["val_map@10"]]
+        out["val_visual@10"] = map_at_k(pv["codes"][:, 0], gv, pt["codes"][:, 0], gt, 10)
+        scores.append(out["val_visual@10"])
+        fm = getattr(model, "filter", None)
+        if fm is not None:
+            def first(codes):  # the shallowest code derived from the deepest by F (Eq. 16-17)
+                return fm.derive(torch.from_numpy(codes[:, -1].astype(np.float32)).to(fm.weight.device),
+                                 codes.shape[1])[0].cpu().numpy()
+            out["val_visual_derived@10"] = map_at_k(first(pv["codes"]), gv, first(pt["codes"]), gt, 10)
+            scores.append(out["val_visual_derived@10"])
+        out["val_both"] = float(np.mean(scores))
     return out
 
 
@@ -263,11 +288,15 @@ def no_train_split_message(data_dir, dataset: ClipDataset) -> str:
 
 
 def _save_filter(model, train: ClipTensors, device, cfg: dict, path: Path) -> None:
-    """Fit F (Sec. 5.4, Eq. 16-17) on the training clips' codes of ``model``; store it with the run."""
-    codes = predict(model, train, device)["codes"]  # (M, depth, K)
-    per_depth = [torch.from_numpy(codes[:, t].astype(np.float32)) for t in range(codes.shape[1])]
-    torch.manual_seed(int(cfg["seed"]))
-    fm = fit_filter(per_depth, steps=int(cfg["filter"]["steps"]), lr=float(cfg["filter"]["lr"]))
+    """Store F (Sec. 5.4, Eq. 16-17) with the run: the model's own when it trained one
+    (``loss.filter > 0``), else fitted on the training clips' codes of ``model`` (the paper)."""
+    if getattr(model, "filter", None) is not None:
+        fm = model.filter
+    else:
+        codes = predict(model, train, device)["codes"]  # (M, depth, K)
+        per_depth = [torch.from_numpy(codes[:, t].astype(np.float32)) for t in range(codes.shape[1])]
+        torch.manual_seed(int(cfg["seed"]))
+        fm = fit_filter(per_depth, steps=int(cfg["filter"]["steps"]), lr=float(cfg["filter"]["lr"]))
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, filter=fm.weight.detach().cpu().numpy())
@@ -324,8 +353,9 @@ def fit(cfg: dict, data_dir: str | Path, features: str | Path | None, out: str |
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                         else None)
     t = cfg["train"]
-    if t["select"] not in ("val_map@10", "val_mca"):
-        raise ValueError(f"train.select must be val_map@10 or val_mca, got {t['select']!r}")
+    if t["select"] not in ("val_map@10", "val_mca", "val_both"):
+        raise ValueError(f"train.select must be val_map@10, val_mca or val_both, got {t['select']!r}")
+    aug = augmentation(cfg, dataset)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=t["lr"],
                            weight_decay=t["weight_decay"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(t["lr"], t["lr_steps"]))
@@ -367,11 +397,11 @@ def fit(cfg: dict, data_dir: str | Path, features: str | Path | None, out: str |
             if stop_after is not None and epochs_run >= stop_after:
                 break
             row = _train_epoch(net, model, train, val, opt, sched, lcfg, t, device, seed, epoch, rank, world,
-                               progress)
+                               progress, aug)
             epochs_run += 1
             if rank != 0:
                 continue
-            improved = row["score"] > best["score"]
+            improved = row["score"] >= best["score"]  # ties go to the later epoch
             if improved:
                 best = {"epoch": epoch, "score": float(row["score"])}
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
@@ -402,11 +432,20 @@ def fit(cfg: dict, data_dir: str | Path, features: str | Path | None, out: str |
             "epochs_run": epochs_run, "notes": notes, "skipped": len(dataset.skipped)}
 
 
+def augmentation(cfg: dict, dataset: ClipDataset) -> Augment:
+    """``train.augment`` with the dataset's label mirrors (``l_x`` <-> ``r_x``) for flips."""
+    a = cfg["train"].get("augment") or {}
+    return Augment(flip=a.get("flip", 0.0), jitter=a.get("jitter", 0.0), pan=a.get("pan", 0.0),
+                   drop=a.get("drop", 0.0), mirror_activity=torch.from_numpy(dataset.mirrored("activities")),
+                   mirror_action=torch.from_numpy(dataset.mirrored("actions")))
+
+
 def _train_epoch(net, model, train: ClipTensors, val, opt, sched, lcfg, t: dict, device, seed: int, epoch: int,
-                 rank: int, world: int, progress: bool) -> dict:
+                 rank: int, world: int, progress: bool, aug: Augment | None = None) -> dict:
     """One pass over the training clips (epoch is 1-based); returns the metrics.csv row."""
     net.train()
     g = torch.Generator().manual_seed(seed * 100003 + epoch - 1)
+    g_aug = torch.Generator().manual_seed(seed * 100003 + epoch - 1 + 7919 * (rank + 1))  # resumable draws
     perm = torch.randperm(len(train), generator=g)
     batches = [perm[i:i + t["batch_size"]] for i in range(0, len(perm), t["batch_size"])]
     if world > 1:  # every process must run the same number of steps (gradients are all-reduced)
@@ -417,6 +456,8 @@ def _train_epoch(net, model, train: ClipTensors, val, opt, sched, lcfg, t: dict,
                leave=False, unit="batch")
     for step, idx in enumerate(bar, start=1):
         batch = train.batch(idx, device)
+        if aug is not None and aug.active:
+            batch = augment_batch(batch, aug, g_aug)
         output = net(batch["boxes"], batch["mask"], batch["image_size"], roi=batch.get("roi"))
         terms = L.total_loss(output, batch["activity"], batch["actions"], lcfg)
         if not torch.isfinite(terms["total"]):
@@ -435,7 +476,8 @@ def _train_epoch(net, model, train: ClipTensors, val, opt, sched, lcfg, t: dict,
     row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0, 3)}
     row.update({f"loss_{k}": v / max(len(batches), 1) for k, v in sorted(sums.items())})
     if val is not None:
-        row.update(validate(model, val, train, device, with_map=t["select"] == "val_map@10"))
+        row.update(validate(model, val, train, device, with_map=t["select"] == "val_map@10",
+                            visual=t["select"] == "val_both"))
         row["score"] = row[t["select"]]
     else:
         row["score"] = -row["loss_total"]
