@@ -119,6 +119,6 @@ def run_demo(out: str | Path, *, seed: int = 0, progress: bool = True, echo: Cal
         bits, depth = details["bits"], details["depth"]
         headline = {"activity_map@10_deepest": m[f"map@10/activity/K{bits}/depth{depth}"],
                     "visual_map@10_shallowest": m[f"map@10/visual/K{bits}/depth1"], "mca": m["mca"], **headline}
-    echo(json.dumps(headline, indent=2))
     echo(f"search page and API: stvh serve --run {run} --index {index_path}   (then open http://127.0.0.1:8000/)")
+    echo(json.dumps(headline, indent=2))  # last, so scripts can parse it
     return headline
