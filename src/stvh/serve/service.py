@@ -31,6 +31,7 @@ from ..data.clip import Clip
 from ..data.errors import DataError
 from ..index.base import check_k
 from ..index.codes import pack_codes
+from .catalogue import Catalogue
 from .images import BytesCache, attention_png, keyframe_jpeg
 from .settings import ConfigError, ServeSettings
 from .uploads import NAME_RE, UploadedFile, UploadError, read_upload, remove_tree, shown_message, stage_upload
@@ -69,31 +70,6 @@ class UploadedQuery:
     codes: np.ndarray      # packed uint8 (depth, K/8)
     activity: int          # predicted by the deepest head
     root: Path
-
-
-class Catalogue:
-    """The indexed clips as arrays, for paging and filtering: ids, activity, group, split (all (n,))."""
-
-    def __init__(self, ids: list[str], activity: np.ndarray, group: np.ndarray, split: np.ndarray):
-        self.ids = np.asarray(ids, dtype=object)
-        self.activity = np.asarray(activity, dtype=np.int64)
-        self.group = np.asarray(group, dtype=object)
-        self.split = np.asarray(split, dtype=object)
-        self.split_of = dict(zip(ids, self.split.tolist()))
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def select(self, split: str | None, activity: int | None, group: str | None) -> np.ndarray:
-        """Row numbers matching every given filter, in index order."""
-        keep = np.ones(len(self.ids), bool)
-        if split is not None:
-            keep &= self.split == split
-        if activity is not None:
-            keep &= self.activity == activity
-        if group is not None:
-            keep &= self.group == group
-        return np.flatnonzero(keep)
 
 
 class Service:

@@ -1,0 +1,30 @@
+"""The indexed clips as arrays, for paging and filtering the clip list (``GET /api/clips``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Catalogue:
+    """The indexed clips as arrays, for paging and filtering: ids, activity, group, split (all (n,))."""
+
+    def __init__(self, ids: list[str], activity: np.ndarray, group: np.ndarray, split: np.ndarray):
+        self.ids = np.asarray(ids, dtype=object)
+        self.activity = np.asarray(activity, dtype=np.int64)
+        self.group = np.asarray(group, dtype=object)
+        self.split = np.asarray(split, dtype=object)
+        self.split_of = dict(zip(ids, self.split.tolist()))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def select(self, split: str | None, activity: int | None, group: str | None) -> np.ndarray:
+        """Row numbers matching every given filter, in index order."""
+        keep = np.ones(len(self.ids), bool)
+        if split is not None:
+            keep &= self.split == split
+        if activity is not None:
+            keep &= self.activity == activity
+        if group is not None:
+            keep &= self.group == group
+        return np.flatnonzero(keep)
