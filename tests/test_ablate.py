@@ -186,3 +186,22 @@ def test_cli_refuses_a_folder_of_other_files_or_another_dataset(tiny_synth, tmp_
     A._claim_folder(out, tmp_path / "elsewhere", None)
     result = runner.invoke(app, ["ablate", "--data", str(tiny_synth), "--table", "5", "--out", str(out), *NONE])
     assert result.exit_code == 2 and "holds an ablation of data" in result.output
+
+
+def test_cli_ctrl_c_exits_130_with_a_resume_hint(tiny_synth, tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(A, "run_table", interrupted)
+    result = runner.invoke(app, ["ablate", "--data", str(tiny_synth), "--table", "6", "--out", str(tmp_path / "o"),
+                                 *NONE])
+    assert result.exit_code == 130 and "run the same command again to resume" in result.output
+
+
+def test_corrupt_result_file_is_named(tiny_synth, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "result.json").write_text("{not json")
+    cfg = A.run_config(None, NONE, A.rows(7)[0], 0)
+    with pytest.raises(ValueError, match=r"result.json is corrupt .*delete it to evaluate the run again"):
+        A.run_one(cfg, tiny_synth, None, run, log=print)

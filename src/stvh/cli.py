@@ -394,10 +394,16 @@ def ablate_cmd(
     Extra key=value arguments override config keys for every row (e.g. train.epochs=10).
     """
     from .train.ablate import parse_seeds, run_table
+    from .train.loop import TrainingInterrupted
 
-    result = run_table(table, data=data, out=out, config=config, seeds=parse_seeds(seeds), features=features,
-                       overrides=list(ctx.args), progress=progress and sys.stderr.isatty(),
-                       echo=lambda line: typer.echo(line, err=True))
+    try:
+        result = run_table(table, data=data, out=out, config=config, seeds=parse_seeds(seeds), features=features,
+                           overrides=list(ctx.args), progress=progress and sys.stderr.isatty(),
+                           echo=lambda line: typer.echo(line, err=True))
+    except (KeyboardInterrupt, TrainingInterrupted):
+        typer.secho(f"interrupted; finished runs and saved epochs are kept in {out}; run the same command again "
+                    "to resume", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130)
     typer.echo(result["markdown"])
 
 

@@ -258,8 +258,13 @@ def run_one(cfg: dict, data: Path, features: Path | None, run: Path, log: Callab
     check_same_config(run, cfg)
     done_path = run / "result.json"
     if done_path.is_file():
-        saved = json.loads(done_path.read_text(encoding="utf-8"))
-        return RunResult("", int(cfg["seed"]), "done before", saved["values"], float(saved.get("seconds", 0.0)))
+        try:
+            saved = json.loads(done_path.read_text(encoding="utf-8"))
+            values = {k: float(saved["values"][k]) for k in METRICS}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{done_path} is corrupt ({type(exc).__name__}: {exc}); delete it to evaluate "
+                             "the run again") from None
+        return RunResult("", int(cfg["seed"]), "done before", values, float(saved.get("seconds", 0.0)))
     t0 = time.time()
     last = run / "last.pt"
     have = epochs_done(load_checkpoint(last)) if last.exists() else 0
