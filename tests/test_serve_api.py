@@ -88,7 +88,7 @@ def upload_parts(clip, kind: str = "zip", tracks: str | None = None) -> dict:
         for t in range(clip.num_frames):
             for n in np.flatnonzero(clip.mask):
                 x1, y1, x2, y2 = clip.boxes[t, n]
-                lines.append(f"{t + 1},{n},{x1:.1f},{y1:.1f},{x2 - x1:.1f},{y2 - y1:.1f},1")
+                lines.append(f"{t + 1},{n},{x1:.3f},{y1:.3f},{x2 - x1:.3f},{y2 - y1:.3f},1")
         tracks = "\n".join(lines) + "\n"
     files = {"tracks": ("tracks.txt", tracks.encode(), "text/plain")}
     if kind == "zip":
@@ -493,3 +493,14 @@ def test_serve_command_errors_are_one_line(world, tmp_path):
     other.save(tmp_path / "other.npz")
     assert "holds 16 bits" in run("--run", world["run"], "--index", tmp_path / "other.npz")
     assert "--port" in run("--run", world["run"], "--index", world["index"], "--port", "70000")
+
+
+def test_an_uploaded_clip_gets_the_codes_of_stvh_encode(client, world):
+    """The upload path (MOT folder -> reader -> Encoder) reproduces the model's codes of the dataset clip."""
+    from stvh.index.codes import pack_codes
+
+    encoder = client.app.state.service.encoder
+    for clip in world["clips"][:3]:
+        want = pack_codes(encoder.encode_clips([clip])["codes"][0])  # (depth, K/8)
+        got = client.post("/api/search", files=upload_parts(clip, "zip"), data={"k": "1"}).json()["query"]["codes"]
+        assert got == [bytes(c).hex() for c in want]
