@@ -164,6 +164,16 @@ def code_digest() -> str:
     return digest(*[f.relative_to(REPO).as_posix().encode() + f.read_bytes() for f in files if f.is_file()])
 
 
+def git_state() -> dict:
+    """HEAD and whether the training code differs from it (the figures then belong to uncommitted code)."""
+    def git(*a):
+        p = subprocess.run(["git", *a], capture_output=True, text=True, cwd=REPO)
+        return p.stdout.strip() if p.returncode == 0 else None
+    changed = git("status", "--porcelain", "--", *TRAIN_CODE)
+    return {"head": git("rev-parse", "HEAD"), "training_code_uncommitted": bool(changed) if changed is not None
+            else None, "code_digest": code_digest()}
+
+
 def stvh_command() -> list[str]:
     exe = Path(sys.executable).with_name("stvh")
     if not exe.is_file():
@@ -231,6 +241,7 @@ class Context:
                                                                                       // args.jobs)
         self.env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                     "PYTHONUNBUFFERED": "1"}
+        self.git = git_state()
         self.t0 = time.time()
         self.total = len(args.cells) * len(args.seeds) * (len(args.models) + 1)
         self.done = 0
@@ -509,6 +520,7 @@ def save(ctx: Context, finished: bool) -> dict:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": str(args.config), "overrides": args.overrides, "models": args.models, "seeds": args.seeds,
         "top_k": K_TOP, "bits": ctx.bits, "train_tag": ctx.train_tag, "feature_tag": ctx.feature_tag,
+        "git": ctx.git,
         "elapsed_s": round(time.time() - ctx.t0, 1), "threads": ctx.env["OMP_NUM_THREADS"], "jobs": args.jobs,
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
         "cells": collect(ctx),
