@@ -13,7 +13,8 @@ class Catalogue:
         self.activity = np.asarray(activity, dtype=np.int64)
         self.group = np.asarray(group, dtype=object)
         self.split = np.asarray(split, dtype=object)
-        self.split_of = dict(zip(ids, self.split.tolist()))
+        self.splits = sorted(set(self.split.tolist()))   # the values the filters take
+        self.groups = sorted(set(self.group.tolist()))
 
     def __len__(self) -> int:
         return len(self.ids)
