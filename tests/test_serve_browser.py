@@ -133,6 +133,16 @@ def test_page_search_slider_attention_upload(server, tmp_path):
         page.wait_for_function("document.querySelector('#results').dataset.focus === '1'")
         assert hits(page) != after or len(set(d for _, d in after)) == 1
 
+        # writes are on: add the uploaded clip to the index; it joins the clip list (and the "upload" split)
+        page.fill("#u-name", "from-browser")
+        page.click("#u-add")
+        page.wait_for_function("document.querySelector('#status').innerText.includes('added from-browser/')",
+                               timeout=30_000)
+        page.wait_for_function("document.querySelector('#page-info').innerText.includes('of 25')")
+        assert page.locator('#clip-grid .card[data-clip^="from-browser/"]').count() == 1
+        assert "upload" in page.eval_on_selector_all("#f-split option", "os => os.map(o => o.value)")
+        assert page.input_value("#focus") == "1"  # the slider stays where it was
+
         # an error is shown, not thrown
         page.set_input_files("#u-tracks", str(tmp_path / "frames.zip"))
         page.click("#u-search")

@@ -40,12 +40,13 @@ function activityText(row) {
 // ---------------------------------------------------------------- index and clip picker
 async function loadIndex() {
   const info = await api("/api/index");
+  const first = state.info === null;
   state.info = info;
   $("index-summary").textContent = `${info.clips} clips · ${info.bits}-bit codes · ${info.depth} depths · ` +
     `${info.mode} mode · ${info.engine || info.backend}${info.allow_writes ? " · writes on" : ""}`;
   const focus = $("focus");
   focus.max = String(info.depth);
-  focus.value = "1";
+  if (first) focus.value = "1";
   focus.disabled = info.depth < 2;
   fill($("f-split"), info.splits);
   fill($("f-activity"), info.activities);
@@ -54,8 +55,10 @@ async function loadIndex() {
   showFocus();
 }
 
-function fill(select, values) {
-  for (const v of values) select.append(el("option", { value: v, text: v || "(none)" }));
+function fill(select, values) {  // keeps the first option ("all") and the current choice
+  const chosen = select.value;
+  select.replaceChildren(select.options[0], ...values.map((v) => el("option", { value: v, text: v || "(none)" })));
+  select.value = values.includes(chosen) ? chosen : "";
 }
 
 async function loadClips() {
