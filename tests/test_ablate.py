@@ -131,6 +131,17 @@ def test_resume_skips_finished_runs_and_continues_half_trained_ones(tiny_synth, 
     assert count_fit == [] and third["rows"][2]["runs"][0]["status"] == "evaluated"
     assert third["rows"][2]["stats"] == first["rows"][2]["stats"]
 
+    # Table 5's M-STVH row is Table 7's full loss (same config and seed): shared, not trained again
+    count_fit.clear()
+    t5 = A.run_table(5, data=tiny_synth, out=out, seeds=[0], overrides=NONE, progress=False, echo=lambda s: None)
+    assert sorted(c[0] for c in count_fit) == [str(out / "table5" / n / "seed0") for n in ("mstvh_bd", "mstvh_ed")]
+    assert t5["rows"][2]["runs"][0]["status"] == "same run as table7/full/seed0"
+    assert t5["rows"][2]["stats"] == first["rows"][2]["stats"]
+    assert sorted(p.name for p in (out / "table5" / "mstvh" / "seed0").iterdir()) == ["config.yaml", "result.json"]
+    count_fit.clear()
+    again = A.run_table(5, data=tiny_synth, out=out, seeds=[0], overrides=NONE, progress=False, echo=lambda s: None)
+    assert count_fit == [] and again["rows"][2]["stats"] == first["rows"][2]["stats"]
+
     # a changed recipe is refused (one line naming the key), never mixed into the table
     with pytest.raises(ValueError, match=r"trained with another config \(train.lr: 0.003 there, 0.001 now\)"):
         A.run_table(7, data=tiny_synth, out=out, seeds=[0], overrides=[*NONE, "train.lr=1e-3"], progress=False,

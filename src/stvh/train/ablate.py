@@ -14,6 +14,8 @@ Layout of ``DIR`` (one folder may hold all three tables; they share the feature 
     DIR/features/                   RoI cache, extracted once from the config (CNN backbones, no --features)
     DIR/table{N}/{row}/seed{S}/     a run folder of `stvh train` (+ codes.npz, metrics.json of `stvh eval`)
     DIR/table{N}/{row}/seed{S}/result.json   written last: the run is finished and is skipped next time
+                                    (or, for a row another table already ran with the same config and seed,
+                                    the only file beside config.yaml: its figures and the run it shares)
     DIR/table{N}.md, .json          mean ± sample std over seeds per row, beside the paper's figures
 
 Resuming: a run with ``result.json`` is skipped; a run whose ``last.pt`` holds fewer
@@ -36,7 +38,7 @@ import numpy as np
 import yaml
 
 from ..data.atomic import write_text_atomic
-from .config import complete_config, load_config
+from .config import complete_config, dump_config, load_config
 
 TABLES = (5, 6, 7)
 DATASETS = ("VD", "CAD", "CAED")
@@ -218,7 +220,7 @@ def format_markdown(summary: dict) -> str:
 class RunResult:
     row: str
     seed: int
-    status: str  # "done before", "trained", "resumed", "evaluated"
+    status: str  # "done before", "trained", "resumed", "evaluated", "same run as table{N}/{row}/seed{S}"
     values: dict = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -246,6 +248,44 @@ def _claim_folder(out: Path, data: Path, features: Path | None) -> None:
                          "choose an empty or new --out")
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(marker, json.dumps(mine, indent=2))
+
+
+def same_finished_run(out: Path, cfg: dict, run: Path) -> Path | None:
+    """A finished run in ``out`` (another table's row) trained with exactly ``cfg``, or None.
+
+    Table 5's M-STVH, Table 6's Upsilon = 3 and Table 7's full loss are one configuration: with the same
+    seed, data and features it is one deterministic run, trained once and shared.
+    """
+    want = _plain(cfg)
+    for result in sorted(out.glob(f"table*/*/seed{cfg['seed']}/result.json")):
+        other = result.parent
+        if other == run or not (other / "last.pt").is_file():
+            continue
+        try:
+            saved = complete_config(yaml.safe_load((other / "config.yaml").read_text(encoding="utf-8")))
+        except (OSError, yaml.YAMLError, ValueError):
+            continue
+        if _plain(saved) == want:
+            return other
+    return None
+
+
+def share_run(out: Path, cfg: dict, run: Path) -> RunResult | None:
+    """Reuse :func:`same_finished_run`'s figures for a run not started yet: ``run`` gets the config and a
+    ``result.json`` naming the shared run (no checkpoints of its own)."""
+    if (run / "result.json").exists() or (run / "last.pt").exists():
+        return None
+    other = same_finished_run(out, cfg, run)
+    if other is None:
+        return None
+    saved = json.loads((other / "result.json").read_text(encoding="utf-8"))
+    status = f"same run as {other.relative_to(out).as_posix()}"
+    run.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run / "config.yaml", dump_config(cfg))
+    write_text_atomic(run / "result.json", json.dumps({"seed": int(cfg["seed"]), "values": saved["values"],
+                                                       "seconds": 0.0, "status": status,
+                                                       "same_as": str(other.resolve())}, indent=2))
+    return RunResult("", int(cfg["seed"]), status, saved["values"], 0.0)
 
 
 def run_one(cfg: dict, data: Path, features: Path | None, run: Path, log: Callable[[str], None]) -> RunResult:
@@ -321,7 +361,8 @@ def run_table(table: int, *, data: str | Path, out: str | Path, config: str | Pa
     for i, (row, seed, cfg) in enumerate(bar, start=1):
         run = out / f"table{table}" / row.name / f"seed{seed}"
         bar.set_postfix_str(f"{row.name} seed {seed}")
-        res = run_one(cfg, data, features, run, log=lambda line, r=row.name, s=seed: write(f"  {r} seed {s}: {line}"))
+        res = share_run(out, cfg, run) or run_one(cfg, data, features, run,
+                                                  log=lambda line, r=row.name, s=seed: write(f"  {r} seed {s}: {line}"))
         v = res.values
         write(f"[{i}/{len(plan)}] table {table} {row.name} seed {seed}: {res.status}; accuracy {v['accuracy']:.4f}, "
               f"activity mAP@10 {v['activity_map@10']:.4f}, visual mAP@10 {v['visual_map@10']:.4f} "
