@@ -42,6 +42,7 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import shlex
 import signal
 import subprocess
@@ -513,6 +514,12 @@ def write_readme(results: dict, mode: str) -> None:
     say(f"table written to {path}")
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of the stvh commands it has run so far."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return round(own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime, 1)
+
+
 def save(ctx: Context, finished: bool) -> dict:
     args = ctx.args
     results = {
@@ -521,7 +528,8 @@ def save(ctx: Context, finished: bool) -> dict:
         "config": str(args.config), "overrides": args.overrides, "models": args.models, "seeds": args.seeds,
         "top_k": K_TOP, "bits": ctx.bits, "train_tag": ctx.train_tag, "feature_tag": ctx.feature_tag,
         "git": ctx.git,
-        "elapsed_s": round(time.time() - ctx.t0, 1), "threads": ctx.env["OMP_NUM_THREADS"], "jobs": args.jobs,
+        "elapsed_s": round(time.time() - ctx.t0, 1), "cpu_s": cpu_seconds(), "load_avg": list(os.getloadavg()),
+        "threads": ctx.env["OMP_NUM_THREADS"], "jobs": args.jobs,
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
         "cells": collect(ctx),
     }
@@ -573,7 +581,8 @@ def main(argv=None) -> int:
         save(ctx, finished=False)
         return 130
     results = save(ctx, finished=not failures)
-    say(f"\n{table(results)}\n\nresults written to {args.out} ({clock(time.time() - ctx.t0)})")
+    say(f"\n{table(results)}\n\nresults written to {args.out} ({clock(time.time() - ctx.t0)}, "
+        f"{results['cpu_s'] / 60:.1f} CPU-minutes)")
     if args.readme:
         write_readme(results, args.mode)
     for f in failures:
