@@ -204,3 +204,16 @@ def test_report_out_checks(trained, tmp_path):
     assert invoke("report", "--run", trained, "--out", tmp_path / "r.html").exit_code == 0
     one_line_error(invoke("report", "--run", trained, "--out", tmp_path / "r.html"), "--overwrite")
     assert invoke("report", "--run", trained).exit_code == 0 and invoke("report", "--run", trained).exit_code == 0
+
+
+def test_stvh_trains_with_a_config_that_has_mstvh_layer_weights(tiny_synth, tmp_path):
+    """configs/synthetic.yaml sets loss.layer_weights for its 3 depths; STVH has one head and ignores them."""
+    from stvh.train.config import load_config
+    from stvh.train.loop import loss_config
+
+    cfg = load_config(None, ["model.name=stvh", "loss.layer_weights=[0.1, 0.4, 1.0]"])
+    assert loss_config(cfg).layer_weights is None
+    assert loss_config(load_config(None, ["loss.layer_weights=[0.1, 0.4, 1.0]"])).layer_weights == (0.1, 0.4, 1.0)
+    result = invoke("train", "--data", tiny_synth, "--out", tmp_path / "run", "--no-progress", *TINY,
+                    "model.name=stvh", "model.depth=3", "loss.layer_weights=[0.1, 0.4, 1.0]")
+    assert result.exit_code == 0, result.output

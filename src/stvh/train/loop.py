@@ -69,7 +69,8 @@ def loss_config(cfg: dict) -> L.LossConfig:
     recon = lc["recon"]
     if recon is None:
         recon = 0.01 if cfg["model"]["name"] in MSTVH_LIKE else 0.0
-    lw = tuple(lc["layer_weights"]) if lc["layer_weights"] else None
+    # w_(tau) of Eq. 14 weigh M-STVH's per-depth heads; STVH has one code and one head (Eq. 6): no weights
+    lw = tuple(lc["layer_weights"]) if lc["layer_weights"] and cfg["model"]["name"] in MSTVH_LIKE else None
     return L.LossConfig(acty=lc["acty"], action=lc["action"], quant=lc["quant"], contrast=lc["contrast"],
                         recon=recon, layer_weights=lw, filter=lc.get("filter", 0.0))
 
