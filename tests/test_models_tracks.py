@@ -8,7 +8,7 @@ import torch
 from stvh.losses import LossConfig, filter_consistency, mstvh_loss
 from stvh.models import build
 from stvh.models.filter import standardise
-from stvh.models.heads import HashHead, side_means
+from stvh.models.heads import HashHead, side_maxes, side_means
 from stvh.models.tracks import camera_shift, clean_tracks, court_sides, smooth_boxes
 
 SMALL = dict(d=16, heads=2, num_activities=4, num_actions=3, dropout=0.0)
@@ -67,6 +67,11 @@ def test_side_means_and_sides_pooling_tell_the_halves_apart():
     assert pooled.tolist() == [[1.0, 0.0, 0.0, 2.0]]
     swapped = side_means(f, mask, torch.tensor([[0.0, 1.0]]))
     assert swapped.tolist() == [[0.0, 2.0, 1.0, 0.0]]  # same persons, other sides: another vector
+    assert side_maxes(f, mask, torch.tensor([[1.0, 0.0]])).tolist() == [[1.0, 0.0, 0.0, 2.0]]
+    f[0, 0, 1, 0] = 5.0  # one frame of the left person stands out: the max keeps it whole
+    assert side_maxes(f, mask, torch.tensor([[1.0, 0.0]]))[0, 0] == 5.0
+    alone = side_maxes(f, mask, torch.tensor([[1.0, 1.0]]))  # nobody on the right: zeros there
+    assert alone[0, 2:].tolist() == [0.0, 0.0] and alone[0, :2].tolist() == [5.0, 2.0]
     head = HashHead(2, 8, pooling="sides")
     assert head(f, mask, torch.tensor([[1.0, 0.0]])).shape == (1, 8)
     with pytest.raises(ValueError, match="needs the court side"):
@@ -110,3 +115,34 @@ def test_filter_consistency_by_hand_and_targets_detached():
     loss.backward()
     assert shallow.grad is None and deep.grad.abs().sum() > 0
     assert torch.allclose(standardise(deep.detach()), deep.detach())
+
+
+def test_geometry_in_body_units_measures_motion_in_body_heights():
+    from stvh.models.visual import box_geometry_features
+
+    boxes = torch.tensor([[10.0, 20, 20, 40], [10.0, 10, 20, 30]]).view(1, 2, 1, 4)  # 20 px tall, jumps 10 px
+    mask, size = torch.tensor([[True]]), torch.tensor([[100.0, 200.0]])
+    image = box_geometry_features(boxes, mask, size)
+    body = box_geometry_features(boxes, mask, size, units="body")
+    assert image[0, 0, 1, 6].item() == pytest.approx(-0.1)  # dcy in image heights
+    assert body[0, 0, 1, 6].item() == pytest.approx(-0.5)  # half a body height
+    assert body[0, 0, 1, 10].item() == pytest.approx(-0.5)  # disp_y too
+    assert torch.equal(body[..., :5], image[..., :5]) and torch.equal(body[..., 11:], image[..., 11:])
+    big = box_geometry_features(boxes * 3, mask, size * 3, units="body")  # the same scene, 3x the pixels
+    assert torch.allclose(big[..., 5:11], body[..., 5:11])
+    with pytest.raises(ValueError, match="geometry units"):
+        box_geometry_features(boxes, mask, size, units="feet")
+
+
+def test_shared_bits_put_the_shallow_codes_first_entries_into_the_deepest_code():
+    torch.manual_seed(0)
+    m = build("mstvh", bits=16, depth=3, shared_bits=4, **SMALL)
+    boxes, mask = _boxes(), torch.ones(2, 4, dtype=torch.bool)
+    out = m(boxes, mask, torch.tensor([[120.0, 200.0]] * 2))
+    assert all(h.shape == (2, 16) for h in out.h) and m.hash_heads[-1].fc.out_features == 12
+    assert torch.equal(out.h[2][:, :4], out.h[0][:, :4]) and torch.equal(out.b[2][:, :4], out.b[0][:, :4])
+    out.activity_logits[-1].sum().backward()  # the deep code's losses do not reach the shared entries
+    assert m.hash_heads[0].fc.weight.grad is None and m.hash_heads[-1].fc.weight.grad.abs().sum() > 0
+    for bad in (dict(shared_bits=16), dict(shared_bits=4, depth=1)):
+        with pytest.raises(ValueError, match="shared_bits"):
+            build("mstvh", **{"bits": 16, "depth": 3, **bad}, **SMALL)

@@ -124,3 +124,22 @@ def test_free_form_sections_take_several_overrides(tmp_path):
     (tmp_path / "c.yaml").write_text("data: {reader: {merge_moving: true}}\n")
     cfg = load_config(tmp_path / "c.yaml", ["data.reader.n_max=13"])
     assert cfg["data"]["reader"] == {"merge_moving": True, "n_max": 13}
+
+
+def test_recipe_options_train_and_the_joint_filter_is_the_runs_f(tiny_synth, tmp_path):
+    import csv
+
+    cfg = load_config(None, TINY + ["train.epochs=2", "loss.filter=1", "train.select=val_both", "model.pooling=sides",
+                                    "model.tracks=stable", "model.geometry_units=body", "train.augment.flip=0.5",
+                                    "train.augment.jitter=0.05", "train.augment.pan=0.02", "train.augment.drop=0.1"])
+    summary = fit(cfg, tiny_synth, None, tmp_path / "run", progress=False)
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    assert len(rows) == 2 and "loss_filter" in rows[0]
+    for row in rows:  # val_both = mean of activity, visual and derived visual mAP@10 on the validation part
+        parts = [float(row[k]) for k in ("val_map@10", "val_visual@10", "val_visual_derived@10")]
+        assert float(row["score"]) == pytest.approx(sum(parts) / 3)
+    best = load_checkpoint(tmp_path / "run" / "best.pt")
+    scores = [float(r["score"]) for r in rows]
+    assert summary["best_epoch"] == max(i + 1 for i, s in enumerate(scores) if s == max(scores))  # ties: later
+    with np.load(tmp_path / "run" / "filter.npz") as z:  # the F trained with the model, not a refit
+        assert np.array_equal(z["filter"], best["model"]["filter.weight"].numpy())

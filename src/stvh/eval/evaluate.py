@@ -123,7 +123,8 @@ def format_headline(m: dict, details: dict) -> str:
              f"{'depth':>5}" + "".join(f"  {c:>15}" for c in cols)]
     for t in range(1, depth + 1):
         base = f"K{bits}/depth{t}"
-        cells = [m.get(f"map@10/{focus}/{base}{suffix}") for focus in ("activity", "visual") for suffix in ("", "/derived")]
+        cells = [m.get(f"map@10/{focus}/{base}{suffix}") for focus in ("activity", "visual")
+                 for suffix in ("", "/derived")]
         lines.append(f"{t:>5}" + "".join(f"  {v:>15.4f}" if v is not None else f"  {'-':>15}" for v in cells))
     M = details.get("clips")
     if depth > 1 and M and any(f"map@10/visual/K{bits}/depth1/derived" in k for k in m):

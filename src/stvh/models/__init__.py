@@ -26,7 +26,7 @@ from .output import ModelOutput
 from .stvh import STVH
 
 _REGISTRY: dict[str, type[nn.Module]] = {"stvh": STVH, "mstvh": MSTVH, "mstvh_bd": MSTVHBD, "mstvh_ed": MSTVHED}
-VISUAL_KEYS = ("d_v", "roi_size", "weights", "train_backbone", "in_channels", "geometry")
+VISUAL_KEYS = ("d_v", "roi_size", "weights", "train_backbone", "in_channels", "geometry", "geometry_units")
 
 
 def list_models() -> list[str]:

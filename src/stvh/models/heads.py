@@ -11,11 +11,13 @@ Eq. 5 writes ``AVG(F_h(f_S))`` and Eq. 12 ``F(AVG(f))``: for an affine ``F``
 the two are equal, so we pool first (cheaper). The average runs over the
 real persons and all frames.
 
-Option ``pooling="sides"`` (an extension; ``"paper"`` is Eq. 5's AVG): two
-averages, weighted by each person's court side (``models/tracks.py``,
-:func:`court_sides`), concatenated before ``F_h``. A plain average forgets
-which half of the court a player is on, so "a player of the left team sets"
-and "a player of the right team sets" pool to nearly the same vector.
+Option ``pooling="sides"`` (an extension; ``"paper"`` is Eq. 5's AVG): per
+court side (``models/tracks.py``, :func:`court_sides`) the mean and the max over
+that side's persons and all frames, concatenated before ``F_h`` (4d inputs).
+A plain average forgets which half of the court a player is on, so "a player
+of the left team sets" and "a player of the right team sets" pool to nearly
+the same vector, and it dilutes the one player who acts among the ones who
+stand; the max keeps that player's features whole.
 """
 
 from __future__ import annotations
@@ -48,6 +50,18 @@ def side_means(f: Tensor, mask: Tensor, left: Tensor) -> Tensor:
     return pooled.flatten(1)  # (B, 2d)
 
 
+def side_maxes(f: Tensor, mask: Tensor, left: Tensor) -> Tensor:
+    """Max of ``f (B, N, T, d)`` over the frames of the left (``left >= 0.5``) and of the right real
+    persons -> ``(B, 2d)``; a side without a person gives zeros."""
+    on_left = left >= 0.5  # (B, N)
+    out = []
+    for side in (on_left, ~on_left):
+        keep = (side & mask.bool())[:, :, None, None]  # (B, N, 1, 1)
+        x = f.masked_fill(~keep, torch.finfo(f.dtype).min).amax((1, 2))  # (B, d)
+        out.append(torch.where(keep.flatten(1).any(1, keepdim=True), x, torch.zeros_like(x)))
+    return torch.cat(out, -1)  # (B, 2d)
+
+
 class HashHead(nn.Module):
     """``h = tanh(LN(F_h(AVG(f))))``: ``f (B, N, T, d)``, ``mask (B, N)`` -> ``(B, K)`` (Eq. 5 / 12).
 
@@ -69,7 +83,7 @@ class HashHead(nn.Module):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         self.pooling = pooling
-        self.fc = nn.Linear(2 * d if pooling == "sides" else d, bits)
+        self.fc = nn.Linear(4 * d if pooling == "sides" else d, bits)
         self.norm = nn.LayerNorm(bits) if norm == "layer" else nn.Identity()
 
     def forward(self, f: Tensor, mask: Tensor, left: Tensor | None = None) -> Tensor:
@@ -77,7 +91,7 @@ class HashHead(nn.Module):
         if self.pooling == "sides":
             if left is None:
                 raise ValueError("pooling='sides' needs the court side of every person (left (B, N))")
-            z = self.fc(side_means(f, mask, left))  # (B, K)
+            z = self.fc(torch.cat([side_means(f, mask, left), side_maxes(f, mask, left)], -1))  # (B, K)
         else:
             z = self.fc(masked_mean(f, mask))  # (B, K)
         return torch.tanh(self.norm(z))  # (B, K)

@@ -23,12 +23,19 @@
   codes derived from its deepest real code (Eq. 16) in ``out.derived``; the
   filter loss (``losses.filter_consistency``, Eq. 17) then trains F *and* the
   model, so the deepest code learns to carry what the shallower codes need.
+* Option ``shared_bits=s`` (an extension; 0 = the paper): the first ``s``
+  entries of the deepest code are the first ``s`` entries of the shallowest
+  code (detached: the deep code's losses do not change them), the deepest hash
+  head gives the other ``K - s``. The deepest code then holds the clip's
+  appearance in ``s`` bits, which the filter matrix F needs to derive the
+  visual-focused codes from it (Sec. 5.4); storage stays ``M K + K^2``.
 * Option ``pooling="sides"`` and ``tracks``: see ``models/heads.py`` and
   ``models/tracks.py`` (extensions; the paper's setting is ``"paper"`` / ``"raw"``).
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from .blocks import MSFBlock, zero_padded
@@ -48,7 +55,7 @@ class MSTVH(HashingModel):
                  visual: dict | None = None, visual_module: nn.Module | None = None, ffn_mult: int = 4,
                  edge_hidden: int = 16, gcn_hidden: int = 64, max_frames: int = 64,
                  keep_attention: bool = False, hash_norm: str = "layer", recon_from: str = "block",
-                 pooling: str = "paper", tracks: str = "raw", joint_filter: bool = False):
+                 pooling: str = "paper", tracks: str = "raw", joint_filter: bool = False, shared_bits: int = 0):
         super().__init__(bits=bits, d=d, num_activities=num_activities, num_actions=num_actions,
                          backbone=backbone, visual=visual, visual_module=visual_module,
                          max_frames=max_frames, gcn_hidden=gcn_hidden, keep_attention=keep_attention,
@@ -58,8 +65,12 @@ class MSTVH(HashingModel):
         self.depth = depth
         self.blocks = self._make_blocks(d, heads, depth, dropout=dropout, ffn_mult=ffn_mult,
                                         edge_hidden=edge_hidden, keep_attention=keep_attention)
-        self.pooling = pooling
-        self.hash_heads = nn.ModuleList([HashHead(d, bits, hash_norm, pooling) for _ in range(depth)])
+        if not 0 <= shared_bits < bits or (shared_bits and depth < 2):
+            raise ValueError(f"shared_bits must be in [0, bits) and needs depth >= 2, got {shared_bits} "
+                             f"(bits {bits}, depth {depth})")
+        self.pooling, self.shared_bits = pooling, shared_bits
+        widths = [bits] * (depth - 1) + [bits - shared_bits]  # the deepest head leaves room for the shared bits
+        self.hash_heads = nn.ModuleList([HashHead(d, w, hash_norm, pooling) for w in widths])
         self.filter = FilterMatrix(bits) if joint_filter and depth > 1 else None  # F of Sec. 5.4, trained jointly
         self.activity_heads = nn.ModuleList([ActivityHead(bits, num_activities) for _ in range(depth)])
         if recon_from not in ("block", "code"):
@@ -83,7 +94,9 @@ class MSTVH(HashingModel):
         f, target, g, mask, clean = self._inputs(boxes, mask, image_size, frames, roi)  # f (B, N, T, d)
         feats = self._stack(f, g, clean, image_size)
         left = court_sides(clean, mask, image_size) if self.pooling == "sides" else None  # (B, N)
-        h = [head(x, mask, left) for head, x in zip(self.hash_heads, feats)]  # each (B, K)
+        h = [head(x, mask, left) for head, x in zip(self.hash_heads, feats)]  # each (B, K); deepest (B, K - s)
+        if self.shared_bits:  # the deepest code carries the shallowest code's first s entries
+            h[-1] = torch.cat([h[0][:, :self.shared_bits].detach(), h[-1]], -1)  # (B, K)
         action_logits = self.action_head(feats[-1])  # (B, N, A)
         if self.recon_from == "code":  # the shallowest code must carry the clip's appearance
             B, N, T = feats[0].shape[:3]

@@ -532,9 +532,20 @@ GEOMETRY_FEATURES = (
 GEOMETRY_DIM = len(GEOMETRY_FEATURES)
 
 
-def box_geometry_features(boxes: Tensor, mask: Tensor, image_size) -> Tensor:
+GEOMETRY_UNITS = ("image", "body")
+
+
+def box_geometry_features(boxes: Tensor, mask: Tensor, image_size, units: str = "image") -> Tensor:
     """boxes (B, T, N, 4) pixels x1, y1, x2, y2; mask (B, N) bool; image_size (B, 2) (H, W)
-    -> (B, N, T, GEOMETRY_DIM) float, rows of masked persons zero. See :data:`GEOMETRY_FEATURES`."""
+    -> (B, N, T, GEOMETRY_DIM) float, rows of masked persons zero. See :data:`GEOMETRY_FEATURES`.
+
+    ``units="body"`` (an option): the motion features (velocity ``dcx .. dh`` and displacement
+    ``disp_x, disp_y``) are measured in the person's own mean box height instead of the image's
+    W / H. A jump of half a body height is then about 0.5 for a player near or far from the camera
+    and in a small or a large frame, instead of a few hundredths that shrink with the person.
+    """
+    if units not in GEOMETRY_UNITS:
+        raise ValueError(f"geometry units must be one of {', '.join(GEOMETRY_UNITS)}, got {units!r}")
     if boxes.ndim != 4 or boxes.shape[-1] != 4:
         raise ValueError(f"boxes must be (B, T, N, 4), got {tuple(boxes.shape)}")
     B, T, N, _ = boxes.shape
@@ -550,6 +561,11 @@ def box_geometry_features(boxes: Tensor, mask: Tensor, image_size) -> Tensor:
     vel = torch.zeros_like(geo)
     vel[:, :, 1:] = geo[:, :, 1:] - geo[:, :, :-1]
     disp = geo[..., :2] - geo[:, :, :1, :2]
+    if units == "body":  # image fractions -> pixels -> mean body heights of the person
+        body = h_px.mean(2, keepdim=True).clamp(min=1.0)  # (B, N, 1)
+        px = torch.cat([W, H, W, H], -1).view(B, 1, 1, 4)  # (B, 1, 1, 4)
+        vel = vel * px / body[..., None]
+        disp = disp * px[..., :2] / body[..., None]
     m = _person_mask(mask, dtype).view(B, N, 1, 1)
     centroid = (geo[..., :2] * m).sum(dim=1, keepdim=True) / m.sum(dim=1, keepdim=True).clamp(min=1.0)
     rel = geo[..., :2] - centroid
@@ -566,16 +582,18 @@ class BoxGeometryEmbedding(nn.Module):
 
     feature_dim = GEOMETRY_DIM
 
-    def __init__(self, d: int = 1024, hidden: int = 256):
+    def __init__(self, d: int = 1024, hidden: int = 256, units: str = "image"):
         super().__init__()
-        self.d = int(d)
+        if units not in GEOMETRY_UNITS:
+            raise ValueError(f"geometry units must be one of {', '.join(GEOMETRY_UNITS)}, got {units!r}")
+        self.d, self.units = int(d), units
         self.mlp = nn.Sequential(
             nn.Linear(GEOMETRY_DIM, hidden), nn.ReLU(),
             nn.Linear(hidden, d), nn.LayerNorm(d), nn.ReLU(),
         )
 
     def forward(self, boxes: Tensor, mask: Tensor, image_size) -> tuple[Tensor, Tensor]:
-        feats = box_geometry_features(boxes, mask, image_size)
+        feats = box_geometry_features(boxes, mask, image_size, self.units)
         f_v = self.mlp(feats) * _person_mask(mask, feats.dtype).unsqueeze(-1).unsqueeze(-1)
         return f_v, feats
 
@@ -603,7 +621,7 @@ class VisualModule(nn.Module):
 
     def __init__(self, backbone: str = "none", d: int = 1024, d_v: int = 512, roi_size: int = 5,
                  weights: str | None = None, train_backbone: bool = False, in_channels: int | None = None,
-                 geometry: bool = False):
+                 geometry: bool = False, geometry_units: str = "image"):
         super().__init__()
         valid = ("none",) + backbone_names()
         if backbone not in valid:
@@ -620,7 +638,7 @@ class VisualModule(nn.Module):
             if train_backbone:
                 raise ValueError("train_backbone=True needs a CNN backbone, got 'none'")
             self.in_channels = None
-            self.geometry = BoxGeometryEmbedding(d)
+            self.geometry = BoxGeometryEmbedding(d, units=geometry_units)
             self.recon_dim = GEOMETRY_DIM
             return
         if in_channels is not None:
@@ -643,7 +661,7 @@ class VisualModule(nn.Module):
         # Optional extension (off in the paper configs): add the box-geometry embedding to the RoI
         # embedding. RoIAlign normalises every box to 5x5, so box size and motion are otherwise seen
         # only through the graphs; see docs/visual.md.
-        self.box_geometry = BoxGeometryEmbedding(d) if geometry else None
+        self.box_geometry = BoxGeometryEmbedding(d, units=geometry_units) if geometry else None
 
     def train(self, mode: bool = True) -> "VisualModule":
         super().train(mode)

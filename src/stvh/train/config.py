@@ -37,6 +37,7 @@ from ..models.visual import backbone_names
 SELECT = ("val_map@10", "val_mca", "val_both")  # train.select: model-selection scores of train/loop.py
 POOLINGS = ("paper", "sides")               # models/heads.py HashHead(pooling=...)
 TRACKS = ("raw", "smooth", "stable")        # models/tracks.py clean_tracks(mode=...)
+GEOMETRY_UNITS = ("image", "body")          # models/visual.py box_geometry_features(units=...)
 HASH_NORMS = ("layer", "none")              # models/heads.py HashHead(norm=...)
 RECON_FROM = ("block", "code")              # models/mstvh.py MSTVH(recon_from=...)
 BACKBONES = ("none", *backbone_names())    # models/visual.py; "none" = box geometry only
@@ -242,11 +243,17 @@ class ModelConfig(_Section):
     recon_from: _choice(RECON_FROM) = _field("block", _one_of(RECON_FROM))
     pooling: _choice(POOLINGS) = _field("paper", _one_of(POOLINGS) + " (paper = Eq. 5's AVG; docs/model.md)")
     tracks: _choice(TRACKS) = _field("raw", _one_of(TRACKS) + " (raw = the annotated boxes; docs/model.md)")
+    shared_bits: NonNegInt = _field(0, "an integer >= 0 and < model.bits (deepest code's bits copied from the "
+                                       "shallowest; 0 = the paper)")
+    geometry_units: _choice(GEOMETRY_UNITS) = _field("image", _one_of(GEOMETRY_UNITS) + " (motion features' unit)")
 
     @model_validator(mode="after")
     def _heads_divide_d(self):
         if self.d % self.heads:
             raise BadKey("d", f"got {self.d}; expected a multiple of model.heads = {self.heads}")
+        if self.shared_bits and (self.shared_bits >= self.bits or self.depth < 2):
+            raise BadKey("shared_bits", f"got {self.shared_bits}; expected fewer than model.bits = {self.bits}, "
+                                        f"with model.depth >= 2 (it is {self.depth})")
         return self
 
 

@@ -82,11 +82,13 @@ def model_from_config(cfg: dict, num_activities: int, num_actions: int, in_chann
                   d_v=m["d_v"], weights=m["weights"], train_backbone=m["train_backbone"], hash_norm=m["hash_norm"])
     if m["geometry"]:
         kwargs["geometry"] = True
-    for key in ("pooling", "tracks"):  # extensions: passed only when not the paper's setting (older models)
-        if m.get(key, "paper" if key == "pooling" else "raw") not in ("paper", "raw"):
+    for key, paper in (("pooling", "paper"), ("tracks", "raw"), ("geometry_units", "image")):
+        if m.get(key, paper) != paper:  # extensions: passed only when not the paper's setting
             kwargs[key] = m[key]
     if m["name"] in MSTVH_LIKE:
         kwargs["recon_from"] = m["recon_from"]
+        if m.get("shared_bits", 0):
+            kwargs["shared_bits"] = m["shared_bits"]
         if cfg["loss"].get("filter", 0.0) > 0 and m["depth"] > 1:
             kwargs["joint_filter"] = True  # F of Sec. 5.4 trained with the model
     if in_channels is not None:
