@@ -114,7 +114,8 @@ def test_demo_end_to_end_on_a_tiny_dataset(tmp_path):
     """`stvh demo` with overrides that shrink every stage (the full demo takes minutes)."""
     out = ok(["demo", "--out", tmp_path / "demo", "--no-progress",
               "synth.matches=2", "synth.clips_per_match=8", "synth.frames=4", "synth.size=[90, 160]",
-              "model.d=16", "model.d_v=8", "model.heads=2", "model.bits=16", "train.epochs=1", "filter.steps=10"])
+              "model.d=16", "model.d_v=8", "model.heads=2", "model.bits=16", "model.shared_bits=8", "train.epochs=1",
+              "filter.steps=10"])
     for stage in range(1, 8):
         assert f"[{stage}/7]" in out
     assert "activity mAP@10" in out and "focus 1 (visual)" in out and "focus 3 (activity)" in out
