@@ -14,7 +14,7 @@ time or together (:data:`CELLS`). For every cell and seed the script runs what a
     stvh train --config C --data D --features F --out R seed=S model.name=M <--set overrides>
     stvh eval --run R --json
 
-for M = mstvh (the config's model, with its own recipe), stvh (plus ``loss.layer_weights=null``: one
+for M = mstvh (the config's model, with its own recipe), stvh (plus ``loss.layer_weights=null model.shared_bits=0 loss.filter=0``: one code, one
 activity head, Eq. 9) and mstvh_bd (the transformer baseline of Table 5). In the same run it computes, in-process (:mod:`stvh.eval.baselines`):
 
 * the ceiling that the cell's label noise allows: codes of the true activity, scored against the written
@@ -91,8 +91,9 @@ SHORT = {"players_per_side": "P", "jitter": "jit ", "pan": "pan ", "occlusion": 
 TRAIN_CODE = ("src/stvh/models", "src/stvh/train", "src/stvh/losses.py", "src/stvh/eval/evaluate.py",
               "src/stvh/eval/metrics.py", "src/stvh/data")
 K_TOP = 10
-# STVH has one activity head (Eq. 9): the per-depth weights of Eq. 14 in the config do not apply to it.
-MODEL_OVERRIDES = {"stvh": ["loss.layer_weights=null"]}
+# STVH has one code and one activity head (Eq. 9): the per-depth weights of Eq. 14, the bits shared between
+# depths and the trained filter matrix of the config are M-STVH options that do not apply to it.
+MODEL_OVERRIDES = {"stvh": ["loss.layer_weights=null", "model.shared_bits=0", "loss.filter=0"]}
 _print_lock, _save_lock = threading.Lock(), threading.Lock()
 
 

@@ -92,3 +92,9 @@ def test_config_keys():
         load_config(None, ["train.augment.flip=1.5"])
     with pytest.raises(ConfigError, match="model.pooling"):
         load_config(None, ["model.pooling=max"])
+    with pytest.raises(ConfigError, match="'model.shared_bits'.*for model.name = stvh"):
+        load_config(None, ["model.name=stvh", "model.shared_bits=8"])
+    with pytest.raises(ConfigError, match="'loss.filter'.*M-STVH family"):
+        load_config(None, ["model.name=stvh", "loss.filter=1"])
+    with pytest.raises(ConfigError, match="'model.shared_bits'.*fewer than model.bits"):
+        load_config(None, ["model.bits=16", "model.shared_bits=16"])

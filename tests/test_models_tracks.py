@@ -83,7 +83,7 @@ def test_side_means_and_sides_pooling_tell_the_halves_apart():
 @pytest.mark.parametrize("name", ["mstvh", "mstvh_bd", "stvh"])
 def test_models_take_the_options(name):
     boxes, mask = _boxes(), torch.ones(2, 4, dtype=torch.bool)
-    kw = dict(pooling="sides", tracks="stable") if name != "stvh" else dict(tracks="smooth")
+    kw = dict(pooling="sides", tracks="stable" if name != "stvh" else "smooth")
     m = build(name, bits=16, depth=2, **kw, **SMALL)
     out = m(boxes, mask, torch.tensor([[120.0, 200.0]] * 2))
     assert out.h[-1].shape == (2, 16) and out.derived is None

@@ -25,7 +25,7 @@ from .gcn import ContrastiveGCN
 from .graphs import PositionalModule
 from .heads import ActionHead, ActivityHead, HashHead, binarize
 from .output import ModelOutput
-from .tracks import TRACKS, clean_tracks
+from .tracks import TRACKS, clean_tracks, court_sides
 
 
 def make_visual(d: int, backbone: str, visual: dict | None, visual_module: nn.Module | None) -> nn.Module:
@@ -103,7 +103,7 @@ class STVH(HashingModel):
                  num_actions: int = 9, heads: int = 8, dropout: float = 0.1, backbone: str = "none",
                  visual: dict | None = None, visual_module: nn.Module | None = None, ffn_mult: int = 4,
                  edge_hidden: int = 16, gcn_hidden: int = 64, max_frames: int = 64,
-                 keep_attention: bool = False, hash_norm: str = "layer", tracks: str = "raw"):
+                 keep_attention: bool = False, hash_norm: str = "layer", tracks: str = "raw", pooling: str = "paper"):
         super().__init__(bits=bits, d=d, num_activities=num_activities, num_actions=num_actions,
                          backbone=backbone, visual=visual, visual_module=visual_module,
                          max_frames=max_frames, gcn_hidden=gcn_hidden, keep_attention=keep_attention,
@@ -116,18 +116,20 @@ class STVH(HashingModel):
         for _ in range(depth):
             self.blocks.append(PVFBlock(d, heads, "temporal", **kw))
             self.blocks.append(PVFBlock(d, heads, "spatial", **kw))
-        self.hash_head = HashHead(d, bits, hash_norm)
+        self.pooling = pooling
+        self.hash_head = HashHead(d, bits, hash_norm, pooling)
         self.activity_heads = nn.ModuleList([ActivityHead(bits, num_activities)])
 
     def forward(self, boxes: Tensor, mask: Tensor, image_size: Tensor, frames=None, roi=None) -> ModelOutput:
-        f, _, g, mask, _ = self._inputs(boxes, mask, image_size, frames, roi)  # f (B, N, T, d)
+        f, _, g, mask, clean = self._inputs(boxes, mask, image_size, frames, roi)  # f (B, N, T, d)
         f_t = f
         for i in range(0, len(self.blocks), 2):
             f_t = self.blocks[i](f, g)  # object interleaving  (B, N, T, d)
             f = self.blocks[i + 1](f_t, g)  # group interleaving  (B, N, T, d)
         f_s = f
         action_logits = self.action_head(f_t)  # (B, N, A)
-        h = self.hash_head(f_s, mask)  # (B, K)
+        left = court_sides(clean, mask, image_size) if self.pooling == "sides" else None  # (B, N)
+        h = self.hash_head(f_s, mask, left)  # (B, K)
         return ModelOutput(
             h=[h], b=[binarize(h).detach()], activity_logits=[self.activity_heads[0](h)],
             action_logits=action_logits, graphs=(g.g_t, g.g_s),

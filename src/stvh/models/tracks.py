@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 TRACKS = ("raw", "smooth", "stable")
+SMOOTH_FRAMES = 3  # window of the moving average of "smooth" and "stable"
 
 
 def _centres(boxes: Tensor) -> Tensor:
@@ -63,7 +64,7 @@ def clean_tracks(boxes: Tensor, mask: Tensor, mode: str = "raw") -> Tensor:
     if mode == "stable":
         shift = camera_shift(boxes, m)  # (B, T, 2)
         boxes = boxes - shift.repeat(1, 1, 2)[:, :, None, :]
-    boxes = smooth_boxes(boxes, 3)
+    boxes = smooth_boxes(boxes, SMOOTH_FRAMES)
     return torch.where(m[:, None, :, None], boxes, torch.zeros_like(boxes))
 
 

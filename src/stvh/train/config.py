@@ -329,6 +329,11 @@ class Config(_Section):
     @model_validator(mode="after")
     def _cross_checks(self):
         check_options(self.synth, synth_options(), "synth", "the synthetic generator")
+        if self.model.name == "stvh":  # one code: nothing to share with or derive from
+            for key, on in (("model.shared_bits", self.model.shared_bits), ("loss.filter", self.loss.filter)):
+                if on:
+                    raise BadKey(key, f"got {on!r}; expected 0 for model.name = stvh (one code per clip; "
+                                      "the option is for the M-STVH family)")
         lw = self.loss.layer_weights
         if lw is not None and len(lw) != self.model.depth:
             raise BadKey("loss.layer_weights", f"got {lw!r}; expected {self.model.depth} weights, "
