@@ -122,4 +122,8 @@ def test_demo_end_to_end_on_a_tiny_dataset(tmp_path):
     assert "rank  clip" in out
     headline = json.loads(out[out.rindex("{"):])
     assert 0 <= headline["activity_map@10_deepest"] <= 1 and 0 <= headline["visual_map@10_shallowest"] <= 1
+    m = json.loads((tmp_path / "demo" / "run" / "metrics.json").read_text())
+    assert headline["activity_map@10_deepest"] == m["map@10/activity/K16/depth3"]
+    assert headline["activity_map@10_derived"] == m["map@10/activity/K16/depth2/derived"]  # just below the deepest
+    assert headline["visual_map@10_shallowest_derived"] == m["map@10/visual/K16/depth1/derived"]
     assert (tmp_path / "demo" / "run" / "report.html").exists() and (tmp_path / "demo" / "index.npz").exists()

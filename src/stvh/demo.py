@@ -117,8 +117,12 @@ def run_demo(out: str | Path, *, seed: int = 0, progress: bool = True, echo: Cal
     headline = {"report": str(report) if report else None, "seconds": round(time.time() - t_all, 1)}
     if m is not None:
         bits, depth = details["bits"], details["depth"]
+        derived = {  # codes derived from the deepest one by F (Eq. 16-17), present when depth > 1
+            "activity_map@10_derived": m.get(f"map@10/activity/K{bits}/depth{depth - 1}/derived"),
+            "visual_map@10_shallowest_derived": m.get(f"map@10/visual/K{bits}/depth1/derived")}
         headline = {"activity_map@10_deepest": m[f"map@10/activity/K{bits}/depth{depth}"],
-                    "visual_map@10_shallowest": m[f"map@10/visual/K{bits}/depth1"], "mca": m["mca"], **headline}
+                    "visual_map@10_shallowest": m[f"map@10/visual/K{bits}/depth1"], "mca": m["mca"],
+                    **{k: v for k, v in derived.items() if v is not None}, **headline}
     echo(f"search page and API: stvh serve --run {run} --index {index_path}   (then open http://127.0.0.1:8000/)")
     echo(json.dumps(headline, indent=2))  # last, so scripts can parse it
     return headline
