@@ -126,6 +126,17 @@ def test_free_form_sections_take_several_overrides(tmp_path):
     assert cfg["data"]["reader"] == {"merge_moving": True, "n_max": 13}
 
 
+def test_val_both_of_a_one_code_model_is_its_activity_map(tiny_synth, tmp_path):
+    """STVH's single code is its activity code: visual focus must not steer its checkpoint selection."""
+    import csv
+
+    cfg = load_config(None, TINY + ["train.epochs=2", "model.name=stvh", "train.select=val_both"])
+    fit(cfg, tiny_synth, None, tmp_path / "run", progress=False)
+    for row in csv.DictReader((tmp_path / "run" / "metrics.csv").open()):
+        assert float(row["score"]) == float(row["val_both"]) == float(row["val_map@10"])
+        assert row["val_visual@10"] != ""  # still recorded, not scored
+
+
 def test_recipe_options_train_and_the_joint_filter_is_the_runs_f(tiny_synth, tmp_path):
     import csv
 

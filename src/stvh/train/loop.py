@@ -221,7 +221,9 @@ def validate(model, val: ClipTensors, train: ClipTensors, device, with_map: bool
 
     With ``visual``, also visual-focus mAP@10 (relevant = same group) of the shallowest code
     (``val_visual@10``), of the one derived by the model's F when it trains one
-    (``val_visual_derived@10``), and ``val_both``: the mean of the activity and visual figures.
+    (``val_visual_derived@10``), and ``val_both``: the mean of the activity and visual figures. A model
+    with one code (STVH) has no visual-focus code: its ``val_both`` is the activity figure alone (scoring
+    its activity code on visual focus rewards the first epochs, whose codes still mostly hold appearance).
     """
     pv = predict(model, val, device)
     yv = val.activity.numpy()
@@ -243,7 +245,7 @@ def validate(model, val: ClipTensors, train: ClipTensors, device, with_map: bool
                                  codes.shape[1])[0].cpu().numpy()
             out["val_visual_derived@10"] = map_at_k(first(pv["codes"]), gv, first(pt["codes"]), gt, 10)
             scores.append(out["val_visual_derived@10"])
-        out["val_both"] = float(np.mean(scores))
+        out["val_both"] = float(np.mean(scores)) if pv["codes"].shape[1] > 1 else out["val_map@10"]
     return out
 
 
