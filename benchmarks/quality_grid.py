@@ -14,8 +14,8 @@ time or together (:data:`CELLS`). For every cell and seed the script runs what a
     stvh train --config C --data D --features F --out R seed=S model.name=M <--set overrides>
     stvh eval --run R --json
 
-for M = mstvh (the config's model, with its own recipe), stvh (plus ``loss.layer_weights=null model.shared_bits=0 loss.filter=0``: one code, one
-activity head, Eq. 9) and mstvh_bd (the transformer baseline of Table 5). In the same run it computes, in-process (:mod:`stvh.eval.baselines`):
+for M = mstvh (the config's model, with its own recipe), stvh (plus ``loss.layer_weights=null
+model.shared_bits=0 loss.filter=0``: one code, one activity head, Eq. 9) and mstvh_bd (the transformer baseline of Table 5). In the same run it computes, in-process (:mod:`stvh.eval.baselines`):
 
 * the ceiling that the cell's label noise allows: codes of the true activity, scored against the written
   labels (activity mAP@10 and accuracy);

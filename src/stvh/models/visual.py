@@ -535,6 +535,11 @@ GEOMETRY_DIM = len(GEOMETRY_FEATURES)
 GEOMETRY_UNITS = ("image", "body")
 
 
+def _check_units(units: str) -> None:
+    if units not in GEOMETRY_UNITS:
+        raise ValueError(f"geometry units must be one of {', '.join(GEOMETRY_UNITS)}, got {units!r}")
+
+
 def box_geometry_features(boxes: Tensor, mask: Tensor, image_size, units: str = "image") -> Tensor:
     """boxes (B, T, N, 4) pixels x1, y1, x2, y2; mask (B, N) bool; image_size (B, 2) (H, W)
     -> (B, N, T, GEOMETRY_DIM) float, rows of masked persons zero. See :data:`GEOMETRY_FEATURES`.
@@ -544,8 +549,7 @@ def box_geometry_features(boxes: Tensor, mask: Tensor, image_size, units: str = 
     W / H. A jump of half a body height is then about 0.5 for a player near or far from the camera
     and in a small or a large frame, instead of a few hundredths that shrink with the person.
     """
-    if units not in GEOMETRY_UNITS:
-        raise ValueError(f"geometry units must be one of {', '.join(GEOMETRY_UNITS)}, got {units!r}")
+    _check_units(units)
     if boxes.ndim != 4 or boxes.shape[-1] != 4:
         raise ValueError(f"boxes must be (B, T, N, 4), got {tuple(boxes.shape)}")
     B, T, N, _ = boxes.shape
@@ -584,8 +588,7 @@ class BoxGeometryEmbedding(nn.Module):
 
     def __init__(self, d: int = 1024, hidden: int = 256, units: str = "image"):
         super().__init__()
-        if units not in GEOMETRY_UNITS:
-            raise ValueError(f"geometry units must be one of {', '.join(GEOMETRY_UNITS)}, got {units!r}")
+        _check_units(units)
         self.d, self.units = int(d), units
         self.mlp = nn.Sequential(
             nn.Linear(GEOMETRY_DIM, hidden), nn.ReLU(),

@@ -32,12 +32,11 @@ from pydantic import (AfterValidator, AllowInfNan, BaseModel, BeforeValidator, C
 
 from ..data.formats import FORMATS
 from ..models import list_models
-from ..models.visual import backbone_names
+from ..models.heads import POOLINGS  # HashHead(pooling=...)
+from ..models.tracks import TRACKS  # clean_tracks(mode=...)
+from ..models.visual import GEOMETRY_UNITS, backbone_names  # box_geometry_features(units=...)
 
 SELECT = ("val_map@10", "val_mca", "val_both")  # train.select: model-selection scores of train/loop.py
-POOLINGS = ("paper", "sides")               # models/heads.py HashHead(pooling=...)
-TRACKS = ("raw", "smooth", "stable")        # models/tracks.py clean_tracks(mode=...)
-GEOMETRY_UNITS = ("image", "body")          # models/visual.py box_geometry_features(units=...)
 HASH_NORMS = ("layer", "none")              # models/heads.py HashHead(norm=...)
 RECON_FROM = ("block", "code")              # models/mstvh.py MSTVH(recon_from=...)
 BACKBONES = ("none", *backbone_names())    # models/visual.py; "none" = box geometry only
