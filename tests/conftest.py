@@ -39,3 +39,36 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def chromium_path() -> str | None:
+    """Debian's Chromium (``apt-get install chromium``), or ``None`` when it is not installed."""
+    import shutil
+
+    found = shutil.which("chromium")
+    return found or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+
+
+@pytest.fixture(scope="session")
+def chromium_browser():
+    """A headless Chromium driven by Playwright, launched once per session.
+
+    Skips (saying why) only when no Chromium executable is installed; when one is
+    present, any failure to launch it fails the test that asked for it: a broken
+    browser install must not pass silently as a skip.
+    """
+    executable = chromium_path()
+    if executable is None:
+        pytest.skip("chromium not found: install Debian's package (`apt-get install chromium`; `make test` tries)")
+    from playwright.sync_api import sync_playwright  # a dev dependency, like pytest itself
+
+    pw = sync_playwright().start()
+    try:
+        browser = pw.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
+    except Exception as exc:  # noqa: BLE001 - reported as a failure, with the browser's own first line
+        pw.stop()
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        pytest.fail(f"chromium at {executable} is installed but cannot start: {lines[0]}", pytrace=False)
+    yield browser
+    browser.close()
+    pw.stop()
