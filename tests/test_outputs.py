@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from stvh.data.atomic import atomic_path, remove_stale_temps, write_text_atomic
-from stvh.outputs import OutputError, check_output, os_error_message
+from stvh.outputs import OutputError, check_output, os_error_message, read_only
 
 
 def _one_line(exc: BaseException) -> str:
@@ -137,8 +137,9 @@ def test_unwritable_parent_is_refused(tmp_path):
     try:
         with pytest.raises(OutputError) as e:
             check_output(os.path.join(d, "new", "codes.npz"))
-        assert _one_line(e.value) == f"cannot write to {d}: permission denied"
-        with pytest.raises(OutputError, match="permission denied"):
+        reason = "read-only file system" if read_only(d) else "permission denied"  # root: a read-only mount
+        assert _one_line(e.value) == f"cannot write to {d}: {reason}"
+        with pytest.raises(OutputError, match=reason):
             check_output(os.path.join(d, "run"), kind="dir")
     finally:
         if os.geteuid() != 0:
@@ -157,11 +158,12 @@ def test_bad_kind_and_bad_input_spec():
     (IsADirectoryError(errno.EISDIR, "Is a directory", "/r/d"), "/r/d: is a directory; give a file name"),
     (NotADirectoryError(errno.ENOTDIR, "Not a directory", "/r/f/x"),
      "/r/f/x: a part of the path is not a directory"),
-    (OSError(errno.ENOSPC, "No space left on device", "/r/x.npz"), "/r/x.npz: disk full (no space left on device)"),
+    (OSError(errno.ENOSPC, "No space left on device", "/r/x.npz"), "no space left on device writing /r/x.npz"),
     (OSError(errno.EROFS, "Read-only file system", "/r/x.npz"), "/r/x.npz: read-only file system"),
-    (OSError(errno.ENOSPC, "No space left on device"), "disk full (no space left on device)"),
+    (OSError(errno.ENOSPC, "No space left on device"), "no space left on device"),
+    (OSError(errno.EDQUOT, "Disk quota exceeded", "/r/x.npz"), "disk quota exceeded writing /r/x.npz"),
     (OSError("no errno at all"), "no errno at all"),
-    (OSError(errno.ENOSPC, "No space", "/r/.codes.npz.ab12_x.tmp"), "/r/codes.npz: disk full (no space left on device)"),
+    (OSError(errno.ENOSPC, "No space", "/r/.codes.npz.ab12_x.tmp"), "no space left on device writing /r/codes.npz"),
     (OSError(errno.EIO, "Input/output error", "/r/x"), "/r/x: input/output error"),
 ])
 def test_os_error_message(exc, expected):
@@ -235,3 +237,30 @@ def test_files_get_the_umask_in_force_at_write_time(tmp_path, umask, mode):
         os.umask(old)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == mode
     assert (tmp_path / "b.bin").stat().st_mode & 0o777 == mode
+
+
+def test_atomic_write_names_the_target_of_a_full_disk(tmp_path):
+    """A writer given a handle meets ENOSPC with no file name (here /dev/full): the error names the target."""
+    from stvh.data.atomic import atomic_path
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    target = tmp_path / "codes.npz"
+    with pytest.raises(OSError) as e:
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"x")
+            with open("/dev/full", "wb") as fh:  # a real ENOSPC from the kernel, filename None
+                fh.write(b"x" * 10)
+    assert os_error_message(e.value) == f"no space left on device writing {target}"
+    assert list(tmp_path.iterdir()) == []  # the temporary file is gone, nothing half-written
+
+
+def test_read_only_file_system_is_not_called_permission_denied(tmp_path, monkeypatch):
+    d = tmp_path / "ro"
+    d.mkdir()
+    monkeypatch.setattr(os, "access", lambda *a, **k: False)
+    monkeypatch.setattr(os, "statvfs", lambda p: type("V", (), {"f_flag": os.ST_RDONLY})())
+    with pytest.raises(OutputError, match=f"^cannot write to {d}: read-only file system$"):
+        check_output(d / "x.npz")
+    assert os_error_message(OSError(errno.EROFS, "Read-only file system", str(d / "x"))) == \
+        f"{d / 'x'}: read-only file system"

@@ -21,7 +21,7 @@ PathLike = Union[str, os.PathLike]
 # an input is a path, or a ``(path, role)`` pair such as ``(ckpt, "checkpoint")``
 InputSpec = Union[PathLike, tuple, None]
 
-__all__ = ["OutputError", "check_output", "os_error_message"]
+__all__ = ["OutputError", "check_output", "os_error_message", "read_only"]
 
 
 class OutputError(ValueError):
@@ -108,8 +108,17 @@ def check_output(out: PathLike, *, inputs: Iterable[InputSpec] = (), overwrite: 
     if not parent.is_dir():
         raise OutputError(f"cannot write to {parent}: not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write to {parent}: permission denied")
+        reason = "read-only file system" if read_only(parent) else "permission denied"
+        raise OutputError(f"cannot write to {parent}: {reason}")
     return target
+
+
+def read_only(path: PathLike) -> bool:
+    """True when ``path`` lies on a file system mounted read-only (not merely a folder without write permission)."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # pragma: no cover - no statvfs on this platform
+        return False
 
 
 # atomic writes go through ``.NAME.<random>.tmp`` (data/atomic.py); name NAME to the user
@@ -120,11 +129,17 @@ _REASONS = {
     errno.EPERM: "permission denied",
     errno.EISDIR: "is a directory; give a file name",
     errno.ENOTDIR: "a part of the path is not a directory",
-    errno.ENOSPC: "disk full (no space left on device)",
-    errno.EDQUOT: "disk quota exceeded",
     errno.EROFS: "read-only file system",
     errno.ENOENT: "no such file or directory",
     errno.EEXIST: "already exists",
+}
+
+
+# errors of a write that ran out of room: said first, then the file being written
+_WRITING = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for this file system",
 }
 
 
@@ -140,10 +155,14 @@ def os_error_message(exc: OSError) -> str:
     """One line for an ``OSError``: the file it names and the reason in plain words.
 
     A temporary file of an atomic write (``.NAME.xyz.tmp``) is reported under
-    the name of the file being written.
+    the name of the file being written. A full disk reads ``no space left on
+    device writing PATH``; a read-only file system ``PATH: read-only file
+    system`` (never "permission denied").
     """
-    reason = _REASONS.get(exc.errno) or (exc.strerror.lower() if exc.strerror else str(exc) or type(exc).__name__)
     name = _user_name(exc.filename)
     if name is None:
         name = _user_name(exc.filename2)
+    if exc.errno in _WRITING:  # "no space left on device writing PATH"
+        return f"{_WRITING[exc.errno]} writing {name}" if name else _WRITING[exc.errno]
+    reason = _REASONS.get(exc.errno) or (exc.strerror.lower() if exc.strerror else str(exc) or type(exc).__name__)
     return f"{name}: {reason}" if name else reason

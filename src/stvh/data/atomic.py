@@ -12,7 +12,11 @@ index package's ``atomic_write`` too), so the rules below hold everywhere:
 * the file is created with mode ``0o666`` filtered by the process umask *at
   write time* (the kernel applies it), i.e. the same permissions as any file
   the user creates: 0644 under umask 022, 0600 under umask 077;
-* the data and then the rename are fsync'ed.
+* the data and then the rename are fsync'ed;
+* an ``OSError`` that names no file (a full disk met by a writer that was
+  given an open handle) is given ``path`` as its file name, so the one-line
+  message (``stvh.outputs.os_error_message``) names the file being written;
+  the temporary file is removed whatever the error.
 """
 
 from __future__ import annotations
@@ -92,8 +96,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # e.g. a full disk met by a writer given a handle
+            exc.filename = os.fspath(path)
         raise
     _fsync_dir(path.parent)
 
