@@ -9,9 +9,11 @@ GET      /api/clips                             indexed clips, paged; filters sp
 GET      /api/clips/{id}                        labels, boxes (T, persons, 4), split
 GET      /api/clips/{id}/keyframe.jpg           key frame with boxes (cached)
 GET      /api/clips/{id}/attention.png          O-MFAT / G-MFAT maps (Fig. 11)
+GET      /api/clips/{id}/preview.webp           the clip's frames with boxes, animated (previews.py)
 POST     /api/search                            by clip id, upload token, hex codes, or an upload
 GET      /api/queries/{token}/keyframe.jpg      key frame of an uploaded query
 GET      /api/queries/{token}/attention.png     its attention maps
+GET      /api/queries/{token}/preview.webp      its frames with boxes, animated
 POST     /api/clips                             add an uploaded clip (--allow-writes)
 DELETE   /api/clips/{id}                        remove a clip (--allow-writes)
 =======  =====================================  ====================================================
@@ -39,6 +41,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
+from .previews import add_preview_routes
 from .schemas import (SEARCH_FORM_SCHEMA, ClipDetail, ClipPage, ErrorBody, Health, IndexInfo, SearchRequest,
                       SearchResponse)
 from .service import Service, ServiceError
@@ -169,6 +172,8 @@ def create_app(service: Service) -> FastAPI:
              responses={200: {"content": {"image/png": {}}}})
     def query_attention(token: str):
         return Response(service.query_attention(token), media_type="image/png", headers=IMAGE_CACHE)
+
+    add_preview_routes(app, service)  # .../preview.webp (animated frames): before the catch-all {clip_id:path}
 
     @app.get("/api/clips/{clip_id:path}", response_model=ClipDetail, tags=["clips"])
     async def clip_detail(clip_id: str):

@@ -4,10 +4,13 @@
 const $ = (id) => document.getElementById(id);
 const PAGE = 48;
 const state = { info: null, offset: 0, total: 0, query: null, queryLabels: null, seq: 0, timer: null };
+const HOVERLESS = window.matchMedia("(hover: none)").matches;  // a phone: nothing to hover, so previews play
+const NARROW = window.matchMedia("(max-width: 760px)");  // one column: the results are below the picker
 
 // clip ids are VIDEO/CLIP: encode each part, keep the slash as the path separator
 const clipPath = (id) => id.split("/").map(encodeURIComponent).join("/");
 const thumbUrl = (id, width) => `/api/clips/${clipPath(id)}/keyframe.jpg?width=${width}`;
+const previewUrl = (id, width) => `/api/clips/${clipPath(id)}/preview.webp?width=${width}`;
 
 async function api(path, options = {}) {
   const res = await fetch(path, options);
@@ -17,16 +20,16 @@ async function api(path, options = {}) {
 }
 
 function status(text, isError = false) {
-  const el = $("status");
-  el.textContent = text;
-  el.classList.toggle("error", isError);
+  const node = $("status");
+  node.textContent = text;
+  node.classList.toggle("error", isError);
 }
 
 function el(tag, attrs = {}, children = []) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
     if (k === "text") node.textContent = v;
-    else if (k.startsWith("data-")) node.setAttribute(k, v);
+    else if (k.startsWith("data-") || k.startsWith("aria-")) node.setAttribute(k, v);
     else node[k] = v;
   }
   for (const c of children) node.append(c);
@@ -35,6 +38,55 @@ function el(tag, attrs = {}, children = []) {
 
 function activityText(row) {
   return row.activity_name || (row.activity >= 0 ? `activity ${row.activity}` : "unlabeled");
+}
+
+// ---------------------------------------------------------------- cards
+// A card is a <div> holding a native <button> (focusable; Enter and Space pick it) and, for a clip added
+// through the page, a Delete button beside it. Hovering or focusing a card plays its preview: the clip's
+// frames with their boxes (an animated WebP), instead of the key frame.
+function card({ row, kind, width, label, meta, onPick, onDelete }) {
+  const img = el("img", { src: thumbUrl(row.id, width), alt: "", loading: "lazy" });
+  img.dataset.still = img.src;
+  img.dataset.moving = previewUrl(row.id, width);
+  const thumb = el("span", { className: "thumb" }, [img]);
+  const pick = el("button", { type: "button", className: "pick", "aria-label": label }, [thumb, meta]);
+  pick.addEventListener("click", onPick);
+  const node = el("div", { className: `card ${kind}`, "data-clip": row.id }, [pick]);
+  if (onDelete) {
+    const del = el("button", { type: "button", className: "delete", text: "Delete",
+                               "aria-label": `delete clip ${row.id} from the index` });
+    del.addEventListener("click", onDelete);
+    node.append(del);
+  }
+  for (const [on, play] of [["pointerenter", true], ["focusin", true], ["pointerleave", false], ["focusout", false]]) {
+    node.addEventListener(on, () => playPreview(node, play));
+  }
+  return node;
+}
+
+function playPreview(node, play) {
+  const img = node.querySelector(".thumb img");
+  const on = play || ($("play-all").checked && node.matches("#results .card"));
+  img.src = on ? img.dataset.moving : img.dataset.still;
+  node.classList.toggle("playing", on);
+}
+
+function playAll() {
+  for (const node of document.querySelectorAll("#results .card")) playPreview(node, false);
+}
+
+// arrow keys move between the cards of a grid (Tab still walks them in order); Enter / Space pick
+function gridKeys(event) {
+  const grid = event.currentTarget;
+  const picks = [...grid.querySelectorAll(".pick")];
+  const at = picks.indexOf(document.activeElement);
+  if (at < 0) return;
+  const columns = Math.max(1, picks.filter((p) => p.offsetTop === picks[0].offsetTop).length);
+  const to = { ArrowLeft: at - 1, ArrowRight: at + 1, ArrowUp: at - columns, ArrowDown: at + columns,
+               Home: 0, End: picks.length - 1 }[event.key];
+  if (to === undefined) return;
+  event.preventDefault();
+  picks[Math.min(picks.length - 1, Math.max(0, to))].focus();
 }
 
 // ---------------------------------------------------------------- index and clip picker
@@ -52,6 +104,7 @@ async function loadIndex() {
   fill($("f-activity"), info.activities);
   fill($("f-group"), info.groups.slice(0, 500));
   for (const node of document.querySelectorAll(".writes")) node.hidden = !info.allow_writes;
+  $("focus-ticks").replaceChildren(...info.focus_names.map((_, i) => el("span", { text: String(i + 1) })));
   showFocus();
 }
 
@@ -67,17 +120,23 @@ async function loadClips() {
     if ($(id).value) params.set(key, $(id).value);
   }
   const page = await api(`/api/clips?${params}`);
+  if (page.clips.length === 0 && state.offset > 0) {  // the last clip of the last page was deleted
+    state.offset = Math.max(0, state.offset - PAGE);
+    return loadClips();
+  }
   state.total = page.total;
-  const grid = $("clip-grid");
-  grid.replaceChildren(...page.clips.map((c) => {
-    const card = el("div", { className: "card clip", "data-clip": c.id, title: `${c.id} · group ${c.group}` }, [
-      el("img", { src: thumbUrl(c.id, 160), alt: c.id, loading: "lazy" }),
-      el("div", { className: "meta" }, [el("div", { className: "act", text: activityText(c) }),
-                                         el("div", { className: "id", text: c.id })]),
-    ]);
-    card.addEventListener("click", () => pickClip(c));
-    if (state.query && state.query.clip === c.id) card.classList.add("selected");
-    return card;
+  const writes = state.info && state.info.allow_writes;
+  $("clip-grid").replaceChildren(...page.clips.map((c) => {
+    const node = card({
+      row: c, kind: "clip", width: 160,
+      label: `${c.id}: ${activityText(c)}, group ${c.group}${c.split ? `, ${c.split}` : ""}; search with it`,
+      meta: el("span", { className: "meta" }, [el("span", { className: "act", text: activityText(c) }),
+                                               el("span", { className: "id", text: c.id })]),
+      onPick: () => pickClip(c),
+      onDelete: writes && c.split === "upload" ? () => deleteClip(c.id) : null,
+    });
+    markSelected(node);
+    return node;
   }));
   const last = Math.min(state.offset + PAGE, page.total);
   $("page-info").textContent = page.total ? `${state.offset + 1}–${last} of ${page.total}` : "no clips";
@@ -85,15 +144,20 @@ async function loadClips() {
   $("next").disabled = last >= page.total;
 }
 
+function markSelected(node) {
+  const on = Boolean(state.query && state.query.clip === node.dataset.clip);
+  node.classList.toggle("selected", on);
+  node.querySelector(".pick").setAttribute("aria-pressed", String(on));
+}
+
 // ---------------------------------------------------------------- the query
 function pickClip(row) {
   state.query = { clip: row.id };
   state.queryLabels = row;
-  for (const c of document.querySelectorAll("#clip-grid .card")) {
-    c.classList.toggle("selected", c.dataset.clip === row.id);
-  }
-  showQuery(thumbUrl(row.id, 320), `clip ${row.id}`, row, false);
+  document.querySelectorAll("#clip-grid .card").forEach(markSelected);
+  showQuery(previewUrl(row.id, 320), `clip ${row.id}`, row, false);
   search();
+  if (NARROW.matches) $("query-card").scrollIntoView({ block: "start" });  // else the pick shows nothing
 }
 
 function showQuery(src, title, labels, predicted) {
@@ -108,6 +172,23 @@ function showQuery(src, title, labels, predicted) {
   $("attention").hidden = true;
 }
 
+function clearQuery() {
+  state.query = null;
+  state.queryLabels = null;
+  $("query-card").classList.add("empty");
+  $("query-img").hidden = true;
+  $("query-img").removeAttribute("src");
+  $("query-text").textContent = "Pick a clip, or upload one.";
+  $("show-attention").disabled = true;
+  $("attention").hidden = true;
+  document.querySelectorAll("#clip-grid .card").forEach(markSelected);
+}
+
+function clearResults() {
+  $("results").replaceChildren();
+  delete $("results").dataset.focus;
+}
+
 function showAttention() {
   if (!state.query) return;
   const url = state.query.clip ? `/api/clips/${clipPath(state.query.clip)}/attention.png`
@@ -120,11 +201,33 @@ function showAttention() {
 }
 
 // ---------------------------------------------------------------- focus and search
+// What each depth keeps: the shallowest code is built from the players' appearance (the same match looks
+// alike: court, uniforms, light); each deeper code mixes in more of their positions and movement, until the
+// deepest one matches the group activity in any match.
+function focusHelp(f, depth) {
+  if (depth < 2) return "This index has one code per clip: a single focus, the group activity.";
+  if (f === 1) {
+    return `Visual focus (depth 1 of ${depth}): clips that look like the query — the same match: court, ` +
+      "uniforms, light — whatever the play. Built from the players' appearance alone.";
+  }
+  if (f === depth) {
+    return `Activity focus (depth ${depth} of ${depth}): the same group activity (e.g. a left spike) in any ` +
+      "match, whatever the court or uniforms look like. Built mostly from how the players move and stand.";
+  }
+  const share = Math.round(((f - 1) / (depth - 1)) * 100);
+  return `Depth ${f} of ${depth}, between the two (about ${share} % of the way to activity): each step right ` +
+    "mixes more of the players' positions and movement into their appearance. This depth still keeps some " +
+    "of the match's look, so the same activity in the same match tends to come first.";
+}
+
 function showFocus() {
   const f = Number($("focus").value);
   const depth = state.info ? state.info.depth : 1;
   const name = state.info ? state.info.focus_names[f - 1] : "";
   $("focus-label").textContent = `focus ${f} of ${depth} (${name})`;
+  $("focus-help").textContent = focusHelp(f, depth);
+  $("focus").setAttribute("aria-valuetext", `focus ${f} of ${depth}, ${name}`);
+  $("focus-ticks").querySelectorAll("span").forEach((s, i) => s.classList.toggle("on", i === f - 1));
 }
 
 async function search() {
@@ -151,21 +254,22 @@ function showResults(res) {
     const sameGroup = knownGroup && r.group === q.group;
     const sameAct = knownAct && r.activity === q.activity;
     const mark = (known, same) => `badge${known ? (same ? " yes" : " no") : ""}`;
-    const card = el("div", { className: `card hit${sameGroup ? " same-group" : ""}`, "data-clip": r.id,
-                             "data-distance": String(r.distance), title: `${r.id} · split ${r.split || "–"}` }, [
-      el("img", { src: thumbUrl(r.id, 320), alt: r.id, loading: "lazy" }),
-      el("div", { className: "meta" }, [
-        el("div", { className: "top" }, [el("span", { text: `#${r.rank}` }),
-                                         el("span", { className: "dist", text: `d = ${r.distance}` })]),
-        el("div", { className: "act" }, [el("span", { className: mark(knownAct, sameAct),
-                                                      text: activityText(r) })]),
-        el("div", {}, [el("span", { className: mark(knownGroup, sameGroup), text: `group ${r.group}` })]),
-        el("div", { className: "id", text: r.id }),
-      ]),
+    const meta = el("span", { className: "meta" }, [
+      el("span", { className: "top" }, [el("span", { text: `#${r.rank}` }),
+                                        el("span", { className: "dist", text: `d = ${r.distance}` })]),
+      el("span", { className: "act" }, [el("span", { className: mark(knownAct, sameAct), text: activityText(r) })]),
+      el("span", {}, [el("span", { className: mark(knownGroup, sameGroup), text: `group ${r.group}` })]),
+      el("span", { className: "id", text: r.id }),
     ]);
-    card.addEventListener("click", () => pickClip(r));
-    return card;
+    const same = [sameAct ? "same activity" : "", sameGroup ? "same group" : ""].filter(Boolean).join(", ");
+    const node = card({ row: r, kind: `hit${sameGroup ? " same-group" : ""}`, width: 320, meta,
+                        label: `result ${r.rank}, distance ${r.distance}: ${r.id}, ${activityText(r)}, group ` +
+                               `${r.group}${same ? ` (${same})` : ""}; search with it`,
+                        onPick: () => pickClip(r) });
+    node.dataset.distance = String(r.distance);
+    return node;
   }));
+  playAll();
   status(`top ${res.results.length} at focus ${res.focus} (${res.focus_name}) · search ${res.search_ms.toFixed(2)} ms` +
          " · green: same group / same activity as the query");
 }
@@ -176,7 +280,7 @@ function onFocus() {
   state.timer = setTimeout(search, 40);  // re-run as the slider moves, at most every 40 ms
 }
 
-// ---------------------------------------------------------------- uploads
+// ---------------------------------------------------------------- uploads and deletes
 function uploadForm() {
   const media = $("u-media").files[0];
   const tracks = $("u-tracks").files[0];
@@ -189,21 +293,25 @@ function uploadForm() {
 
 async function searchUpload(event) {
   event.preventDefault();
+  const seq = ++state.seq;  // any search still running is now stale
   try {
     const form = uploadForm();
     form.append("k", $("k").value);
     form.append("focus", $("focus").value);
     status("encoding the uploaded clip…");
-    const seq = ++state.seq;
     const res = await api("/api/search", { method: "POST", body: form });
+    if (seq !== state.seq) return;
     state.query = { query: res.query.token };
     state.queryLabels = res.query;
-    for (const c of document.querySelectorAll("#clip-grid .card")) c.classList.remove("selected");
-    showQuery(`/api/queries/${res.query.token}/keyframe.jpg?width=320`,
+    document.querySelectorAll("#clip-grid .card").forEach(markSelected);
+    showQuery(`/api/queries/${res.query.token}/preview.webp?width=320`,
               `uploaded clip (${res.query.persons} persons, ${res.query.frames} frames)`, res.query, true);
-    if (seq === state.seq) showResults(res);
+    showResults(res);
   } catch (err) {
-    status(err.message, true);
+    if (seq !== state.seq) return;
+    clearQuery();  // the results of the previous query would read as this upload's
+    clearResults();
+    status(`the upload failed, nothing was searched: ${err.message}`, true);
   }
 }
 
@@ -222,15 +330,37 @@ async function addUpload() {
   }
 }
 
+async function deleteClip(id) {
+  if (!window.confirm(`Delete clip ${id} from the index? Its uploaded files are removed too.`)) return;
+  try {
+    await api(`/api/clips/${clipPath(id)}`, { method: "DELETE" });
+    status(`deleted ${id} from the index`);
+    if (state.query && state.query.clip === id) {
+      clearQuery();
+      clearResults();
+    }
+    await loadIndex();
+    await loadClips();
+    if (document.querySelector(`#results .card[data-clip="${CSS.escape(id)}"]`)) await search();
+  } catch (err) {
+    status(err.message, true);
+  }
+}
+
 // ---------------------------------------------------------------- wiring
 function wire() {
   $("focus").addEventListener("input", onFocus);
   $("k").addEventListener("change", search);
+  $("play-all").checked = HOVERLESS;
+  if (NARROW.matches) $("upload").open = false;  // the clip list first; the form is one tap away
+  $("play-all").addEventListener("change", playAll);
   $("prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - PAGE); loadClips(); });
   $("next").addEventListener("click", () => { state.offset += PAGE; loadClips(); });
   for (const id of ["f-split", "f-activity", "f-group"]) {
     $(id).addEventListener("change", () => { state.offset = 0; loadClips(); });
   }
+  $("clip-grid").addEventListener("keydown", gridKeys);
+  $("results").addEventListener("keydown", gridKeys);
   $("upload-form").addEventListener("submit", searchUpload);
   $("u-add").addEventListener("click", addUpload);
   $("show-attention").addEventListener("click", showAttention);
