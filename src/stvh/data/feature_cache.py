@@ -3,31 +3,45 @@
 On a CPU the backbone is far too slow to run every epoch, so ``stvh extract``
 runs it once and stores ``roi (N, T, C, s, s)`` per clip. Layout (a folder)::
 
-    FEATS/meta.json            backbone, weights hash, frame size, roi size, channels, reduction, version
+    FEATS/meta.json            backbone, weights hash, frame size, roi size, channels, reduction, version,
+                               T, the dataset (resolved root, clip count, fingerprint)
     FEATS/pca.npz              optional channel projection (``reduction = "pca<k>"``)
     FEATS/shard-00000.h5       up to ``shard_size`` clips, one gzip-compressed dataset per clip
-                               (float16, or float32 where float16 would underflow)
+                               (float16, or float32 where float16 would underflow), each with the
+                               fingerprint of its inputs as attribute ``fingerprint``
     ...
 
 A shard is written to a temporary file and renamed when full, so a kill keeps
 every finished shard and loses at most the clips of the shard in progress;
 ``stvh extract`` resumes from there. Reusing a cache made with another
-backbone, weights or frame size is refused with :class:`CacheMismatch`.
+backbone, weights, frame size or T is refused with :class:`CacheMismatch`;
+:meth:`FeatureCacheWriter.sync` drops the clips whose inputs changed (their
+shards are rewritten atomically) so that they are extracted again, and refuses
+a cache of another dataset.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 
 from .atomic import atomic_path, write_text_atomic
 from .errors import DataError
+from .fingerprint import combine
 
 FORMAT_VERSION = 1
 # Keys whose values must agree between a cache and the extraction that reuses it.
 IDENTITY_KEYS = ("format_version", "backbone", "weights_hash", "frame_size", "roi_size", "channels", "reduction")
+# Compared only when the cache records them (caches of older versions do not).
+LATER_KEYS = ("frames_per_clip",)
+# Where each identity value comes from, for the messages.
+SOURCES = {"backbone": "--backbone / model.backbone", "weights_hash": "--weights / model.weights",
+           "frame_size": "--frame-size / extract.frame_size", "channels": "--pca / extract.pca",
+           "reduction": "--pca / extract.pca", "frames_per_clip": "T: data.window or data.reader.frames_per_clip"}
+_SHARD = re.compile(r"^shard-(\d+)\.h5$")
 
 
 class CacheError(DataError):
@@ -46,6 +60,11 @@ def _read_meta(path: Path) -> dict:
         raise CacheError("not a feature cache (meta.json missing)", path=path) from None
     except (OSError, ValueError) as exc:
         raise CacheError(f"cannot read ({exc})", path=meta_path) from None
+
+
+def read_meta(path: str | Path) -> dict:
+    """``meta.json`` of the cache folder ``path`` (:class:`CacheError` naming it when missing or unreadable)."""
+    return _read_meta(Path(path))
 
 
 def _h5py():
@@ -71,36 +90,113 @@ def to_storage_dtype(roi: np.ndarray) -> np.ndarray:
     return half
 
 
+def _shards(path: Path) -> list[Path]:
+    """Finished shards of a cache folder, in number order."""
+    found = [(int(m.group(1)), p) for p in path.glob("shard-*.h5") if (m := _SHARD.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def _rewrite_without(shard: Path, drop: set[str]) -> None:
+    """Rewrite ``shard`` without the clips ``drop`` (atomically; removed when nothing is left)."""
+    h5py = _h5py()
+    with h5py.File(shard, "r") as src:
+        keep = [n for n in src.keys() if n.replace("|", "/") not in drop]
+    if not keep:
+        shard.unlink()
+        return
+    with atomic_path(shard) as tmp:
+        with h5py.File(shard, "r") as src, h5py.File(tmp, "w") as dst:
+            for key, value in src.attrs.items():
+                dst.attrs[key] = value
+            for name in keep:
+                src.copy(src[name], dst, name=name)  # data, compression and attributes as they are
+
+
 class FeatureCacheWriter:
-    """Append clips to a cache folder, resuming a previous run with the same identity."""
+    """Append clips to a cache folder, resuming a previous run with the same identity.
+
+    ``meta`` is the cache's identity (backbone, weights hash, frame size, ...,
+    ``frames_per_clip``); an existing cache with other values is refused. Call
+    :meth:`sync` with the dataset's clip fingerprints before adding clips.
+    """
 
     def __init__(self, path: str | Path, meta: dict, shard_size: int = 32):
         self.path = Path(path)
         self.meta = {"format_version": FORMAT_VERSION, **meta}
         self.shard_size = shard_size
         self.path.mkdir(parents=True, exist_ok=True)
+        self.recorded: dict = {}  # meta.json as an earlier extraction left it
         if (self.path / "meta.json").exists():
-            old = _read_meta(self.path)
-            for key in IDENTITY_KEYS:
+            old = self.recorded = _read_meta(self.path)
+            for key in IDENTITY_KEYS + LATER_KEYS:
+                if key in LATER_KEYS and (key not in old or key not in self.meta):
+                    continue
                 if old.get(key) != self.meta.get(key):
+                    source = f" ({SOURCES[key]})" if key in SOURCES else ""
                     raise CacheMismatch(
-                        f"{key} is {old.get(key)!r} in the cache but {self.meta.get(key)!r} now; "
+                        f"{key} is {old.get(key)!r} in the cache but {self.meta.get(key)!r} now{source}; "
                         "use another --out folder or delete this one", path=self.path)
+            self.meta = {**old, **self.meta}
         else:
             write_text_atomic(self.path / "meta.json", json.dumps(self.meta, indent=2))
         for stale in self.path.glob(".shard-*.tmp"):
             stale.unlink()
-        self._done = set(FeatureCache(self.path).ids()) if any(self.path.glob("shard-*.h5")) else set()
-        self._pending: dict[str, np.ndarray] = {}
+        self._stored = FeatureCache(self.path).fingerprints() if _shards(self.path) else {}
+        self._pending: dict[str, tuple[np.ndarray, str | None]] = {}
 
     def done(self) -> set[str]:
         """Ids of the clips already stored in finished shards."""
-        return set(self._done)
+        return set(self._stored)
 
-    def add(self, clip_id: str, roi: np.ndarray) -> None:
-        if clip_id in self._done or clip_id in self._pending:
+    def sync(self, root: str | Path, fingerprints: dict[str, str]) -> dict[str, list[str]]:
+        """Make the cache hold only current features of the dataset at ``root``.
+
+        ``fingerprints`` are the dataset's ``{clip id: fingerprint}``. A cache
+        recorded for another root whose clips are not all found unchanged in
+        this dataset is another dataset's: :class:`CacheMismatch` naming both.
+        Otherwise the clips whose inputs changed (or were never recorded, older
+        caches) and the clips no longer in the dataset are removed, so that
+        :meth:`done` leaves them to extract. Returns ``{"changed": ids,
+        "dropped": ids, "unrecorded": ids}`` (unrecorded ⊆ changed).
+        """
+        root = str(Path(root).resolve())
+        old_root = self.recorded.get("dataset")
+        stored = self._stored
+        if stored and old_root and old_root != root and any(fingerprints.get(c) != f for c, f in stored.items()):
+            theirs = combine({c: str(f) for c, f in stored.items()})
+            raise CacheMismatch(
+                f"the cache holds features of {old_root} ({len(stored)} clips, fingerprint {theirs}), not of "
+                f"{root} ({len(fingerprints)} clips, fingerprint {combine(fingerprints)}); use another --out "
+                "folder for this dataset, or delete this one", path=self.path)
+        changed = [c for c, f in stored.items() if c in fingerprints and f != fingerprints[c]]
+        dropped = [c for c in stored if c not in fingerprints]
+        unrecorded = [c for c in changed if stored[c] is None]
+        self.remove(changed + dropped)
+        if old_root != root:
+            self.update_meta(dataset=root)  # before any clip of this dataset is added
+        return {"changed": changed, "dropped": dropped, "unrecorded": unrecorded}
+
+    def remove(self, clip_ids) -> None:
+        """Remove stored clips; each shard holding one is rewritten atomically (a kill keeps old or new)."""
+        drop = set(clip_ids) & set(self._stored)
+        if not drop:
+            return
+        where = FeatureCache(self.path).shard_of()
+        for shard in sorted({where[c] for c in drop}):
+            _rewrite_without(shard, drop)
+        for c in drop:
+            del self._stored[c]
+
+    def update_meta(self, **values) -> None:
+        """Set non-identity values of ``meta.json`` (e.g. the dataset fingerprint after extraction)."""
+        self.meta.update(values)
+        write_text_atomic(self.path / "meta.json", json.dumps(self.meta, indent=2))
+
+    def add(self, clip_id: str, roi: np.ndarray, fingerprint: str | None = None) -> None:
+        """Queue ``roi (N, T, C, s, s)`` of a clip with the fingerprint of its inputs."""
+        if clip_id in self._stored or clip_id in self._pending:
             raise ValueError(f"clip {clip_id} is already in the cache")
-        self._pending[clip_id] = to_storage_dtype(roi)
+        self._pending[clip_id] = (to_storage_dtype(roi), fingerprint)
         if len(self._pending) >= self.shard_size:
             self.flush()
 
@@ -109,17 +205,24 @@ class FeatureCacheWriter:
         if not self._pending:
             return
         h5py = _h5py()
-        index = len(list(self.path.glob("shard-*.h5")))
+        existing = _shards(self.path)
+        index = int(_SHARD.match(existing[-1].name).group(1)) + 1 if existing else 0
         target = self.path / f"shard-{index:05d}.h5"
         with atomic_path(target) as tmp:
             with h5py.File(tmp, "w") as fh:
                 for key in IDENTITY_KEYS:
                     fh.attrs[key] = json.dumps(self.meta.get(key))
-                for clip_id, roi in self._pending.items():
-                    fh.create_dataset(_dataset_name(clip_id), data=roi, chunks=roi.shape,
-                                      compression="gzip", compression_opts=1, shuffle=True)
-        self._done.update(self._pending)
+                for clip_id, (roi, fingerprint) in self._pending.items():
+                    ds = fh.create_dataset(_dataset_name(clip_id), data=roi, chunks=roi.shape,
+                                           compression="gzip", compression_opts=1, shuffle=True)
+                    if fingerprint is not None:
+                        ds.attrs["fingerprint"] = fingerprint
+        self._stored.update((cid, fp) for cid, (_, fp) in self._pending.items())
         self._pending.clear()
+
+    def stored_fingerprints(self) -> dict[str, str | None]:
+        """``{clip id: fingerprint}`` of the clips in finished shards (``None``: not recorded)."""
+        return dict(self._stored)
 
     def close(self) -> None:
         self.flush()
@@ -142,8 +245,9 @@ class FeatureCache:
             raise CacheMismatch(f"format version {self.meta.get('format_version')} is not {FORMAT_VERSION}",
                                 path=self.path)
         self._where: dict[str, Path] = {}
+        self._fingerprints: dict[str, str | None] | None = None
         h5py = _h5py()
-        for shard in sorted(self.path.glob("shard-*.h5")):
+        for shard in _shards(self.path):
             try:
                 with h5py.File(shard, "r") as fh:
                     for name in fh.keys():
@@ -154,11 +258,53 @@ class FeatureCache:
     def ids(self) -> list[str]:
         return list(self._where)
 
+    def shard_of(self) -> dict[str, Path]:
+        """``{clip id: shard file}``."""
+        return dict(self._where)
+
     def __len__(self) -> int:
         return len(self._where)
 
     def __contains__(self, clip_id: str) -> bool:
         return clip_id in self._where
+
+    def fingerprints(self) -> dict[str, str | None]:
+        """``{clip id: fingerprint of its inputs}`` (``None`` where the cache did not record one)."""
+        if self._fingerprints is None:
+            h5py = _h5py()
+            out: dict[str, str | None] = {}
+            for shard in _shards(self.path):
+                try:
+                    with h5py.File(shard, "r") as fh:
+                        for name, ds in fh.items():
+                            fp = ds.attrs.get("fingerprint")
+                            out[name.replace("|", "/")] = fp.decode() if isinstance(fp, bytes) else fp
+                except OSError as exc:
+                    raise CacheError(f"corrupt shard ({exc})", path=shard) from None
+            self._fingerprints = out
+        return dict(self._fingerprints)
+
+    def check_inputs(self, fingerprints: dict[str, str], data: str | Path) -> list[str]:
+        """Refuse features extracted from other inputs than the dataset ``data`` has now.
+
+        ``fingerprints`` are the dataset's ``{clip id: fingerprint}``; clips the
+        cache does not hold are not checked here. Raises :class:`CacheMismatch`
+        naming the cache, the dataset, the first changed clip and the fix;
+        returns the ids whose fingerprint the cache did not record (older caches).
+        """
+        stored = self.fingerprints()
+        held = [c for c in fingerprints if c in stored]
+        unrecorded = [c for c in held if stored[c] is None]
+        changed = [c for c in held if stored[c] is not None and stored[c] != fingerprints[c]]
+        if changed:
+            origin = self.meta.get("dataset")
+            came = f" (the cache was extracted from {origin})" if origin and origin != str(Path(data).resolve()) \
+                else ""
+            raise CacheMismatch(
+                f"{len(changed)} of {len(held)} cached clips were extracted from other inputs than {data} has now "
+                f"(boxes, frame numbers or frame files differ; first: {changed[0]}){came}; run `stvh extract "
+                f"--data {data} --out {self.path}` (with your --config) to re-extract them", path=self.path)
+        return unrecorded
 
     def check(self, **expected) -> None:
         """Refuse a cache whose identity differs from ``expected`` (e.g. backbone=...)."""

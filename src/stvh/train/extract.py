@@ -3,7 +3,9 @@
 ``extract(data, backbone, out)`` decodes each clip's T frames, runs the CNN
 (truncated at stride 32) and RoIAlign 5x5 per person per frame, and stores the
 raw ``roi (N, T, C, 5, 5)`` in a :mod:`stvh.data.feature_cache` folder.
-Finished shards survive a kill and are skipped when the command is run again.
+Finished shards survive a kill and are skipped when the command is run again;
+clips whose inputs changed since (their fingerprint, :mod:`stvh.data.fingerprint`)
+are extracted again, and the cache of another dataset is refused.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import torch
 from tqdm import tqdm
 
 from ..data.errors import DataError
-from ..data.feature_cache import FeatureCacheWriter
+from ..data.feature_cache import CacheError, FeatureCacheWriter
+from ..data.fingerprint import VERSION as FINGERPRINT_VERSION
+from ..data.fingerprint import clip_fingerprints, combine
 from ..data.formats import read_dataset
 from ..data.frames import read_frames
 from ..data.skipped import write_skipped
@@ -33,11 +37,7 @@ def weights_identity(backbone: str, weights: str | None, seed: int) -> str:
     path = weights or (efficientnet_lite0_weights_path() if backbone == "efficientnet_lite0" else None)
     if path is None:
         return f"random-init-seed{seed}"
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return "sha256:" + digest.hexdigest()[:16]
+    return file_sha256(path)
 
 
 def _resize(frames: np.ndarray, size: tuple[int, int] | None) -> torch.Tensor:
@@ -154,19 +154,29 @@ def extract(data: str | Path, backbone: str, out: str | Path, *, weights: str | 
                 bad.add(c.id)
         return keep, frames
 
-    if pca is not None:
-        extractor.projection = _pca_projection(Path(out), clips, pca, pca_clips, extractor, decoded, batch_clips)
+    fingerprints = clip_fingerprints(clips, data)  # stat calls only: no frame is decoded here
     meta = {"backbone": backbone, "weights_hash": weights_identity(backbone, weights, seed),
             "frame_size": list(frame_size) if frame_size else "native", "roi_size": roi_size,
             "channels": pca or extractor.module.in_channels, "backbone_channels": extractor.module.in_channels,
             "reduction": f"pca{pca}" if pca else "none", "dataset": str(Path(data).resolve()),
+            "frames_per_clip": sorted({c.num_frames for c in clips}), "fingerprint_version": FINGERPRINT_VERSION,
             "image_sizes": sorted(list(s) for s in sizes)}
-    if extractor.projection is not None:
-        meta["pca_explained"] = float(extractor.projection[2].sum())
-    writer = FeatureCacheWriter(out, meta)
+    writer = FeatureCacheWriter(out, meta)  # refuses a cache of another backbone, frame size, PCA or T
+    synced = writer.sync(data, fingerprints)  # refuses another dataset's cache; drops changed clips
+    if synced["unrecorded"]:
+        log.warning("%s recorded no fingerprints of its inputs (made by an older stvh): its %d clips are "
+                    "extracted again", out, len(synced["unrecorded"]))
+    if pca is not None:
+        if writer.done() and not (Path(out) / "pca.npz").is_file():
+            raise CacheError("pca.npz is missing, but the cached clips were projected with it; delete the "
+                             "folder and extract again", path=out)
+        extractor.projection = _pca_projection(Path(out), clips, pca, pca_clips, extractor, decoded, batch_clips)
+        writer.update_meta(pca_explained=float(extractor.projection[2].sum()),
+                           pca_sha256=file_sha256(Path(out) / "pca.npz"))
+    changed = set(synced["changed"])
     todo = [c for c in clips if c.id not in writer.done()]
     t0 = time.time()
-    frames_done = extracted = 0
+    frames_done = extracted = re_extracted = 0
     bar = tqdm(total=len(todo), desc="extract", unit="clip", disable=not progress)
     try:
         for start in range(0, len(todo), batch_clips):
@@ -174,24 +184,36 @@ def extract(data: str | Path, backbone: str, out: str | Path, *, weights: str | 
             part, frames = decoded(group)
             if part:
                 for c, r in zip(part, extractor(part, frames)):
-                    writer.add(c.id, r)
+                    writer.add(c.id, r, fingerprints[c.id])
                 frames_done += sum(len(f) for f in frames)
                 extracted += len(part)
+                re_extracted += sum(c.id in changed for c in part)
             bar.update(len(group))
             bar.set_postfix(clips_per_s=f"{bar.n / max(time.time() - t0, 1e-9):.2f}")
     finally:
         bar.close()
         writer.close()  # keep every finished clip, also after Ctrl-C or an error
+    stored = writer.stored_fingerprints()
+    writer.update_meta(clips=len(stored), dataset_fingerprint=combine({c: str(f) for c, f in stored.items()}))
     seconds = time.time() - t0
     if skip_bad:
         write_skipped(Path(out) / "skipped.csv", skipped)
-    cached = len(writer.done())
-    return {"features": str(out), "backbone": backbone, "clips": len(dataset.clips), "cached": cached,
-            "extracted": extracted, "resumed": len(clips) - len(todo),
+    return {"features": str(out), "backbone": backbone, "clips": len(dataset.clips), "cached": len(stored),
+            "extracted": extracted, "resumed": len(clips) - len(todo), "re_extracted": re_extracted,
+            "dropped": len(synced["dropped"]),
             "no_frames": len(dataset.clips) - len(clips), "seconds": round(seconds, 2),
             "clips_per_s": round(extracted / seconds, 2) if seconds > 0 and extracted else None,
             "frames_per_s": round(frames_done / seconds, 2) if seconds > 0 and extracted else None,
             "channels": pca or extractor.module.in_channels, "skipped": len(skipped)}
+
+
+def file_sha256(path: Path) -> str:
+    """``sha256:<16 hex digits>`` of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()[:16]
 
 
 def _pca_projection(out: Path, clips, k: int, n_clips: int, extractor: RoIExtractor, decoded, batch_clips: int):
