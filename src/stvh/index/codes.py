@@ -82,7 +82,7 @@ def pack_codes(signs: np.ndarray, *, strict: bool = True) -> np.ndarray:
         if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
             raise ValueError(f"codes must be numeric or bool, got dtype {a.dtype}")
         if strict and a.size and not np.all((a == 1) | (a == -1)):
-            bad = a[(a != 1) & (a != -1)].ravel()[0]
+            bad = a[(a != 1) & (a != -1)].ravel()[0].item()  # a Python number: 0.5, not np.float64(0.5)
             raise ValueError(f"codes must contain only -1 and +1 (found {bad!r}); "
                              "use strict=False to binarise real values by their sign")
         bits = a > 0
