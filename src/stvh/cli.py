@@ -46,6 +46,17 @@ def friendly_errors(fn):
     return wrapper
 
 
+def _lock(path: Path, command: str, flag: Optional[str] = "--out") -> None:
+    """Hold the write lock of output ``path`` until this command ends (stvh.locks; rank 0 only under torchrun)."""
+    import click
+
+    from .locks import output_lock
+
+    if int(os.environ.get("RANK", 0)) == 0:
+        click.get_current_context().with_resource(
+            output_lock(path, command, flag=flag, note=lambda line: typer.echo(f"note: {line}", err=True)))
+
+
 def _version(value: bool) -> None:
     if value:
         from . import __version__
@@ -182,9 +193,11 @@ def extract_cmd(
     out: Path = typer.Option(..., "--out", help="Feature cache folder (resumes when it exists)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML config: backbone, weights, frame size, PCA, "
                                                                "reader options and seed come from it, so `stvh "
-                                                               "train --config` accepts the cache."),
+                                                               "train` with the same config accepts the cache "
+                                                               "(default: the shipped src/stvh/configs/default.yaml; "
+                                                               "`stvh config show` prints it)."),
     backbone: Optional[str] = typer.Option(None, help="CNN backbone (see docs/visual.md); default: the config's "
-                                                      "model.backbone, else efficientnet_lite0."),
+                                                      "model.backbone (efficientnet_lite0 in the default config)."),
     weights: Optional[Path] = typer.Option(None, help="Local state-dict file of the backbone."),
     format: Optional[str] = typer.Option(None, "--format", help="Dataset format (detected when omitted)."),
     frame_size: Optional[str] = typer.Option(None, help="Resize frames to HxW before the backbone "
@@ -202,19 +215,22 @@ def extract_cmd(
 ):
     """Stage 1: run the backbone once and cache per-person per-frame RoI features.
 
-    With --config the cache is built exactly as `stvh demo` and `stvh train` expect from that config;
-    flags given explicitly override the config.
+    Without --config the shipped default config is used (src/stvh/configs/default.yaml; `stvh config show`
+    prints it), the same one `stvh train` uses, so the bare commands agree. With --config the cache is built
+    exactly as `stvh demo` and `stvh train` expect from that config; flags given explicitly override the config.
     """
     from .outputs import check_output
-    from .train.config import load_config
+    from .train.config import config_path, load_config
     from .train.extract import extract_with_config
+    from .train.loop import check_device
 
+    check_device(device)  # up front: "--device cuda: no CUDA device here; use --device cpu"
     check_output(out, inputs=[(data, "dataset"), (config, "config")], overwrite=True, kind="dir",
                  what="feature cache")
     if out.is_dir() and any(out.iterdir()) and not (out / "meta.json").is_file():
         _fail(f"refusing to write feature cache {out}: the folder holds other files (no meta.json); "
               "choose an empty or new --out")
-    overrides = [f"model.backbone={backbone or 'efficientnet_lite0'}"] if backbone or config is None else []
+    overrides = [f"model.backbone={backbone}"] if backbone else []
     if weights:
         overrides.append(f"model.weights={weights}")
     if frame_size:
@@ -226,7 +242,7 @@ def extract_cmd(
         overrides.append(f"seed={seed}")
     if format:
         overrides.append(f"data.format={format}")
-    cfg = load_config(config, overrides)
+    cfg = load_config(config_path(config), overrides)
     try:
         result = extract_with_config(cfg, data, out, batch_clips=batch_clips, device=device, progress=progress,
                                      skip_bad=skip_bad)
@@ -236,6 +252,10 @@ def extract_cmd(
         typer.secho(f"interrupted; {done} clips are cached in {out}; run the same command again to resume",
                     fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(130)
+    typer.echo(f"resumed {result['resumed']}, re-extracted {result['re_extracted']} (inputs changed), extracted "
+               f"{result['extracted'] - result['re_extracted']}" + (f"; {result['dropped']} clips no longer in the "
+                                                                    "dataset removed" if result["dropped"] else ""),
+               err=True)
     if result["no_frames"]:
         typer.echo(f"{result['cached']} clips cached; {result['no_frames']} of {result['clips']} clips have no "
                    "frames and were not extracted (training uses the clips that have features)", err=True)
@@ -248,9 +268,13 @@ def extract_cmd(
 @friendly_errors
 def train_cmd(
     ctx: typer.Context,
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML config (configs/*.yaml)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config (configs/*.yaml; default: the shipped "
+                                                               "src/stvh/configs/default.yaml, printed by `stvh "
+                                                               "config show`)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder."),
-    features: Optional[Path] = typer.Option(None, "--features", help="Feature cache (CNN backbones)."),
+    features: Optional[Path] = typer.Option(None, "--features", help="Feature cache from `stvh extract` (CNN "
+                                                                     "backbones); its backbone, frame size and PCA "
+                                                                     "are used where the config does not set them."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder to create."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Run folder to continue after a kill (its "
                                                                 "config, data and features are reused)."),
@@ -259,26 +283,39 @@ def train_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace what an earlier run left in --out."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
-    """Stage 2: train STVH / M-STVH. Extra arguments key=value override config keys (e.g. model.bits=64)."""
+    """Stage 2: train STVH / M-STVH. Extra arguments key=value override config keys (e.g. model.bits=64).
+
+    Without --config the shipped default config is used (src/stvh/configs/default.yaml; `stvh config show`
+    prints it, the same one `stvh extract` uses). With --features, the cache's backbone, frame size and PCA
+    are used where the config file and the overrides do not set them.
+    """
     import shutil
 
+    from .locks import check_free
     from .outputs import check_output
-    from .train.config import load_config
+    from .train.checkpoint import check_resume_config, read_run_info
+    from .train.config import load_config, resolve_config
     from .train.loop import TrainingInterrupted, fit
 
     if resume is not None:
         if not (resume / "config.yaml").is_file() or not (resume / "run.json").is_file():
             _fail(f"{resume} is not a run folder (config.yaml or run.json missing)")
-        info = json.loads((resume / "run.json").read_text(encoding="utf-8"))
+        _lock(resume, "stvh train", flag=None)  # one writer per run folder (stvh.locks)
+        info = read_run_info(resume)
         cfg = load_config(resume / "config.yaml", list(ctx.args))
+        check_resume_config(load_config(resume / "config.yaml"), cfg)  # before anything is built
         out, data = resume, data or Path(info["data"])
         features = features or (Path(info["features"]) if info.get("features") else None)
     else:
         if data is None or out is None:
             _fail("--data and --out are required (or --resume RUN)")
-        cfg = load_config(config, list(ctx.args))
+        cfg, notes = resolve_config(config, list(ctx.args), features)
+        for note in notes:
+            typer.echo(f"note: {note}", err=True)
+        check_free(out)  # a second writer is told who writes --out, before "not empty" (stvh.locks)
         check_output(out, inputs=[(data, "dataset"), (features, "feature cache"), (config, "config")],
                      overwrite=overwrite, kind="dir", what="run folder")
+        _lock(out, "stvh train")  # held before --overwrite empties the folder
         if overwrite and out.is_dir() and int(os.environ.get("RANK", 0)) == 0:
             if any(out.iterdir()) and not (out / "run.json").is_file():
                 _fail(f"refusing to replace {out}: it is not a run folder (no run.json)")
@@ -313,9 +350,14 @@ def encode_cmd(
     --data may name another dataset (e.g. unlabelled footage): its labels are mapped onto the run's by name,
     and a CNN run computes its features from the frames unless --features is given.
     """
+    from .locks import check_free
     from .train.encode import encode
+    from .train.loop import check_device
 
+    check_device(device)
+    check_free(out)
     check_output_of_encode(run, out, data, features, overwrite)
+    _lock(out, "stvh encode")
     result = encode(run, out, data=data, features=features, checkpoint=checkpoint, device=device,
                     skip_bad=skip_bad, log=lambda line: typer.echo(line, err=True))
     if skip_bad:
@@ -354,25 +396,36 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count bad lines/clips when encoding "
                                                             "(listed in RUN/codes.skipped.csv)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for codes.npz and metrics.json (default: RUN; "
+                                                           "with --data/--features of other data RUN/eval-NAME, "
+                                                           "so the run's own are never replaced)."),
 ):
     """Accuracy, MPCA, action accuracy and mAP@5/10/20/50 (train = database, test = queries)."""
-    from .eval.evaluate import evaluate, format_headline
+    from .eval.evaluate import check_eval_splits, eval_folder, evaluate, format_headline
+    from .outputs import check_output
     from .train.encode import encode, skipped_path
 
-    codes = run / "codes.npz"
+    dest = eval_folder(run, data, features, out)
+    if dest.resolve() != run.resolve():
+        check_output(dest, inputs=[(data, "dataset"), (features, "feature cache"), (run / "codes.npz", "run file"),
+                                   (run / "metrics.json", "run file")], overwrite=True, kind="dir",
+                     what="evaluation folder")
+    _lock(dest, "stvh eval", flag=None if dest.resolve() == run.resolve() else "--out")
+    codes = dest / "codes.npz"
     if data is not None or features is not None or skip_bad or not codes.exists():
         check_output_of_encode(run, codes, data, features, overwrite=True)
         r = encode(run, codes, data=data, features=features, skip_bad=skip_bad,
-                   log=lambda line: typer.echo(line, err=True))
+                   log=lambda line: typer.echo(line, err=True),
+                   before_write=lambda cs: check_eval_splits(cs.split, data or run))  # nothing written if refused
         if skip_bad:
             _write_skipped_note(r["skipped"], skipped_path(codes))
-    result = evaluate(codes, run)
+    result = evaluate(codes, dest)
     m = result["metrics"]
     if as_json:
         typer.echo(json.dumps(m, indent=2, sort_keys=True))
         return
     typer.echo(format_headline(m, result["details"]))
-    typer.echo(f"metrics written to {run / 'metrics.json'}")
+    typer.echo(f"metrics written to {dest / 'metrics.json'}")
 
 
 @app.command("ablate", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -383,7 +436,8 @@ def ablate_cmd(
     table: int = typer.Option(..., "--table", min=5, max=7, help="The paper's table: 5 (MSF vs transformer BD/ED), "
                                                                   "6 (depth 2-5) or 7 (loss terms)."),
     out: Path = typer.Option(..., "--out", help="Ablation folder (resumes; may hold all three tables)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML config every row starts from."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config every row starts from (default: the "
+                                                               "shipped src/stvh/configs/default.yaml)."),
     seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds; each row runs once per seed."),
     features: Optional[Path] = typer.Option(None, "--features", help="Feature cache (default: extracted once "
                                                                      "into OUT/features for CNN backbones)."),
@@ -394,10 +448,11 @@ def ablate_cmd(
     Extra key=value arguments override config keys for every row (e.g. train.epochs=10).
     """
     from .train.ablate import parse_seeds, run_table
+    from .train.config import config_path
     from .train.loop import TrainingInterrupted
 
     try:
-        result = run_table(table, data=data, out=out, config=config, seeds=parse_seeds(seeds), features=features,
+        result = run_table(table, data=data, out=out, config=config_path(config), seeds=parse_seeds(seeds), features=features,
                            overrides=list(ctx.args), progress=progress and sys.stderr.isatty(),
                            echo=lambda line: typer.echo(line, err=True))
     except (KeyboardInterrupt, TrainingInterrupted):
@@ -483,6 +538,34 @@ def report_cmd(
     typer.echo(f"report written to {path}")
 
 
+config_app = typer.Typer(help="Configs: print the one a command would run with.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@friendly_errors
+def config_show(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config (default: the shipped default)."),
+    features: Optional[Path] = typer.Option(None, "--features", help="Feature cache: show what `stvh train "
+                                                                     "--features` takes from it."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of YAML."),
+):
+    """Print the resolved config (file or shipped default, then key=value overrides, then the cache's settings).
+
+    This is exactly what `stvh extract` / `stvh train` with the same --config, overrides and --features run with.
+    """
+    from .train.config import config_path, dump_config, resolve_config
+
+    cfg, notes = resolve_config(config, list(ctx.args), features)
+    if as_json:
+        typer.echo(json.dumps(cfg, indent=2))
+        return
+    typer.echo(f"# resolved from {config_path(config)}" + (" (the shipped default)" if config is None else "")
+               + "".join(f"\n# override: {o}" for o in ctx.args) + "".join(f"\n# {n}" for n in notes))
+    typer.echo(dump_config(cfg).rstrip())
+
+
 @app.command("demo", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @friendly_errors
 def demo(
@@ -527,7 +610,9 @@ def serve_cmd(
     """Serve the search page and the HTTP API (search by clip or upload, with a focus from visual to activity)."""
     from .serve import ServeSettings, UploadLimits, serve
     from .train.checkpoint import CheckpointError
+    from .train.loop import check_device
 
+    check_device(device)
     limits = UploadLimits(max_bytes=max_upload_mb * 1024 * 1024, max_frames=max_frames, max_persons=max_persons)
     try:
         serve(ServeSettings(run=run, index=index, data=data, host=host, port=port, allow_writes=allow_writes,

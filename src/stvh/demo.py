@@ -26,7 +26,8 @@ def run_demo(out: str | Path, *, seed: int = 0, progress: bool = True, echo: Cal
     """Run every stage into ``out``; returns the headline metrics and paths.
 
     ``data`` replaces the synthetic dataset by one of yours (any supported format, e.g. MOT
-    footage); ``config`` replaces the synthetic config (its ``data.format`` is detected then).
+    footage); ``config`` replaces the synthetic config. With ``data`` and no ``config`` the shipped default
+    (``src/stvh/configs/default.yaml``: the synthetic recipe, format detected) is used.
     """
     from .data.formats import read_dataset
     from .data.synth import generate
@@ -34,15 +35,14 @@ def run_demo(out: str | Path, *, seed: int = 0, progress: bool = True, echo: Cal
     from .eval.report import write_report
     from .index.commands import build_index, format_results, search_index
     from .train.checkpoint import load_checkpoint
-    from .train.config import load_config
+    from .train.config import DEFAULT_CONFIG, load_config
     from .train.encode import encode
     from .train.extract import extract_with_config
     from .train.loop import epochs_done, fit
 
     out = Path(out)
     user_data = data is not None
-    cfg = load_config(config or SYNTH_CONFIG, [f"seed={seed}", *(["data.format=null"] if user_data and config is None
-                                                                 else []), *overrides])
+    cfg = load_config(config or (DEFAULT_CONFIG if user_data else SYNTH_CONFIG), [f"seed={seed}", *overrides])
     data, feats, run = Path(data) if user_data else out / "data", out / "features", out / "run"
     total, t_all = 7, time.time()
 

@@ -218,6 +218,8 @@ class DataConfig(_Section):
     val_fraction: Fraction = _field(0.15, "a number in [0, 1)")
     reader: dict[str, Any] = _field({}, "a mapping of reader options")
     require_features: Annotated[bool, Strict()] = _field(False, "true (refuse clips without cached features) or false (leave them out)")
+    unlisted: _choice(("ignore", "train")) = _field("ignore", "ignore (clips in no split stay out of training) or "
+                                                              "train (they join the train split)")
 
     @model_validator(mode="after")
     def _reader_options(self):
@@ -610,3 +612,74 @@ def complete_config(cfg: dict) -> dict:
 
 def dump_config(cfg: dict) -> str:
     return yaml.safe_dump(cfg, sort_keys=False)
+
+
+# ---- the shipped default and what a feature cache implies ----
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+# Keys a feature cache fixes, and how its meta.json states each (train/extract.py writes them).
+CACHE_KEYS = ("model.backbone", "extract.frame_size", "extract.pca")
+
+
+def config_path(path: str | Path | None) -> Path:
+    """The config a command runs with: ``path``, else the shipped default (``src/stvh/configs/default.yaml``)."""
+    return Path(path) if path is not None else DEFAULT_CONFIG
+
+
+def user_keys(path: str | Path | None, overrides=()) -> dict[str, str]:
+    """Dotted keys the user set, each with where (``file:line: `` or ``override key=value: ``); the default is nobody's."""
+    out: dict[str, str] = {}
+    if path is not None:
+        path = Path(path)
+        _, lines = _parse(_read_text(path), str(path))
+        out.update({key: f"{path}:{line}: " for key, line in lines.items()})
+    def walk(value: Any, prefix: str, where: str) -> None:
+        for key, sub in value.items():
+            out[prefix + key] = where
+            if isinstance(sub, dict):
+                walk(sub, f"{prefix}{key}.", where)
+
+    for text in overrides:
+        walk(parse_override(text), "", f"override {_short(text, 60)}: ")
+    return out
+
+
+def cache_settings(meta: dict) -> dict[str, Any]:
+    """``{config key: value}`` that a feature cache's ``meta.json`` was extracted with (keys of :data:`CACHE_KEYS`)."""
+    size, reduction = meta.get("frame_size"), str(meta.get("reduction", "none"))
+    return {"model.backbone": meta.get("backbone"),
+            "extract.frame_size": list(size) if isinstance(size, (list, tuple)) else None,
+            "extract.pca": int(reduction[3:]) if reduction.startswith("pca") and reduction[3:].isdigit() else None}
+
+
+def adopt_cache_settings(cfg: dict, meta: dict, explicit: dict[str, str], cache: str | Path) -> tuple[dict, list[str]]:
+    """Take backbone, frame size and PCA from a cache where the user did not set them (issue: one set of defaults).
+
+    A key the user set (in their file or an override) that disagrees with the cache is a :class:`ConfigError`
+    naming both. Returns the validated config and one note per key taken from the cache.
+    """
+    out, notes = copy.deepcopy(cfg), []
+    for key, have in cache_settings(meta).items():
+        section, name = key.split(".")
+        want = out[section][name]
+        want = list(want) if isinstance(want, tuple) else want
+        if want == have:
+            continue
+        where = explicit.get(key)
+        if where is not None:
+            raise ConfigError(f"{where}config key {key!r} is {want!r} but the feature cache {cache} was extracted "
+                              f"with {have!r}; extract again with this config (stvh extract --config ...) or drop "
+                              "the key to use the cache's")
+        out[section][name] = have
+        notes.append(f"{key} = {have!r} taken from the feature cache {cache} (the default config has {want!r})")
+    return _validate(out, {}, check_device=True), notes
+
+
+def resolve_config(path: str | Path | None, overrides=(), features: str | Path | None = None) -> tuple[dict, list[str]]:
+    """The config a command runs with (file or shipped default, then overrides), and with ``features`` the cache's
+    backbone, frame size and PCA where the user did not set them. Returns ``(config, notes)``."""
+    cfg = load_config(config_path(path), overrides)
+    if features is None:
+        return cfg, []
+    from ..data.feature_cache import read_meta
+    return adopt_cache_settings(cfg, read_meta(features), user_keys(path, overrides), features)
