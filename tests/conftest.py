@@ -49,6 +49,16 @@ def chromium_path() -> str | None:
     return found or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 
 
+def launch_chromium(browser_type, executable: str, timeout_ms: float = 60_000):
+    """Launch ``executable`` headless with Playwright's ``browser_type``; a failure fails the test (not a skip)."""
+    try:
+        return browser_type.launch(executable_path=executable, headless=True, args=["--no-sandbox"],
+                                   timeout=timeout_ms)
+    except Exception as exc:  # noqa: BLE001 - reported as a failure, with the browser's own first line
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        pytest.fail(f"chromium at {executable} is installed but cannot start: {lines[0]}", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def chromium_browser():
     """A headless Chromium driven by Playwright, launched once per session.
@@ -64,11 +74,10 @@ def chromium_browser():
 
     pw = sync_playwright().start()
     try:
-        browser = pw.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
-    except Exception as exc:  # noqa: BLE001 - reported as a failure, with the browser's own first line
+        browser = launch_chromium(pw.chromium, executable)
+    except BaseException:
         pw.stop()
-        lines = str(exc).strip().splitlines() or [type(exc).__name__]
-        pytest.fail(f"chromium at {executable} is installed but cannot start: {lines[0]}", pytrace=False)
+        raise
     yield browser
     browser.close()
     pw.stop()

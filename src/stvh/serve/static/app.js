@@ -81,7 +81,8 @@ function gridKeys(event) {
   const picks = [...grid.querySelectorAll(".pick")];
   const at = picks.indexOf(document.activeElement);
   if (at < 0) return;
-  const columns = Math.max(1, picks.filter((p) => p.offsetTop === picks[0].offsetTop).length);
+  const top = (p) => Math.round(p.getBoundingClientRect().top);
+  const columns = Math.max(1, picks.filter((p) => top(p) === top(picks[0])).length);  // cards in the first row
   const to = { ArrowLeft: at - 1, ArrowRight: at + 1, ArrowUp: at - columns, ArrowDown: at + columns,
                Home: 0, End: picks.length - 1 }[event.key];
   if (to === undefined) return;
