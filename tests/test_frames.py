@@ -69,8 +69,26 @@ def test_image_errors(tmp_path):
         read_frames(ImageFrames((bad,)))
     other = tmp_path / "c.png"
     Image.new("RGB", (W + 1, H)).save(other)
-    with pytest.raises(FormatError, match="differ in size"):
-        read_frames(ImageFrames((p, other)))
+    # the odd frame is named (not the clip's first), with both sizes
+    with pytest.raises(FormatError, match=rf"c.png: format error: this frame is {H}x{W + 1} \(HxW\) but frame a.png "
+                                          rf"of the same clip is {H}x{W}"):
+        read_frames(ImageFrames((p, p, other)))
+
+
+def test_frame_of_another_size_than_the_readers(tmp_path):
+    """A source's ``size`` (the reader's frame size) is checked on every frame, the first one included."""
+    a, b = tmp_path / "1.png", tmp_path / "2.png"
+    Image.new("RGB", (W, H)).save(a)
+    Image.new("RGB", (W, H + 2)).save(b)
+    assert read_frames(ImageFrames((a, a), size=(H, W))).shape == (2, H, W, 3)
+    with pytest.raises(FormatError, match=rf"1.png: .*this frame is {H}x{W} \(HxW\) but the video's frame size"
+                                          rf" \(its first frame\) is {H + 2}x{W}"):
+        read_frames(ImageFrames((a, b), size=(H + 2, W)))
+    video = write_video(tmp_path / "v.mp4")
+    assert read_frames(VideoFrames(video, (3,), size=(H, W))).shape == (1, H, W, 3)
+    with pytest.raises(FormatError, match=rf"v.mp4: .*frame index 3 \(0-based\) is {H}x{W} \(HxW\) but the video "
+                                          rf"stream's frame size is {H}x{W + 2}"):
+        read_frames(VideoFrames(video, (3,), size=(H, W + 2)))
 
 
 @pytest.mark.parametrize("codec, ext", [("mpeg4", "mp4"), ("mpeg4", "avi")])

@@ -281,7 +281,7 @@ def read_cad(root: str | Path, *, variant: str = "cad", merge_moving: bool = Fal
                     paths.append(p)
                 if paths is None:
                     continue
-                frames = ImageFrames(tuple(paths))
+                frames = ImageFrames(tuple(paths), size=size)  # read_frames refuses a frame of another size
             persons = _keep_largest(per_frame[key], n_max)
             file_ids = [a for _, a in per_frame[key]]
             boxes = np.stack([b for b, _ in persons])[None].repeat(len(frame_ids), axis=0)

@@ -21,9 +21,14 @@ UNKNOWN = -1  # action or activity id of an unlabeled person or clip
 
 @dataclass(frozen=True)
 class ImageFrames:
-    """Frames stored as one image file per frame, in window order."""
+    """Frames stored as one image file per frame, in window order.
+
+    ``size`` is the ``(height, width)`` the reader took for the video (its boxes'
+    frame); :func:`~stvh.data.frames.read_frames` refuses a frame of another size.
+    """
 
     paths: tuple[Path, ...]
+    size: tuple[int, int] | None = field(default=None, compare=False)
 
     def exists(self) -> bool:
         return all(p.is_file() for p in self.paths)
@@ -31,10 +36,12 @@ class ImageFrames:
 
 @dataclass(frozen=True)
 class VideoFrames:
-    """Frames decoded from a video file; ``indices`` are 0-based frame numbers."""
+    """Frames decoded from a video file; ``indices`` are 0-based frame numbers; ``size`` as for
+    :class:`ImageFrames`."""
 
     path: Path
     indices: tuple[int, ...]
+    size: tuple[int, int] | None = field(default=None, compare=False)
 
     def exists(self) -> bool:
         return self.path.is_file()
@@ -160,7 +167,7 @@ class ClipDataset:
 
         per_split: dict[str, dict[str, int]] = {}
         for c in self.clips:
-            h = per_split.setdefault(c.split or "none", {})
+            h = per_split.setdefault(c.split or "no split", {})
             name = activity_name(c.activity)
             h[name] = h.get(name, 0) + 1
         action_counts: Counter = Counter()

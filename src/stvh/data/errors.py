@@ -186,11 +186,14 @@ def text_lines(path, problems: Problems) -> list[tuple[int, str]]:
     return [(n, line.strip()) for n, line in enumerate(split_lines(text), start=1) if line.strip()]
 
 
-def parse_float(token: str) -> float:
-    """A finite number; ``ValueError`` for text, ``nan``, ``inf`` and overflowing values."""
+def parse_float(token: str, limit: float | None = None) -> float:
+    """A finite number (of magnitude at most ``limit`` when given); ``ValueError`` for text, ``nan``, ``inf``,
+    overflowing values and numbers beyond ``limit``."""
     value = float(token)
     if not math.isfinite(value):
         raise ValueError(f"non-finite number {token!r}")
+    if limit is not None and abs(value) > limit:
+        raise ValueError(f"{token} is larger than {limit:.0f} in magnitude")
     return value
 
 

@@ -5,6 +5,10 @@ keyframe at or before the first wanted frame, then decode forward. A frame's
 0-based index is derived from its timestamp at the stream's average frame rate
 (``round((pts - start_time) * time_base * fps)``); when the stream gives no
 timestamps or rate, frames are counted from the start of the file.
+
+Every frame of a video must have one size (boxes are pixels of that size): a
+frame whose size differs from the source's ``size`` (the reader's), or from the
+clip's first frame, is a :class:`FormatError` naming that frame and both sizes.
 """
 
 from __future__ import annotations
@@ -50,13 +54,19 @@ def _reason(exc: BaseException, path: Path) -> str:
 def read_frames(source: ImageFrames | VideoFrames) -> np.ndarray:
     """Frames of ``source`` in window order as ``(T, H, W, 3)`` uint8 RGB."""
     if isinstance(source, ImageFrames):
-        return _read_images(source.paths)
+        return _read_images(source.paths, source.size)
     if isinstance(source, VideoFrames):
-        return _read_video(Path(source.path), list(source.indices))
+        return _read_video(Path(source.path), list(source.indices), source.size)
     raise TypeError(f"expected ImageFrames or VideoFrames, got {type(source).__name__}")
 
 
-def _read_images(paths: tuple[Path, ...]) -> np.ndarray:
+def size_mismatch(what: str, got: tuple[int, int], want: tuple[int, int], ref: str) -> str:
+    """The message for a frame of another size: ``what`` is got HxW, ``ref`` is want HxW."""
+    return (f"{what} is {got[0]}x{got[1]} (HxW) but {ref} is {want[0]}x{want[1]}; every frame of a video must "
+            f"have one size (its boxes are pixels of it)")
+
+
+def _read_images(paths: tuple[Path, ...], size: tuple[int, int] | None = None) -> np.ndarray:
     from PIL import Image
 
     cache: dict[Path, np.ndarray] = {}
@@ -76,9 +86,11 @@ def _read_images(paths: tuple[Path, ...]) -> np.ndarray:
         out.append(cache[p])
     if not out:
         raise ValueError("no frames to read")
-    shapes = {a.shape for a in out}
-    if len(shapes) > 1:
-        raise FormatError(f"frames of one clip differ in size: {sorted(shapes)}", path=paths[0])
+    want, ref = (tuple(size), "the video's frame size (its first frame)") if size else (
+        out[0].shape[:2], f"frame {Path(paths[0]).name} of the same clip")
+    for p, a in zip(paths, out):
+        if a.shape[:2] != want:
+            raise FormatError(size_mismatch("this frame", a.shape[:2], want, ref), path=p)
     return np.stack(out)
 
 
@@ -88,7 +100,7 @@ def _frame_index(frame, start: int, tb, rate) -> int | None:
     return int(round(float((frame.pts - start) * tb * rate)))
 
 
-def _decode(path: Path, wanted: set[int], seek: bool) -> dict[int, np.ndarray]:
+def _decode(path: Path, wanted: set[int], seek: bool, size: tuple[int, int] | None = None) -> dict[int, np.ndarray]:
     import av
 
     got: dict[int, np.ndarray] = {}
@@ -97,6 +109,7 @@ def _decode(path: Path, wanted: set[int], seek: bool) -> dict[int, np.ndarray]:
         if not container.streams.video:
             raise UnreadableVideo("no video stream", path=path)
         stream = container.streams.video[0]
+        want = tuple(size) if size else (stream.codec_context.height, stream.codec_context.width)
         tb = stream.time_base
         rate = stream.average_rate or stream.guessed_rate
         start = stream.start_time or 0
@@ -114,13 +127,16 @@ def _decode(path: Path, wanted: set[int], seek: bool) -> dict[int, np.ndarray]:
                 idx = counter
             counter += 1
             if idx in wanted and idx not in got:
+                if all(want) and (frame.height, frame.width) != want:
+                    raise FormatError(size_mismatch(f"frame index {idx} (0-based)", (frame.height, frame.width),
+                                                    want, "the video stream's frame size"), path=path)
                 got[idx] = frame.to_ndarray(format="rgb24")
             if idx >= last:
                 break
     return got
 
 
-def _read_video(path: Path, indices: list[int]) -> np.ndarray:
+def _read_video(path: Path, indices: list[int], size: tuple[int, int] | None = None) -> np.ndarray:
     from av.error import FFmpegError
 
     if not indices:
@@ -131,9 +147,9 @@ def _read_video(path: Path, indices: list[int]) -> np.ndarray:
         raise MissingFrame(f"negative frame index {min(indices)}", path=path)
     wanted = set(indices)
     try:
-        got = _decode(path, wanted, seek=True)
+        got = _decode(path, wanted, seek=True, size=size)
         if not wanted <= got.keys():  # seeking failed or timestamps are odd: decode from the start
-            got = _decode(path, wanted, seek=False)
+            got = _decode(path, wanted, seek=False, size=size)
     except (FFmpegError, OSError, ValueError) as e:
         raise UnreadableVideo(f"cannot decode ({_reason(e, path)})", path=path) from None
     missing = sorted(wanted - got.keys())

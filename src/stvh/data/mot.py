@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +26,8 @@ from .clip import UNKNOWN, Clip, ClipDataset, ImageFrames, VideoFrames, pad_pers
 from .errors import (MAX_INT, AmbiguousLabel, BadBox, DataError, DuplicateKey, EmptyFile, FormatError,
                      MalformedLine, MissingFrame, Problems, UnknownLabel, UnreadableVideo, parse_float, parse_int,
                      read_text, text_lines)
-from .frames import image_header_size
-from .splits import assign_splits, read_splits
+from .frames import image_header_size, size_mismatch
+from .splits import ACCEPTED, assign_splits, canonical_split, read_splits
 
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
@@ -42,27 +42,74 @@ class _Source:
     size: tuple[int, int]                 # (height, width)
     images: dict[int, Path] | None = None  # frame number -> file (folders)
     n_frames: int = 0                     # frames in the video file (0 = unknown)
+    checked: set[Path] = field(default_factory=set)  # images whose header size was checked
 
-    def frames_for(self, frame_ids: list[int], clip_id: str) -> ImageFrames | VideoFrames | MissingFrame:
+    def frames_for(self, frame_ids: list[int], clip_id: str) -> ImageFrames | VideoFrames | DataError:
+        """The clip's frame source, or the problem (missing frame, an image of another size) to report."""
         if self.images is not None:
             paths = []
             for f in frame_ids:
                 p = self.images.get(f)
                 if p is None:
                     return MissingFrame(f"no image for frame {f}", path=self.path, clip=clip_id)
+                problem = self._check_size(p, clip_id)
+                if problem is not None:
+                    return problem
                 paths.append(p)
-            return ImageFrames(tuple(paths))
+            return ImageFrames(tuple(paths), size=self.size)
         idx = tuple(f - 1 for f in frame_ids)
         if self.n_frames and max(idx) >= self.n_frames:
             return MissingFrame(f"frame {max(idx) + 1} beyond the {self.n_frames} frames of the video",
                                 path=self.path, clip=clip_id)
-        return VideoFrames(self.path, idx)
+        return VideoFrames(self.path, idx, size=self.size)
+
+    def _check_size(self, image: Path, clip_id: str) -> DataError | None:
+        """An image's header size against the folder's (its first image's): boxes are pixels of one size."""
+        if image in self.checked:
+            return None
+        try:
+            size = image_header_size(image)
+        except DataError as err:
+            err.clip = clip_id
+            return err
+        if size != self.size:
+            first = self.images[min(self.images)].name
+            return FormatError(size_mismatch("this frame", size, self.size, f"the video's first frame {first}"),
+                               path=image, clip=clip_id)
+        self.checked.add(image)
+        return None
 
 
 def looks_like_mot(root: str | Path) -> bool:
-    """True when ``root/tracks`` holds at least one ``.txt`` track file."""
+    """True when ``root/tracks`` holds at least one ``.txt`` track file (a broken link counts: the reader names it)."""
     tracks = Path(root) / "tracks"
-    return tracks.is_dir() and any(p.suffix == ".txt" and p.is_file() for p in tracks.iterdir())
+    return tracks.is_dir() and any(p.suffix == ".txt" and (p.is_file() or p.is_symlink()) for p in tracks.iterdir())
+
+
+def _broken_link(path: Path) -> str | None:
+    """A message when ``path`` is a symbolic link whose target does not exist (``None`` otherwise)."""
+    if path.is_symlink() and not path.exists():
+        try:
+            target = path.readlink()
+        except OSError:
+            target = "?"
+        return f"broken symbolic link (its target {target} does not exist)"
+    return None
+
+
+def _track_names(root: Path, problems: Problems) -> tuple[list[str], list[str]]:
+    """Video names of ``tracks/*.txt``, and those whose track file is a broken link or a folder (each
+    reported, never silently dropped)."""
+    names, bad = [], []
+    for p in sorted((root / "tracks").iterdir()):
+        if p.suffix != ".txt":
+            continue
+        if p.is_file():
+            names.append(p.stem)
+        elif p.is_symlink() or p.is_dir():
+            problems.report(FormatError(_broken_link(p) or "a folder, not a track file", path=p))
+            bad.append(p.stem)
+    return names, bad
 
 
 def _image_folder(folder: Path, problems: Problems) -> dict[int, Path]:
@@ -96,6 +143,9 @@ def _find_source(root: Path, video: str, problems: Problems) -> _Source | None:
         path = root / "videos" / f"{video}{ext}"
         if path.is_file():
             return _probe_video(path, problems)
+        if _broken_link(path):
+            problems.report(UnreadableVideo(_broken_link(path), path=path))
+            return None
     problems.report(MissingFrame(
         f"no frames/{video}/ folder and no videos/{video}.{{{','.join(e[1:] for e in VIDEO_EXTS)}}}",
         path=root / "tracks" / f"{video}.txt"))
@@ -144,11 +194,11 @@ def _parse_tracks(path: Path, size: tuple[int, int], problems: Problems) -> dict
             continue
         try:
             frame, tid = parse_int(fields[0]), parse_int(fields[1])
-            x, y, w, h = (parse_float(f) for f in fields[2:6])
+            x, y, w, h = (parse_float(f, MAX_INT) for f in fields[2:6])
             conf = parse_float(fields[6]) if len(fields) > 6 else 1.0
         except ValueError as exc:
-            problems.report(MalformedLine(f"non-numeric or non-finite field in {raw[:80]!r} ({exc})",
-                                          path=path, line=lineno))
+            problems.report(MalformedLine(f"non-numeric, non-finite or too large (above 10^9) field in "
+                                          f"{raw[:80]!r} ({exc})", path=path, line=lineno))
             continue
         if conf == 0:
             ignored += 1
@@ -286,7 +336,12 @@ def _read_clips_csv(path: Path, problems: Problems) -> list[_Row]:
         if clash:
             problems.report(AmbiguousLabel(clash, path=path, line=line))
             continue
-        rows.append(_Row(line, video, start, end, get("activity"), get("group"), get("split")))
+        split = canonical_split(get("split")) if get("split") else ""
+        if split is None:
+            problems.report(MalformedLine(f"split {get('split')!r} is not a split name ({ACCEPTED})", path=path,
+                                          line=line))
+            continue
+        rows.append(_Row(line, video, start, end, get("activity"), get("group"), split))
     if not rows_seen and len(problems) == reported:
         problems.report(EmptyFile("a header but no clip rows; add rows or delete clips.csv to cut every video "
                                   "into windows", path=path))
@@ -341,7 +396,7 @@ def read_mot(root: str | Path, *, frames_per_clip: int = 10, n_max: int = 12,
     problems = Problems(skip_bad=skip_bad)
     splits = read_splits(root)
     csv_path = root / "clips.csv"
-    track_names = sorted(p.stem for p in (root / "tracks").iterdir() if p.suffix == ".txt" and p.is_file())
+    track_names, bad_tracks = _track_names(root, problems)
 
     # video, start, frame ids, activity, group, clips.csv line (None without clips.csv)
     plans: list[tuple[str, int, list[int], str, str, int | None]] = []
@@ -360,6 +415,8 @@ def read_mot(root: str | Path, *, frames_per_clip: int = 10, n_max: int = 12,
         vocab = tuple(activities) if activities is not None else tuple(
             sorted({r.activity for r in rows if r.activity}))
         for r in rows:
+            if r.video in bad_tracks:
+                continue  # its track file was reported (skip_bad) already
             if r.video not in names:
                 hint = [n for n in names if n.lower() == r.video.lower()]
                 hint_text = f" (tracks/{hint[0]}.txt differs only in case)" if hint else ""
@@ -411,7 +468,7 @@ def read_mot(root: str | Path, *, frames_per_clip: int = 10, n_max: int = 12,
                                               path=csv_path, line=line))
             continue  # automatic windows without persons are dropped
         frames = v.source.frames_for(frame_ids, clip_id)
-        if isinstance(frames, MissingFrame):
+        if isinstance(frames, DataError):
             problems.report(frames)
             continue
         boxes, mask, actions = pad_persons(boxes, np.full(boxes.shape[1], UNKNOWN, np.int64), n_max)
@@ -422,7 +479,7 @@ def read_mot(root: str | Path, *, frames_per_clip: int = 10, n_max: int = 12,
         clip.validate()
         clips.append(clip)
 
-    assign_splits(clips, splits, lambda c: csv_splits.get(c.id, NO_SPLIT), problems, videos=track_names,
-                  read=videos)
+    assign_splits(clips, splits, lambda c: csv_splits.get(c.id, NO_SPLIT), problems,
+                  videos=track_names + bad_tracks, read=videos)
     return ClipDataset(format="mot", root=root, clips=clips, activities=vocab, actions=(),
                        skipped=list(problems.errors))

@@ -65,7 +65,7 @@ def export_mot(src: str | Path, dst: str | Path, *, media: str = "video", labels
     """
     if media not in ("video", "frames", "mixed"):
         raise ValueError(f"media must be 'video', 'frames' or 'mixed', got {media!r}")
-    ds = read_dataset(src)
+    ds = read_dataset(src, flag=None)
     by_video: dict[str, list] = {}
     for c in ds.clips:
         if c.frames is None:

@@ -1,10 +1,13 @@
 """``splits.json`` support: a user- or generator-given split overrides the official one.
 
-Format: ``{"train": ["video/clip", "video", ...], "test": [...], "val": [...]}``
-(any split names). An entry is a clip id ``video/clip`` or a whole video; a clip
-id wins over its video. Clips not listed get the split ``""``. One helper,
-:func:`assign_splits`, applies the file for every reader (Volleyball, CAD/CAED,
-MOT) and reports entries that match no clip and no video.
+Format: ``{"train": ["video/clip", "video", ...], "test": [...], "val": [...]}``.
+Split names are ``train``, ``val`` (or ``validation``) and ``test``, in any case;
+they are stored as ``train`` / ``val`` / ``test`` (:func:`canonical_split`) and any
+other name is refused naming the file. An entry is a clip id ``video/clip`` or a
+whole video; a clip id wins over its video. Clips not listed get the split ``""``
+(:data:`NO_SPLIT`: kept, counted, never trained on unless ``data.unlisted=train``).
+One helper, :func:`assign_splits`, applies the file for every reader (Volleyball,
+CAD/CAED, MOT) and reports entries that match no clip and no video.
 """
 
 from __future__ import annotations
@@ -16,6 +19,17 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .errors import FormatError, Problems, UnmatchedSplit, read_text, split_lines
+
+SPLITS = ("train", "val", "test")
+NO_SPLIT = ""  # the split of a clip that splits.json does not list
+_ALIASES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
+ACCEPTED = "train, val (or validation), test; any case"
+
+
+def canonical_split(name: str) -> str | None:
+    """``train`` / ``val`` / ``test`` for a split name written in any case (``Validation`` -> ``val``); ``None``
+    for any other name."""
+    return _ALIASES.get(str(name).strip().lower())
 
 
 class Splits(dict):
@@ -52,11 +66,13 @@ def _no_duplicate_keys(path: Path):
 
 
 def read_splits(root: str | Path) -> Splits | None:
-    """Map entry (clip id or video name) → split name from ``root/splits.json``; ``None`` when absent.
+    """Map entry (clip id or video name) → split (``train``/``val``/``test``) from ``root/splits.json``;
+    ``None`` when absent.
 
     A structurally bad file (not JSON, not ``{"split": [ids]}``, an entry under
-    two splits, split names differing only in case) raises :class:`FormatError`
-    naming the file and, where known, the line.
+    two splits, a split name that is not train/val/test in some case, two
+    spellings of one split) raises :class:`FormatError` naming the file and,
+    where known, the line.
     """
     path = Path(root) / "splits.json"
     if not path.is_file():
@@ -74,18 +90,25 @@ def read_splits(root: str | Path) -> Splits | None:
     out: dict[str, str] = {}
     folded: dict[str, str] = {}
     splits = Splits({}, path, text)
-    for split, ids in data.items():
-        if split.lower() in folded and folded[split.lower()] != split:
-            raise FormatError(f"split names {folded[split.lower()]!r} and {split!r} differ only in case; "
-                              f"use one spelling", path=path, line=splits.line_of(split))
-        folded[split.lower()] = split
+    unknown = [name for name in data if canonical_split(name) is None]
+    if unknown:
+        found = ", ".join(repr(n) for n in data)
+        raise FormatError(f"unknown split name {unknown[0]!r} (splits found: {found}); split names are {ACCEPTED}",
+                          path=path, line=splits.line_of(unknown[0]))
+    for name, ids in data.items():
+        split = canonical_split(name)
+        if split in folded:
+            how = "differ only in case" if folded[split].lower() == name.lower() else f"both name the {split} split"
+            raise FormatError(f"split names {folded[split]!r} and {name!r} {how}; use one spelling", path=path,
+                              line=splits.line_of(name))
+        folded[split] = name
         for cid in ids:
             if isinstance(cid, bool) or not isinstance(cid, (str, int)):
-                raise FormatError(f"split {split!r}: entry {json.dumps(cid)[:40]} is not a clip id or "
+                raise FormatError(f"split {name!r}: entry {json.dumps(cid)[:40]} is not a clip id or "
                                   f"video name (a string)", path=path)
             cid = str(cid)
             if cid in out:
-                raise FormatError(f"clip {cid} is listed in both {out[cid]!r} and {split!r}", path=path,
+                raise FormatError(f"clip {cid} is listed in both {folded[out[cid]]!r} and {name!r}", path=path,
                                   line=splits.line_of(cid))
             out[cid] = split
     splits.update(out)
@@ -95,7 +118,7 @@ def read_splits(root: str | Path) -> Splits | None:
 def split_of(video: str, clip: str, splits: dict[str, str]) -> str:
     """Split of a clip under a ``splits.json`` mapping: the clip id ``video/clip``
     first, then a whole-video entry ``video``; ``""`` when neither is listed."""
-    return splits.get(f"{video}/{clip}", splits.get(video, ""))
+    return splits.get(f"{video}/{clip}", splits.get(video, NO_SPLIT))
 
 
 def assign_splits(clips: list, splits: Splits | None, default: Callable[[object], str], problems: Problems,

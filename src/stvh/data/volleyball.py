@@ -369,7 +369,7 @@ def _read_clip(line, ann, lineno, video, image_size, offsets, key_index, n_max,
         for p in paths:
             if not p.is_file():
                 raise MissingFrame(f"frame file {p} is missing", path=ann, line=lineno, clip=clip_id)
-        frames = ImageFrames(paths)
+        frames = ImageFrames(paths, size=image_size)  # read_frames refuses a frame of another size
     elif require_frames:
         raise MissingFrame(f"frame folder {clip_dir} is missing", path=ann, line=lineno, clip=clip_id)
     out_boxes, mask, out_actions = pad_persons(per_frame, actions, n_max)  # (T, N, 4), (N,), (N,)

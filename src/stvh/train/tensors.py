@@ -72,23 +72,40 @@ def clips_to_tensors(clips: list[Clip], roi: dict[str, np.ndarray] | None = None
     )
 
 
-def partition(clips: list[Clip], val_fraction: float, seed: int) -> dict[str, list[Clip]]:
-    """``train`` / ``val`` / ``test`` lists. ``val`` is carved out of the train split.
+UNLISTED = ("ignore", "train")  # data.unlisted: what happens to clips that no split lists
 
-    Within each visual group, the train clips are ordered by a seeded hash of
-    their id and the first ``round(val_fraction * n)`` become validation: the
-    partition is deterministic, independent of file order, and every group
-    keeps training clips. The test split is never used for model selection.
+
+def partition(clips: list[Clip], val_fraction: float, seed: int, unlisted: str = "ignore") -> dict[str, list[Clip]]:
+    """``train`` / ``val`` / ``test`` lists, and ``none``: the clips no split lists (left out).
+
+    Splits are taken as written: ``test`` clips are the test part, never used for
+    model selection. When some clip is in the ``val`` split, exactly those clips are
+    the validation part and ``val_fraction`` is unused. Otherwise ``val`` is carved
+    out of the train split: within each visual group, the train clips are ordered
+    by a seeded hash of their id and the first ``round(val_fraction * n)`` become
+    validation (deterministic, independent of file order, every group keeps
+    training clips). Clips with no split (``""``: not listed in ``splits.json``, or
+    any other split such as MOT's ``all``) go to ``none``; ``unlisted="train"``
+    (``data.unlisted``) lets the ``""`` ones join the train split instead, as
+    before splits were taken as written.
     """
     if not 0 <= val_fraction < 1:
         raise ValueError("val_fraction must be in [0, 1)")
-    out: dict[str, list[Clip]] = {"train": [], "val": [], "test": []}
+    if unlisted not in UNLISTED:
+        raise ValueError(f"data.unlisted must be one of {', '.join(UNLISTED)}, got {unlisted!r}")
+    out: dict[str, list[Clip]] = {"train": [], "val": [], "test": [], "none": []}
+    user_val = any(c.split == "val" for c in clips)
     by_group: dict[str, list[Clip]] = {}
     for c in clips:
-        if c.split == "test":
-            out["test"].append(c)
-        elif c.split in ("train", "val", ""):
-            by_group.setdefault(c.group, []).append(c)
+        if c.split in ("test", "val"):
+            out[c.split].append(c)
+        elif c.split == "train" or (c.split == "" and unlisted == "train"):
+            if user_val:
+                out["train"].append(c)
+            else:
+                by_group.setdefault(c.group, []).append(c)
+        else:
+            out["none"].append(c)
     for group in sorted(by_group):
         members = sorted(by_group[group], key=lambda c: unit_hash(c.id, seed))
         n_val = int(round(val_fraction * len(members)))
@@ -98,3 +115,20 @@ def partition(clips: list[Clip], val_fraction: float, seed: int) -> dict[str, li
         for c in by_group[group]:
             out["val" if c.id in val_ids else "train"].append(c)
     return out
+
+
+def partition_notes(parts: dict[str, list[Clip]], val_fraction: float, unlisted: str = "ignore") -> list[str]:
+    """Log lines saying where validation clips come from and how many clips no split lists."""
+    notes = []
+    if parts["val"] and all(c.split == "val" for c in parts["val"]):
+        notes.append(f"validation: the {len(parts['val'])} clips of the val split (data.val_fraction = "
+                     f"{val_fraction} is unused)")
+    if parts["none"]:
+        joined = "" if unlisted == "train" else "; data.unlisted=train would train on the unlisted ones"
+        notes.append(f"{len(parts['none'])} clips are in no split (not listed in splits.json) and are left out of "
+                     f"train, validation and test{joined}")
+    elif unlisted == "train":
+        n = sum(c.split == "" for k in ("train", "val") for c in parts[k])
+        if n:
+            notes.append(f"{n} clips in no split joined the train split (data.unlisted=train)")
+    return notes
