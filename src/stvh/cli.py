@@ -147,7 +147,7 @@ def data_info(
     """Print clips per split and class histograms of a dataset."""
     from .data.formats import read_dataset
 
-    ds = read_dataset(root, format, skip_bad=skip_bad)
+    ds = read_dataset(root, format, skip_bad=skip_bad, flag=None)
     summary = ds.summary()
     if skip_bad:
         from .data.skipped import skipped_rows
@@ -166,7 +166,10 @@ def format_summary(s: dict) -> str:
              f"persons: {s['persons']}   frames/clip: {s['frames_per_clip']}",
              f"  tracked clips: {s['tracked_clips']}   clips with frames: {s['clips_with_frames']}   "
              f"skipped: {s['skipped']}", "", "  clips per split:"]
-    lines += [f"    {k or 'none':<12}{v:>7}" for k, v in s["clips_per_split"].items()]
+    lines += [f"    {k:<18}{v:>7}" for k, v in s["clips_per_split"].items() if k]
+    if s["clips_per_split"].get(""):  # clips splits.json does not list: counted, never trained on silently
+        lines.append(f"    {'not in any split':<18}{s['clips_per_split']['']:>7}   (not listed in splits.json: not "
+                     "trained on; data.unlisted=train trains on them)")
     splits = list(s["activity_counts_per_split"])
     names = list(s["activities"]) + (["unlabeled"] if "unlabeled" in s["activity_counts"] else [])
     lines += ["", "  activity".ljust(20) + "".join(f"{sp:>9}" for sp in splits) + f"{'total':>9}"]

@@ -47,7 +47,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import dump_config
 from ..models.filter import fit_filter
 from .augment import Augment, augment_batch
-from .tensors import ClipTensors, clips_to_tensors, partition
+from .tensors import ClipTensors, clips_to_tensors, partition, partition_notes
 
 MSTVH_LIKE = ("mstvh", "mstvh_bd", "mstvh_ed")
 
@@ -330,7 +330,8 @@ def fit(cfg: dict, data_dir: str | Path, features: str | Path | None, out: str |
 
     loaded = load_data(cfg, data_dir, features, skip_bad=skip_bad)
     dataset, roi, in_channels = loaded
-    parts = partition(dataset.clips, cfg["data"]["val_fraction"], seed)
+    unlisted = cfg["data"].get("unlisted", "ignore")
+    parts = partition(dataset.clips, cfg["data"]["val_fraction"], seed, unlisted)
     if not parts["train"]:
         raise ValueError(no_train_split_message(data_dir, dataset))
     if not any(c.activity >= 0 for c in parts["train"]):
@@ -341,7 +342,7 @@ def fit(cfg: dict, data_dir: str | Path, features: str | Path | None, out: str |
     val = clips_to_tensors(parts["val"], roi) if parts["val"] else None
 
     lcfg = loss_config(cfg)
-    notes = []
+    notes = partition_notes(parts, cfg["data"]["val_fraction"], unlisted)
     action_head = has_action_labels(parts["train"])
     actions = list(dataset.actions) if action_head else []
     if not action_head:  # Eq. 6's L_action and Eq. 8's GCN (fed by predicted actions) have nothing to learn from
