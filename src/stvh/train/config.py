@@ -220,8 +220,6 @@ class DataConfig(_Section):
     require_features: Annotated[bool, Strict()] = _field(False, "true (refuse clips without cached features) or false (leave them out)")
     unlisted: _choice(("ignore", "train")) = _field("ignore", "ignore (clips in no split stay out of training) or "
                                                               "train (they join the train split)")
-    unlisted: _choice(("ignore", "train")) = _field("ignore", "ignore (clips in no split stay out of training) or "
-                                                              "train (they join the train split)")
 
     @model_validator(mode="after")
     def _reader_options(self):
