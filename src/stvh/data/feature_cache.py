@@ -152,8 +152,9 @@ class FeatureCacheWriter:
         """Make the cache hold only current features of the dataset at ``root``.
 
         ``fingerprints`` are the dataset's ``{clip id: fingerprint}``. A cache
-        recorded for another root whose clips are not all found unchanged in
-        this dataset is another dataset's: :class:`CacheMismatch` naming both.
+        recorded for another root is another dataset's (:class:`CacheMismatch`
+        naming both) unless every clip it holds is in this dataset and at least
+        half of them unchanged (the same dataset, moved or copied, then edited).
         Otherwise the clips whose inputs changed (or were never recorded, older
         caches) and the clips no longer in the dataset are removed, so that
         :meth:`done` leaves them to extract. Returns ``{"changed": ids,
@@ -162,7 +163,9 @@ class FeatureCacheWriter:
         root = str(Path(root).resolve())
         old_root = self.recorded.get("dataset")
         stored = self._stored
-        if stored and old_root and old_root != root and any(fingerprints.get(c) != f for c, f in stored.items()):
+        same = sum(fingerprints.get(c) == f for c, f in stored.items())
+        if stored and old_root and old_root != root and (2 * same < len(stored) or any(c not in fingerprints
+                                                                                       for c in stored)):
             theirs = combine({c: str(f) for c, f in stored.items()})
             raise CacheMismatch(
                 f"the cache holds features of {old_root} ({len(stored)} clips, fingerprint {theirs}), not of "

@@ -29,7 +29,7 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .config import complete_config
 from ..data.formats import detect_format, read_dataset
 from .extract import reader_kwargs
-from .loop import LoadedData, epochs_done, load_data, model_from_config, predict, resolve_device
+from .loop import LoadedData, check_run_cache, epochs_done, load_data, model_from_config, predict, resolve_device
 from .tensors import clips_to_tensors
 
 
@@ -181,9 +181,13 @@ def encode(run: str | Path, out: str | Path, *, data: str | Path | None = None, 
     if features is None and own_data and enc.backbone != "none":
         features = info.get("features")
     if own_data:
-        loaded = load_data(cfg, data, features, skip_bad=skip_bad, require_features=False)
+        loaded = load_data(cfg, data, features, skip_bad=skip_bad, require_features=False, run=run)
     else:
         loaded = _load_other(cfg, info.get("format"), data, features, skip_bad)
+        if loaded.cache_meta is not None:  # features of other data: made with the run's settings?
+            check_run_cache(Path(run), info, loaded.cache_meta, features, own_data=False)
+    for note in loaded.notes:  # e.g. the run's data changed since training
+        log(f"note: {note}")
     dataset, roi = loaded.dataset, loaded.roi
     if not dataset.clips:
         raise ValueError(f"{data}: no clip to encode" + (f" ({len(loaded.without_features)} have no features or "

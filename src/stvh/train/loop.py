@@ -39,6 +39,7 @@ from .. import losses as L
 from ..data.atomic import atomic_path, write_text_atomic
 from ..data.clip import ClipDataset
 from ..data.feature_cache import CacheError, CacheMismatch, FeatureCache
+from ..data.fingerprint import clip_fingerprints, data_identity
 from ..data.formats import read_dataset
 from ..data.skipped import write_skipped
 from ..eval.metrics import map_at_k, mca
@@ -113,6 +114,9 @@ class LoadedData:
     roi: dict | None
     in_channels: int | None
     without_features: list[str] = field(default_factory=list)  # clip ids with no cached features
+    cache_meta: dict | None = None  # meta.json of the feature cache (None without one)
+    identity: dict = field(default_factory=dict)  # data root, clip count and fingerprint of every clip read
+    notes: list[str] = field(default_factory=list)  # what the caller should tell the user
 
     def __iter__(self):  # ``dataset, roi, in_channels = load_data(...)``
         return iter((self.dataset, self.roi, self.in_channels))
@@ -132,13 +136,59 @@ def check_cache_matches(cache: FeatureCache, cfg: dict) -> None:
                                 f"again with `stvh extract --config CONFIG` or set {where} to match", path=cache.path)
 
 
+def _t_source(cfg: dict) -> str:
+    """The config key that sets T (frames per clip) for this config, for messages."""
+    d = cfg["data"]
+    if (d.get("reader") or {}).get("frames_per_clip") is not None:
+        return f"data.reader.frames_per_clip={d['reader']['frames_per_clip']}"
+    if d.get("window") is not None:
+        return f"data.window={list(d['window'])}"
+    return "data.window or data.reader.frames_per_clip"
+
+
+def check_cache_fits_data(cache: FeatureCache, dataset: ClipDataset, data_dir, cfg: dict,
+                          roi: dict | None = None) -> list[str]:
+    """Refuse a cache whose T or clip inputs differ from the dataset as read with ``cfg``; returns notes.
+
+    Before features are loaded: T against the cache's recorded T (naming the config key), then each
+    cached clip's fingerprint against the dataset's (:meth:`FeatureCache.check_inputs`). With ``roi``
+    (caches of older versions record neither): the arrays' persons and frames against the clips.
+    """
+    held = [c for c in dataset.clips if c.id in cache]
+    if roi is not None:
+        for c in held:
+            n, t = roi[c.id].shape[:2]
+            if (n, t) != tuple(c.boxes.shape[1::-1]):
+                key = _t_source(cfg) if t != c.num_frames else "data.n_max"
+                raise CacheMismatch(f"clip {c.id} has {n} persons x {t} frames in the cache but "
+                                    f"{c.boxes.shape[1]} x {c.num_frames} as the data is read ({key}); set the key "
+                                    f"as it was for `stvh extract`, or extract again", path=cache.path)
+        return []
+    cached_t = cache.meta.get("frames_per_clip")
+    data_t = sorted({c.num_frames for c in held})
+    if cached_t is not None and held and data_t != cached_t:
+        raise CacheMismatch(f"the cache holds clips of T={','.join(map(str, cached_t))} frames, but {data_dir} is "
+                            f"read with T={','.join(map(str, data_t))} ({_t_source(cfg)}); set it as it was for "
+                            "`stvh extract`, or extract a cache with this T into another --out", path=cache.path)
+    unrecorded = cache.check_inputs(clip_fingerprints(held, data_dir), data_dir)
+    if unrecorded:
+        return [f"the feature cache {cache.path} records no fingerprints of its inputs for {len(unrecorded)} clips "
+                "(made by an older stvh), so they are not checked against the data; run `stvh extract` with the "
+                "same --data and --out to re-extract them"]
+    return []
+
+
 def load_data(cfg: dict, data_dir: str | Path, features: str | Path | None, *, skip_bad: bool = False,
-              require_features: bool | None = None) -> LoadedData:
+              require_features: bool | None = None, run: str | Path | None = None,
+              resume: bool = False) -> LoadedData:
     """Read the dataset and (for CNN backbones) its cached RoI features.
 
     Clips without cached features (e.g. no frames on disk) are left out and
     listed in ``without_features``, unless ``require_features`` (default:
-    ``data.require_features``) makes that an error.
+    ``data.require_features``) makes that an error. The cache must fit the
+    config and the data (:func:`check_cache_fits_data`). With ``run`` (a run
+    folder whose data this is), data and cache are checked against its
+    ``run.json`` first (:func:`check_run_data`, :func:`check_run_cache`).
     """
     d = cfg["data"]
     kwargs = dict(d.get("reader") or {})
@@ -153,10 +203,16 @@ def load_data(cfg: dict, data_dir: str | Path, features: str | Path | None, *, s
     if backbone != "none" and features is None:
         raise ValueError(f"backbone {backbone!r} needs --features (run `stvh extract --config CONFIG` first)")
     dataset = read_dataset(data_dir, d["format"], skip_bad=skip_bad, **kwargs)
+    identity = data_identity(dataset, data_dir)
+    info = json.loads((Path(run) / "run.json").read_text(encoding="utf-8")) if run is not None else None
+    notes = check_run_data(Path(run), info, identity, data_dir, resume=resume) if info is not None else []
     if backbone == "none":
-        return LoadedData(dataset, None, None)
+        return LoadedData(dataset, None, None, identity=identity, notes=notes)
     cache = FeatureCache(features)
+    if info is not None:
+        check_run_cache(Path(run), info, cache.meta, features)
     check_cache_matches(cache, cfg)
+    notes += check_cache_fits_data(cache, dataset, data_dir, cfg)  # before anything is written
     missing = [c.id for c in dataset.clips if c.id not in cache]
     if missing:
         if require_features is None:
@@ -170,7 +226,60 @@ def load_data(cfg: dict, data_dir: str | Path, features: str | Path | None, *, s
                              path=cache.path)
         dataset.clips = [c for c in dataset.clips if c.id in cache]
     roi = cache.load([c.id for c in dataset.clips])
-    return LoadedData(dataset, roi, int(cache.meta["channels"]), missing)
+    check_cache_fits_data(cache, dataset, data_dir, cfg, roi)
+    return LoadedData(dataset, roi, int(cache.meta["channels"]), missing, cache.meta, identity, notes)
+
+
+# What a run records of its cache (run.json "cache") and checks again on resume and encode.
+RUN_CACHE_KEYS = ("backbone", "weights_hash", "frame_size", "roi_size", "channels", "reduction", "pca_sha256",
+                  "frames_per_clip")
+
+
+def run_inputs(loaded: LoadedData, features) -> dict:
+    """The run.json fields naming the run's data (root, clips, fingerprint) and cache (path and identity)."""
+    out = dict(loaded.identity)
+    if loaded.cache_meta is not None:
+        meta = loaded.cache_meta
+        out["cache"] = {"path": str(Path(features).resolve()), "dataset": meta.get("dataset"),
+                        "dataset_fingerprint": meta.get("dataset_fingerprint"),
+                        **{k: meta[k] for k in RUN_CACHE_KEYS if k in meta}}
+    return out
+
+
+def check_run_data(run: Path, info: dict, identity: dict, data_dir, *, resume: bool) -> list[str]:
+    """Check the data (:func:`stvh.data.fingerprint.data_identity`) against ``RUN/run.json``; returns notes.
+
+    Data whose fingerprint differs is refused on ``resume`` (training would go on with other data
+    than its first epochs saw) and is a note otherwise (encode, eval: the codes are of the data
+    as it is now). Runs made before fingerprints existed are not checked (a note).
+    """
+    if "data_fingerprint" not in info:
+        return [f"{run} records no fingerprint of its data (made by an older stvh); the data is not checked"]
+    if identity["data_fingerprint"] == info["data_fingerprint"]:
+        return []
+    what = (f"--data {data_dir} is not the data {run} was trained on ({info.get('data')})"
+            if identity["data"] != info.get("data") else f"the data {data_dir} changed since {run} was trained")
+    detail = (f"{info.get('data_clips')} clips, fingerprint {info['data_fingerprint']} then; "
+              f"{identity['data_clips']} clips, fingerprint {identity['data_fingerprint']} now")
+    if resume:
+        raise ValueError(f"{what} ({detail}); resume with the data it was trained on, or train a new run "
+                         "(another --out)")
+    return [f"{what} ({detail}); the codes are of the data as it is now"]
+
+
+def check_run_cache(run: Path, info: dict, meta: dict, features, own_data: bool = True) -> None:
+    """Refuse a cache made with other settings (backbone, weights, PCA, ...; T for the run's own data)
+    than the cache the run was trained on, or with another channel count than its model takes."""
+    was = info.get("cache") or {}
+    for key in RUN_CACHE_KEYS if own_data else RUN_CACHE_KEYS[:-1]:
+        if key in was and key in meta and was[key] != meta[key]:
+            raise CacheMismatch(f"{key} is {meta[key]!r} in this cache but {was[key]!r} in the cache {run} was "
+                                f"trained on ({was.get('path')}); give --features of a cache made with the run's "
+                                "settings", path=features)
+    if info.get("in_channels") is not None and meta.get("channels") != info["in_channels"]:
+        raise CacheMismatch(f"the cache has {meta.get('channels')} channels but the model of {run} takes "
+                            f"{info['in_channels']}; give --features of a cache made with the run's settings",
+                            path=features)
 
 
 def has_action_labels(clips) -> bool:
@@ -328,7 +437,8 @@ def fit(cfg: dict, data_dir: str | Path, features: str | Path | None, out: str |
     seed = int(cfg["seed"])
     seed_everything(seed)
 
-    loaded = load_data(cfg, data_dir, features, skip_bad=skip_bad)
+    loaded = load_data(cfg, data_dir, features, skip_bad=skip_bad,  # resume: the data its first epochs saw
+                       run=out if resume and (out / "run.json").is_file() else None, resume=resume)
     dataset, roi, in_channels = loaded
     unlisted = cfg["data"].get("unlisted", "ignore")
     parts = partition(dataset.clips, cfg["data"]["val_fraction"], seed, unlisted)
@@ -353,6 +463,7 @@ def fit(cfg: dict, data_dir: str | Path, features: str | Path | None, out: str |
                      f"training on the {len(dataset.clips)} that have them")
     if dataset.skipped:
         notes.append(f"{len(dataset.skipped)} bad inputs skipped (--skip-bad); listed in {out / 'skipped.csv'}")
+    notes += loaded.notes
 
     model = model_from_config(cfg, len(dataset.activities), len(actions), in_channels).to(device)
     net = model
@@ -388,7 +499,7 @@ def fit(cfg: dict, data_dir: str | Path, features: str | Path | None, out: str |
             "action_head": action_head, "in_channels": in_channels, "seed": seed,
             "splits": {k: len(v) for k, v in parts.items()},
             "clips_without_features": len(loaded.without_features), "skipped": len(dataset.skipped),
-            "notes": notes, "torch": torch.__version__}, indent=2))
+            "notes": notes, "torch": torch.__version__, **run_inputs(loaded, features)}, indent=2))
         (out / "metrics.csv").unlink(missing_ok=True)
     if rank == 0 and skip_bad:
         write_skipped(out / "skipped.csv", dataset.skipped)
