@@ -6,6 +6,7 @@ line at fault and exit with status 2 instead of a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -30,6 +31,9 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+_HELD: list[contextlib.ExitStack] = []  # one per running command (friendly_errors)
+
+
 def friendly_errors(fn):
     """Turn data, argument and file-system errors into a one-line message and exit status 2."""
     @functools.wraps(fn)
@@ -37,7 +41,12 @@ def friendly_errors(fn):
         from .train.checkpoint import CheckpointError
 
         try:
-            return fn(*args, **kwargs)
+            with contextlib.ExitStack() as held:  # write locks taken by _lock, released when the command ends
+                _HELD.append(held)
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    _HELD.pop()
         except (DataError, ValueError, FileExistsError, ImportError, ConnectionError, CheckpointError) as exc:
             _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         except OSError as exc:  # permission denied, disk full, a directory where a file belongs, ...
@@ -48,13 +57,11 @@ def friendly_errors(fn):
 
 def _lock(path: Path, command: str, flag: Optional[str] = "--out") -> None:
     """Hold the write lock of output ``path`` until this command ends (stvh.locks; rank 0 only under torchrun)."""
-    import click
-
     from .locks import output_lock
 
     if int(os.environ.get("RANK", 0)) == 0:
-        click.get_current_context().with_resource(
-            output_lock(path, command, flag=flag, note=lambda line: typer.echo(f"note: {line}", err=True)))
+        _HELD[-1].enter_context(output_lock(path, command, flag=flag,
+                                            note=lambda line: typer.echo(f"note: {line}", err=True)))
 
 
 def _version(value: bool) -> None:

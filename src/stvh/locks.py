@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-__all__ = ["LockedError", "lock_path", "output_lock", "holder"]
+__all__ = ["LockedError", "check_free", "holder", "lock_path", "output_lock"]
 
 _HELD: dict[Path, int] = {}  # resolved output path -> re-entrant depth in this process
 
@@ -88,7 +88,20 @@ def holder(path: str | os.PathLike) -> dict | None:
         os.close(fd)
 
 
-def _acquire(lp: Path, shown: str, flag: str) -> tuple[int, dict]:
+def check_free(path: str | os.PathLike, *, flag: str | None = "--out") -> None:
+    """Raise :class:`LockedError` when another process holds the lock of ``path`` (creates nothing)."""
+    info = holder(path)
+    key = Path(os.path.realpath(os.path.abspath(os.path.expanduser(os.fspath(path)))))
+    if info is not None and not _HELD.get(key):
+        raise LockedError(_locked_message(os.fspath(path), info, flag))
+
+
+def _locked_message(shown: str, info: dict, flag: str | None) -> str:
+    advice = f"wait for it or choose another {flag}" if flag else "wait for it"
+    return f"{shown} is being written by {_describe(info)}; {advice}"
+
+
+def _acquire(lp: Path, shown: str, flag: str | None) -> tuple[int, dict]:
     """An fd holding ``flock(LOCK_EX)`` on ``lp`` and what the file said before (a stale holder)."""
     while True:
         fd = os.open(lp, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
@@ -97,8 +110,7 @@ def _acquire(lp: Path, shown: str, flag: str) -> tuple[int, dict]:
         except BlockingIOError:
             info = _read(fd)
             os.close(fd)
-            raise LockedError(f"{shown} is being written by {_describe(info)}; wait for it or choose another "
-                              f"{flag}") from None
+            raise LockedError(_locked_message(shown, info, flag)) from None
         except BaseException:
             os.close(fd)
             raise
@@ -112,13 +124,13 @@ def _acquire(lp: Path, shown: str, flag: str) -> tuple[int, dict]:
 
 
 @contextmanager
-def output_lock(path: str | os.PathLike, command: str, *, flag: str = "--out",
+def output_lock(path: str | os.PathLike, command: str, *, flag: str | None = "--out",
                 note: Callable[[str], None] | None = None) -> Iterator[Path]:
     """Hold the write lock of output ``path`` (a file or a folder) while the block runs.
 
     Raises :class:`LockedError` when another process holds it. ``command``
     (e.g. ``"stvh train"``) is what a second writer is told; ``flag`` the
-    option it should change; ``note`` receives one line when a lock left by a
+    option it should change (``None``: only "wait for it"); ``note`` receives one line when a lock left by a
     killed process is taken over. Missing parent folders are created.
     """
     shown = os.fspath(path)

@@ -56,16 +56,45 @@ def visual_protocol(ids, groups, splits, seed: int = 0) -> tuple[np.ndarray, np.
     return ~query, query, "all clips mixed, 30% of each group's clips as queries (split separates groups)"
 
 
+def eval_folder(run: str | Path, data: str | Path | None, features: str | Path | None,
+                out: str | Path | None) -> Path:
+    """Where ``stvh eval`` writes ``codes.npz``, ``metrics.json`` and ``eval_details.json``.
+
+    The run's own data: ``RUN`` (or ``--out``). Another dataset or feature cache: ``--out``, default
+    ``RUN/eval-NAME`` (NAME: the folder name of ``--data``, else of ``--features``), so another
+    dataset's codes and metrics never replace the run's own ``codes.npz`` and ``metrics.json``.
+    """
+    from ..train.checkpoint import read_run_info
+
+    run = Path(run)
+    info = read_run_info(run)
+    own = features is None and (data is None or Path(data).resolve() == Path(info["data"]).resolve())
+    if out is None:
+        return run if own else run / f"eval-{Path(data if data is not None else features).resolve().name}"
+    if not own and Path(out).resolve() == run.resolve():
+        raise ValueError(f"--out {out} is the run folder: the codes and metrics of --data/--features would replace "
+                         "the run's own; choose another --out")
+    return Path(out)
+
+
+def check_eval_splits(splits, where) -> None:
+    """Refuse codes without a database (train/val split) or without queries (test split), naming ``where``."""
+    splits = np.asarray(splits)
+    test = int((splits == "test").sum())
+    if test == 0 or test == len(splits):
+        raise ValueError(f"{where}: evaluation needs clips in both the train and the test split (here: "
+                         f"{len(splits) - test} train/val, {test} test); mark the split in DATA/splits.json")
+
+
 def evaluate(codes_path: str | Path, out: str | Path | None = None, ks=KS) -> dict:
     """Compute the metrics of a CODES file (and its predictions); write ``metrics.json`` to ``out``."""
     cs = CodeSet.load(codes_path)
     pred = np.load(predictions_path(codes_path))
     if list(pred["ids"]) != list(cs.ids):
         raise ValueError(f"{predictions_path(codes_path)} does not belong to {codes_path} (clip ids differ)")
+    check_eval_splits(cs.split, codes_path)
     test = cs.split == "test"
     train = ~test
-    if not test.any() or not train.any():
-        raise ValueError(f"{codes_path}: evaluation needs clips in both the train and the test split")
     num_classes = len(cs.meta.get("activities", [])) or int(cs.activity.max()) + 1
     y = cs.activity
     depth, bits = cs.depth, cs.bits

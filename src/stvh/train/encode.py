@@ -13,11 +13,12 @@ run's backbone with the run's cache settings (frame size, PCA) on the fly.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
+import yaml
 
 from ..data.atomic import atomic_path
 from ..data.clip import UNKNOWN, Clip, ClipDataset
@@ -25,7 +26,7 @@ from ..data.feature_cache import FeatureCache
 from ..data.skipped import write_skipped
 from ..index.codes import CodeSet
 from ..models.filter import fit_filter
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, check_same_model, load_checkpoint, read_run_info
 from .config import complete_config
 from ..data.formats import detect_format, read_dataset
 from .extract import reader_kwargs
@@ -36,20 +37,17 @@ from .tensors import clips_to_tensors
 def load_run(run: str | Path, checkpoint: str = "best", device: str | torch.device = "cpu"):
     """(model in eval mode, config, run info, checkpoint state) of a run folder."""
     run = Path(run)
-    info_path = run / "run.json"
-    if not info_path.is_file():
-        raise CheckpointError(f"{run} is not a run folder (run.json missing); train one with `stvh train`")
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise CheckpointError(f"{info_path} is corrupt ({exc})") from None
+    info = read_run_info(run)
     if checkpoint not in ("best", "last"):
-        raise ValueError(f"checkpoint must be best or last, got {checkpoint!r}")
+        raise ValueError(f"--checkpoint must be best or last, got {checkpoint!r}")
     path = run / f"{checkpoint}.pt"
     if checkpoint == "best" and not path.exists():
         path = run / "last.pt"
     state = load_checkpoint(path)
     cfg = complete_config(state["config"])
+    run_cfg = run_config(run)
+    if run_cfg is not None:  # a checkpoint copied from another run: name it before its shapes clash
+        check_same_model(path, cfg, run_cfg)
     model = model_from_config(cfg, len(info["activities"]), len(info["actions"]), info.get("in_channels"))
     try:
         model.load_state_dict(state["model"])
@@ -58,16 +56,40 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str | torch.devi
     return model.to(device).eval(), cfg, info, state
 
 
-def run_filter(run: str | Path) -> np.ndarray | None:
-    """The run's filter matrix F ``(K, K)`` (``RUN/filter.npz``), or ``None`` when it has none."""
+def run_config(run: str | Path) -> dict | None:
+    """The run's ``config.yaml`` completed with today's defaults, or ``None`` when the run has none."""
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise CheckpointError(f"{path} is corrupt ({str(exc).splitlines()[0]}); it is written by `stvh train`") \
+            from None
+    try:
+        return complete_config(raw)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {str(exc).splitlines()[0]}") from None
+
+
+def run_filter(run: str | Path, bits: int | None = None) -> np.ndarray | None:
+    """The run's filter matrix F ``(K, K)`` (``RUN/filter.npz``), or ``None`` when it has none.
+
+    With ``bits``, an F of another size (the file of another run) is refused naming the file.
+    """
     path = Path(run) / "filter.npz"
     if not path.is_file():
         return None
     try:
         with np.load(path) as z:
-            return z["filter"].astype(np.float32)
+            f = z["filter"].astype(np.float32)
     except (OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"{path} is corrupt ({exc}); delete it to refit F when encoding") from None
+    if bits is not None and f.shape != (bits, bits):
+        raise CheckpointError(f"{path} holds a {'x'.join(map(str, f.shape))} filter matrix but the run's model has "
+                              f"{bits}-bit codes (K x K = {bits}x{bits}); it comes from another run? delete it to "
+                              "refit F when encoding")
+    return f
 
 
 class Encoder:
@@ -166,13 +188,15 @@ def map_labels(dataset: ClipDataset, activities: tuple[str, ...]) -> dict[str, i
 
 def encode(run: str | Path, out: str | Path, *, data: str | Path | None = None, features: str | Path | None = None,
            checkpoint: str = "best", device: str = "auto", batch_size: int = 64, skip_bad: bool = False,
-           log=print) -> dict:
+           log=print, before_write: Callable[[CodeSet], None] | None = None) -> dict:
     """Write the CODES file ``out`` (and ``<out>.predictions.npz``) for every clip of the dataset.
 
     ``data`` defaults to the run's dataset. Another dataset is read with the run's
     reader options, its labels are mapped onto the run's by name (unknown labels
     are reported and encoded as unlabeled), and, for CNN backbones without
     ``features``, its RoI features are computed from its frames on the fly.
+    ``before_write(code_set)`` may refuse the codes (raise) before any file is
+    written (``stvh eval`` checks both splits are there).
     """
     enc = Encoder(run, checkpoint, device)
     cfg, info = enc.cfg, enc.info
@@ -203,7 +227,7 @@ def encode(run: str | Path, out: str | Path, *, data: str | Path | None = None, 
     tensors = pred["tensors"]
     codes = pred["codes"]  # (M, depth, K)
     depth = codes.shape[1]
-    filt = run_filter(run) if depth > 1 else None
+    filt = run_filter(run, codes.shape[2]) if depth > 1 else None
     if filt is None and depth > 1:  # runs trained before F was stored with the run: fit on training rows
         train_rows = np.array([s not in ("test",) for s in tensors.splits])
         per_depth = [torch.from_numpy(codes[train_rows, t].astype(np.float32)) for t in range(depth)]
@@ -216,6 +240,8 @@ def encode(run: str | Path, out: str | Path, *, data: str | Path | None = None, 
     code_set = CodeSet.from_signs(tensors.ids, codes, activity=tensors.activity.numpy(),
                                   group=np.array(tensors.groups), split=np.array(tensors.splits),
                                   filter=filt, meta=meta)
+    if before_write is not None:
+        before_write(code_set)
     out = Path(out)
     code_set.save(out)
     with atomic_path(predictions_path(out)) as tmp:

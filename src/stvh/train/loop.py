@@ -44,7 +44,8 @@ from ..data.formats import read_dataset
 from ..data.skipped import write_skipped
 from ..eval.metrics import map_at_k, mca
 from ..models import build
-from .checkpoint import load_checkpoint, save_checkpoint
+from ..locks import output_lock
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import dump_config
 from ..models.filter import fit_filter
 from .augment import Augment, augment_batch
@@ -59,7 +60,29 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(name: str) -> torch.device:
+def check_device(name: str, flag: str = "--device") -> str:
+    """``name`` when this machine has that device, else ``ValueError`` (one line naming ``flag``).
+
+    Accepted: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` (N < the number of GPUs), ``mps``; a CUDA build
+    of torch without a GPU has no ``cuda``. Used by extract, encode, eval, serve (and train's config).
+    """
+    from .config import DEVICE_RE, devices_here
+
+    here = devices_here()
+    if name in here:
+        return name
+    if not DEVICE_RE.match(str(name)):
+        raise ValueError(f"{flag} {name}: not a device; use auto, cpu, cuda, cuda:N or mps")
+    if name.startswith("cuda") and "cuda" in here:
+        n = sum(d.startswith("cuda:") for d in here)
+        raise ValueError(f"{flag} {name}: this machine has {n} CUDA device(s) (cuda:0 to cuda:{n - 1})")
+    kind, sep = ("CUDA" if name.startswith("cuda") else "MPS"), (" " if flag.startswith("--") else "=")
+    raise ValueError(f"{flag} {name}: no {kind} device here; use {flag}{sep}cpu")
+
+
+def resolve_device(name: str, flag: str = "--device") -> torch.device:
+    """The torch device of ``name`` (``auto``: CUDA when there is one), checked by :func:`check_device`."""
+    check_device(name, flag)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -374,12 +397,14 @@ def _rewrite_metrics(path: Path, keep_epochs: int) -> None:
 
 
 def _append_metrics(path: Path, row: dict) -> None:
-    new = not path.exists() or path.stat().st_size == 0
-    with path.open("a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    """Add one row, rewriting the file atomically (a full disk never leaves half a row)."""
+    old = path.read_text() if path.exists() else ""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(row))
+    if not old:
+        writer.writeheader()
+    writer.writerow(row)
+    write_text_atomic(path, old + buf.getvalue())
 
 
 def _tensorboard(out: Path):
@@ -417,9 +442,19 @@ def _save_filter(model, train: ClipTensors, device, cfg: dict, path: Path) -> No
             np.savez(fh, filter=fm.weight.detach().cpu().numpy())
 
 
-def fit(cfg: dict, data_dir: str | Path, features: str | Path | None, out: str | Path,
-        resume: bool = False, progress: bool = True, stop_after: int | None = None,
-        skip_bad: bool = False, log=print) -> dict:
+def fit(cfg: dict, data_dir: str | Path, features: str | Path | None, out: str | Path, **options) -> dict:
+    """:func:`train_run` holding the run folder's write lock (``stvh.locks``; re-entrant, so ``stvh train``,
+    which locks it before checking ``--out``, and ``stvh demo`` / ``ablate`` share this one entry)."""
+    if int(os.environ.get("RANK", 0)) != 0:  # under torchrun rank 0 writes the run folder
+        return train_run(cfg, data_dir, features, out, **options)
+    log = options.get("log", print)
+    with output_lock(out, "stvh train", note=lambda line: log(f"note: {line}")):
+        return train_run(cfg, data_dir, features, out, **options)
+
+
+def train_run(cfg: dict, data_dir: str | Path, features: str | Path | None, out: str | Path,
+              resume: bool = False, progress: bool = True, stop_after: int | None = None,
+              skip_bad: bool = False, log=print) -> dict:
     """Train; returns a summary (best epoch and score, run folder).
 
     ``stop_after`` ends the run after that many epochs of this call (used to
@@ -429,7 +464,7 @@ def fit(cfg: dict, data_dir: str | Path, features: str | Path | None, out: str |
     """
     out = Path(out)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    device = resolve_device(cfg["train"]["device"])
+    device = resolve_device(cfg["train"]["device"], flag="train.device")
     if world > 1:
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
         if device.type == "cuda":
@@ -481,7 +516,11 @@ def fit(cfg: dict, data_dir: str | Path, features: str | Path | None, out: str |
     start_epoch, best = 0, {"epoch": 0, "score": -math.inf}
     if resume and (out / "last.pt").exists():
         state = load_checkpoint(out / "last.pt")
-        model.load_state_dict(state["model"])
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as exc:  # another model's checkpoint: one line naming it
+            raise CheckpointError(f"checkpoint {out / 'last.pt'} does not match the run's model "
+                                  f"({str(exc).splitlines()[-1].strip()[:160]}); start a new --out instead") from None
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"]["torch"])
