@@ -27,6 +27,7 @@ from stvh.serve import ServeSettings, UploadLimits, create_app  # noqa: E402
 from stvh.serve.service import Service  # noqa: E402
 
 BITS, DEPTH = 32, 3
+BASE = "http://127.0.0.1"  # a Host the service answers to (it refuses names not its own: DNS rebinding)
 TINY = ["model.d=32", "model.d_v=8", "model.heads=2", f"model.bits={BITS}", f"model.depth={DEPTH}",
         "train.epochs=1", "train.batch_size=8", "train.lr=1e-3", "data.val_fraction=0.25", "filter.steps=10",
         "train.device=cpu"]
@@ -142,7 +143,7 @@ def world(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def client(world):
     service = Service(ServeSettings(run=world["run"], index=world["index"]))
-    with TestClient(create_app(service)) as c:
+    with TestClient(create_app(service), base_url=BASE) as c:
         yield c
 
 
@@ -151,7 +152,7 @@ def small_client(world):
     """A service with tiny upload limits (the 413s)."""
     limits = UploadLimits(max_bytes=400_000, max_unzipped_bytes=100_000, max_frames=4, max_persons=3)
     service = Service(ServeSettings(run=world["run"], index=world["index"], limits=limits))
-    with TestClient(create_app(service)) as c:
+    with TestClient(create_app(service), base_url=BASE) as c:
         yield c
 
 
@@ -438,7 +439,7 @@ def test_add_and_remove_clips_with_allow_writes(world, tmp_path):
     settings = ServeSettings(run=world["run"], index=index, allow_writes=True)
     data_files = sorted(p for p in Path(world["data"]).rglob("*") if p.is_file())
     clip = world["clips"][2]
-    with TestClient(create_app(Service(settings))) as c:
+    with TestClient(create_app(Service(settings)), base_url=BASE) as c:
         r = c.post("/api/clips", files=upload_parts(clip, "zip"), data={"name": "my-play", "group": "cam A"})
         assert r.status_code == 201, r.text
         new = r.json()
@@ -459,7 +460,7 @@ def test_add_and_remove_clips_with_allow_writes(world, tmp_path):
         assert auto.status_code == 201 and auto.json()["id"].startswith("upload-")
         assert len(load_index(index)) == 26
     # a restart finds the uploaded clips again
-    with TestClient(create_app(Service(settings))) as c:
+    with TestClient(create_app(Service(settings)), base_url=BASE) as c:
         assert c.get("/api/clips/my-play/000001").json()["source"] == "upload"
         assert c.delete("/api/clips/my-play/000001").json() == {"removed": "my-play/000001", "clips": 25}
         assert "my-play/000001" not in load_index(index)

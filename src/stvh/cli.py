@@ -175,8 +175,8 @@ def format_summary(s: dict) -> str:
              f"skipped: {s['skipped']}", "", "  clips per split:"]
     lines += [f"    {k:<18}{v:>7}" for k, v in s["clips_per_split"].items() if k]
     if s["clips_per_split"].get(""):  # clips splits.json does not list: counted, never trained on silently
-        lines.append(f"    {'not in any split':<18}{s['clips_per_split']['']:>7}   (not listed in splits.json: not "
-                     "trained on; data.unlisted=train trains on them)")
+        lines.append(f"    {'not in any split':<18}{s['clips_per_split']['']:>7}   (no split in splits.json or clips.csv: "
+                     "not trained on; data.unlisted=train trains on them)")
     splits = list(s["activity_counts_per_split"])
     names = list(s["activities"]) + (["unlabeled"] if "unlabeled" in s["activity_counts"] else [])
     lines += ["", "  activity".ljust(20) + "".join(f"{sp:>9}" for sp in splits) + f"{'total':>9}"]
@@ -196,9 +196,10 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
-@app.command("extract")
+@app.command("extract", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @friendly_errors
 def extract_cmd(
+    ctx: typer.Context,
     data: Path = typer.Option(..., "--data", help="Dataset folder."),
     out: Path = typer.Option(..., "--out", help="Feature cache folder (resumes when it exists)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML config: backbone, weights, frame size, PCA, "
@@ -228,9 +229,10 @@ def extract_cmd(
     Without --config the shipped default config is used (src/stvh/configs/default.yaml; `stvh config show`
     prints it), the same one `stvh train` uses, so the bare commands agree. With --config the cache is built
     exactly as `stvh demo` and `stvh train` expect from that config; flags given explicitly override the config.
+    Extra key=value arguments override config keys as in `stvh train` (e.g. extract.pca=null for raw channels).
     """
     from .outputs import check_output
-    from .train.config import config_path, load_config
+    from .train.config import resolve_config
     from .train.extract import extract_with_config
     from .train.loop import check_device
 
@@ -240,7 +242,7 @@ def extract_cmd(
     if out.is_dir() and any(out.iterdir()) and not (out / "meta.json").is_file():
         _fail(f"refusing to write feature cache {out}: the folder holds other files (no meta.json); "
               "choose an empty or new --out")
-    overrides = [f"model.backbone={backbone}"] if backbone else []
+    overrides = [*ctx.args, *([f"model.backbone={backbone}"] if backbone else [])]
     if weights:
         overrides.append(f"model.weights={weights}")
     if frame_size:
@@ -252,7 +254,9 @@ def extract_cmd(
         overrides.append(f"seed={seed}")
     if format:
         overrides.append(f"data.format={format}")
-    cfg = load_config(config_path(config), overrides)
+    cfg, notes = resolve_config(config, overrides)
+    for note in notes:
+        typer.echo(f"note: {note}", err=True)
     try:
         result = extract_with_config(cfg, data, out, batch_clips=batch_clips, device=device, progress=progress,
                                      skip_bad=skip_bad)
@@ -458,12 +462,12 @@ def ablate_cmd(
     Extra key=value arguments override config keys for every row (e.g. train.epochs=10).
     """
     from .train.ablate import parse_seeds, run_table
-    from .train.config import config_path
+    from .train.config import config_path, fitted_defaults
     from .train.loop import TrainingInterrupted
 
     try:
         result = run_table(table, data=data, out=out, config=config_path(config), seeds=parse_seeds(seeds), features=features,
-                           overrides=list(ctx.args), progress=progress and sys.stderr.isatty(),
+                           overrides=[*ctx.args, *fitted_defaults(config, ctx.args)[0]], progress=progress and sys.stderr.isatty(),
                            echo=lambda line: typer.echo(line, err=True))
     except (KeyboardInterrupt, TrainingInterrupted):
         typer.secho(f"interrupted; finished runs and saved epochs are kept in {out}; run the same command again "
@@ -614,6 +618,14 @@ def serve_cmd(
     max_upload_mb: int = typer.Option(64, help="Largest request body, MiB."),
     max_frames: int = typer.Option(600, help="Most frames in an uploaded video or zip."),
     max_persons: int = typer.Option(64, help="Most distinct track ids in an uploaded tracks file."),
+    max_frame_mp: float = typer.Option(8.3, help="Most megapixels in one uploaded frame (8.3: a 4K UHD frame); "
+                                                 "read from headers before decoding."),
+    max_upload_mp: float = typer.Option(1250.0, help="Most megapixels in all the frames of one upload (1250: "
+                                                     "600 frames of 1080p)."),
+    token: Optional[str] = typer.Option(None, envvar="STVH_SERVE_TOKEN", help="Write token (Authorization: Bearer "
+                                        "TOKEN) for clients of other origins; default: a new one, printed at start."),
+    allowed_host: list[str] = typer.Option([], "--allowed-host", help="Another name the Host header may give "
+                                           "(repeatable; '*' any): the address's and loopback names are taken."),
     checkpoint: str = typer.Option("best", help="best or last."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
 ):
@@ -623,10 +635,16 @@ def serve_cmd(
     from .train.loop import check_device
 
     check_device(device)
-    limits = UploadLimits(max_bytes=max_upload_mb * 1024 * 1024, max_frames=max_frames, max_persons=max_persons)
+    for flag, value in (("--max-frame-mp", max_frame_mp), ("--max-upload-mp", max_upload_mp)):
+        if not value > 0:
+            _fail(f"{flag} must be a positive number of megapixels, got {value}")
+    limits = UploadLimits(max_bytes=max_upload_mb * 1024 * 1024, max_frames=max_frames, max_persons=max_persons,
+                          max_frame_pixels=max(1, int(max_frame_mp * 1e6)),
+                          max_upload_pixels=max(1, int(max_upload_mp * 1e6)))
     try:
         serve(ServeSettings(run=run, index=index, data=data, host=host, port=port, allow_writes=allow_writes,
-                            uploads=uploads, checkpoint=checkpoint, device=device, limits=limits), echo=typer.echo)
+                            uploads=uploads, checkpoint=checkpoint, device=device, limits=limits, token=token,
+                            allowed_hosts=tuple(allowed_host)), echo=typer.echo)
     except CheckpointError as exc:
         _fail(str(exc))
 

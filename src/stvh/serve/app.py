@@ -19,13 +19,17 @@ DELETE   /api/clips/{id}                        remove a clip (--allow-writes)
 =======  =====================================  ====================================================
 
 Errors are JSON ``{"status", "error", "detail"}``: 404 unknown id, 409 taken
-name, 403 writes disabled, 413 over an upload limit, 422 bad parameter or
-malformed upload (the message names the uploaded file and line).
+name, 403 writes disabled or from another origin, 413 over an upload limit,
+422 bad parameter or malformed upload (the message names the uploaded file and
+line), 400 anything else; never a 5xx (``security.py``). ``/docs`` and
+``/redoc`` are served from the package's own assets (``docs.py``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import secrets
 import time
 from contextlib import asynccontextmanager
@@ -38,25 +42,25 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from PIL import Image
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
+from .docs import add_docs_routes
 from .previews import add_preview_routes
 from .schemas import (SEARCH_FORM_SCHEMA, ClipDetail, ClipPage, ErrorBody, Health, IndexInfo, SearchRequest,
                       SearchResponse)
+from .security import JsonErrors, RequestGuard, SecurityHeaders, allowed_hosts, error, json_depth
 from .service import Service, ServiceError
 from .uploads import UploadedFile, UploadError, check_name, remove_tree
 
 STATIC = Path(__file__).resolve().parent / "static"
-KINDS = {400: "bad_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed", 409: "conflict",
-         413: "too_large", 422: "invalid", 500: "internal"}
-ERRORS = {s: {"model": ErrorBody} for s in (403, 404, 409, 413, 422)}
+ERRORS = {s: {"model": ErrorBody} for s in (400, 403, 404, 409, 413, 422)}
+JSON_MAX_BYTES = 1 << 20    # a JSON search body (a clip id, a token or hex codes) is far smaller
+JSON_MAX_DEPTH = 32         # nesting refused before parsing: deep nesting would exhaust the parser's recursion
+_INT_RE = re.compile(r"-?[0-9]{1,18}")
 IMAGE_CACHE = {"Cache-Control": "public, max-age=3600"}
 log = logging.getLogger("stvh.serve")
-
-
-def error(status: int, detail: str) -> JSONResponse:
-    return JSONResponse({"status": status, "error": KINDS.get(status, "error"), "detail": detail}, status_code=status)
 
 
 def _validation_detail(errors: list[dict]) -> str:
@@ -102,9 +106,15 @@ def create_app(service: Service) -> FastAPI:
         service.close()  # uploaded queries' temporary folders
 
     app = FastAPI(title="stvh", version="1", summary="Search group-activity footage by example, at a focus from "
-                  "visual (depth 1) to activity (deepest).", responses=ERRORS, lifespan=lifespan)
+                  "visual (depth 1) to activity (deepest).", responses=ERRORS, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
     app.state.service = service
-    app.add_middleware(DeclaredSizeLimit, max_bytes=limits.max_bytes)
+    settings = service.settings
+    app.add_middleware(DeclaredSizeLimit, max_bytes=limits.max_bytes)   # innermost of the four
+    app.add_middleware(RequestGuard, hosts=allowed_hosts(settings.host, settings.allowed_hosts),
+                       token=service.token)
+    app.add_middleware(JsonErrors)
+    app.add_middleware(SecurityHeaders)                                 # outermost: every answer gets the headers
 
     @app.exception_handler(ServiceError)
     async def _service_error(_, exc: ServiceError):
@@ -118,6 +128,14 @@ def create_app(service: Service) -> FastAPI:
     async def _http_error(_, exc: HTTPException):
         return error(exc.status_code, str(exc.detail))
 
+    @app.exception_handler(Image.DecompressionBombError)
+    async def _bomb(_, exc):
+        return error(413, f"an image is too large to decode ({exc}); see --max-frame-mp")
+
+    @app.exception_handler(RecursionError)
+    async def _deep(_, exc):
+        return error(422, "the request is nested too deeply")
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_, exc: RequestValidationError):
         body = {"status": 422, "error": "invalid", "detail": _validation_detail(exc.errors()),
@@ -125,6 +143,7 @@ def create_app(service: Service) -> FastAPI:
         return JSONResponse(body, status_code=422)
 
     # ------------------------------------------------------------------ page
+    add_docs_routes(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -197,6 +216,9 @@ def create_app(service: Service) -> FastAPI:
             form = await request.form(max_files=3, max_fields=12)
             fields = {key: form.get(key) for key in ("clip", "query", "codes", "k", "focus")
                       if isinstance(form.get(key), str) and form.get(key) != ""}
+            for key in ("k", "focus"):  # form fields are text: a decimal integer, anything else stays text
+                if key in fields and _INT_RE.fullmatch(fields[key].strip()):
+                    fields[key] = int(fields[key])
             if "codes" in fields:
                 fields["codes"] = [c.strip() for c in fields["codes"].split(",")]
             params = _search_params(fields)
@@ -215,11 +237,7 @@ def create_app(service: Service) -> FastAPI:
                     raise
                 params.query = service.add_query(clip, codes, act, root)
         elif ctype.startswith("application/json") or not ctype:
-            try:
-                body = await request.json()
-            except ValueError:
-                raise ServiceError(422, "the body is not valid JSON") from None
-            params = _search_params(body)
+            params = _search_params(await _json_body(request))
         else:
             raise ServiceError(422, f"unsupported content type {ctype!r}: send JSON or a multipart form")
         return JSONResponse(service.search(clip=params.clip, query=params.query, codes=params.codes, k=params.k,
@@ -272,6 +290,21 @@ def create_app(service: Service) -> FastAPI:
         return {"removed": clip_id, "clips": len(service.index)}
 
     return app
+
+
+async def _json_body(request: Request):
+    """The request's JSON, refused (413/422) when over ``JSON_MAX_BYTES`` or nested deeper than ``JSON_MAX_DEPTH``."""
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > JSON_MAX_BYTES:
+            raise ServiceError(413, f"a JSON search body is at most {JSON_MAX_BYTES} bytes")
+    if json_depth(bytes(raw)) > JSON_MAX_DEPTH:
+        raise ServiceError(422, f"the JSON body is nested more than {JSON_MAX_DEPTH} levels deep")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ServiceError(422, "the body is not valid JSON") from None
 
 
 def _search_params(body) -> SearchRequest:

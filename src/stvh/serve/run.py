@@ -32,4 +32,7 @@ def serve(settings: ServeSettings, echo: Callable[[str], None] = print) -> None:
     echo(f"stvh serve: {len(service.index)} clips, {service.index.bits} bits, depth {service.index.depth}; "
          f"page at http://{settings.host}:{settings.port}/ , API docs at /docs"
          + ("" if settings.allow_writes else " (read-only; --allow-writes to add/remove clips)"))
+    if settings.allow_writes:
+        echo(f"writes: from this page, or with the header 'Authorization: Bearer {service.token}'"
+             + (" (from --token)" if settings.token else ""))
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")

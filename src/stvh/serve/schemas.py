@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from typing import Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+MAX_K = 10_000  # results of one search
 
 
 class ErrorBody(BaseModel):
     """Every error: its HTTP ``status``, a short ``error`` kind and a one-line ``detail``."""
 
     status: int
-    error: str = Field(description="bad_request | forbidden | not_found | conflict | too_large | invalid | internal")
+    error: str = Field(description="bad_request | forbidden | not_found | method_not_allowed | conflict | "
+                                   "too_large | invalid")
     detail: str
 
 
@@ -76,8 +79,10 @@ class SearchRequest(BaseModel):
     clip: Optional[str] = Field(None, description="an indexed clip id VIDEO/CLIP (left out of its own results)")
     query: Optional[str] = Field(None, description="token of an uploaded query (from an earlier upload search)")
     codes: Optional[list[str]] = Field(None, description="one hex string of K/8 packed bytes per depth")
-    k: int = Field(10, description="results (>= 1)")
-    focus: Optional[int] = Field(None, description="1 = visual ... depth = activity; default the deepest")
+    # strict: a JSON integer, never true or "5" (>= 1 and focus <= depth are checked by the service, in its words)
+    k: StrictInt = Field(10, le=MAX_K, description=f"results (1..{MAX_K})", json_schema_extra={"minimum": 1})
+    focus: Optional[StrictInt] = Field(None, description="1 = visual ... depth = activity; default the deepest",
+                                       json_schema_extra={"minimum": 1})
 
 
 class SearchHit(ClipRow):
@@ -104,6 +109,7 @@ SEARCH_FORM_SCHEMA = {
         "frames": {"type": "string", "format": "binary", "description": "or a zip of frames 000001.jpg, ..."},
         "clip": {"type": "string"}, "query": {"type": "string"},
         "codes": {"type": "string", "description": "hex codes, one per depth, comma-separated"},
-        "k": {"type": "integer", "default": 10}, "focus": {"type": "integer"},
+        "k": {"type": "integer", "default": 10, "minimum": 1, "maximum": MAX_K},
+        "focus": {"type": "integer", "minimum": 1},
     },
 }

@@ -79,6 +79,8 @@ class Service:
         from ..index.base import load_index
 
         self.settings = settings
+        # guards writes beside the same-origin check (security.RequestGuard); printed at start-up
+        self.token = settings.token or (secrets.token_urlsafe(24) if settings.allow_writes else None)
         self.index = load_index(settings.index)
         if not hasattr(self.index, "ids"):
             raise ConfigError(f"{settings.index}: stvh serve needs an in-memory index (numpy, faiss, kernel, "

@@ -17,15 +17,21 @@ class UploadLimits:
     ``max_bytes`` caps the whole request body (video or zip + tracks + fields),
     ``max_unzipped_bytes`` the frames a zip expands to, ``max_frames`` the frames
     of the video or zip, ``max_persons`` the distinct track ids of the tracks file.
+    ``max_frame_pixels`` caps one frame's width x height and ``max_upload_pixels``
+    the sum over the upload's frames; both are read from image and stream headers
+    before any pixel is decoded (defaults: a 4K UHD frame, 600 frames of 1080p).
     """
 
     max_bytes: int = 64 * MIB
     max_unzipped_bytes: int = 256 * MIB
     max_frames: int = 600
     max_persons: int = 64
+    max_frame_pixels: int = 8_300_000
+    max_upload_pixels: int = 1_250_000_000
 
     def __post_init__(self):
-        for name in ("max_bytes", "max_unzipped_bytes", "max_frames", "max_persons"):
+        for name in ("max_bytes", "max_unzipped_bytes", "max_frames", "max_persons", "max_frame_pixels",
+                     "max_upload_pixels"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"upload limit {name} must be a positive integer, got {value!r}")
@@ -38,6 +44,9 @@ class ServeSettings:
     ``uploads``: the folder of clips added with ``POST /api/clips`` (default
     ``<index>.uploads`` beside the index). ``clip_frames`` / ``clip_persons``:
     T and N of an uploaded clip (default: those of the dataset's clips).
+    ``token``: the write token (``--token``; ``None``: one is made at start-up
+    when writes are allowed). ``allowed_hosts``: more names the ``Host`` header
+    may give (``--allowed-host``; ``*`` accepts any), beside those of ``host``.
     """
 
     run: Path
@@ -52,6 +61,8 @@ class ServeSettings:
     limits: UploadLimits = UploadLimits()
     clip_frames: int | None = None
     clip_persons: int | None = None
+    token: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not 0 <= int(self.port) <= 65535:
@@ -60,6 +71,8 @@ class ServeSettings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
+        if self.token is not None and len(self.token) < 16:
+            raise ConfigError("--token must be at least 16 characters (it guards writes to the index)")
 
     @property
     def uploads_dir(self) -> Path:

@@ -16,6 +16,12 @@ Zip members are checked before anything is written: no absolute path, no
 ``..``, no link, only images named by frame number (``000001.jpg``); every
 file the server writes is named by the server (never by a member's path), so
 no archive can write outside ``<root>`` (no zip slip).
+
+Pixels are bounded before any is decoded: each frame's width x height (from
+the image header, or the video stream's header) against ``max_frame_pixels``
+and their sum over the upload against ``max_upload_pixels`` (413 naming the
+limit and its flag), so an image bomb (a 140 KB PNG of 12000 x 12000) is
+refused without taking memory.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import math
 import re
 import shutil
 import stat
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -76,6 +83,45 @@ def _copy(src: BinaryIO, dest: Path, limit: int, what: str) -> int:
                 raise too_large(f"{what} is larger than the limit of {limit} bytes")
             out.write(chunk)
     return total
+
+
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:.1f} megapixels"
+
+
+class PixelBudget:
+    """Frame sizes of one upload against the limits (413 naming the limit and the ``stvh serve`` flag)."""
+
+    def __init__(self, limits: UploadLimits, display: str):
+        self.limits = limits
+        self.display = display
+        self.total = 0
+
+    def frame(self, width: int, height: int, what: str, count: int = 1) -> None:
+        """Account ``count`` frames of ``width`` x ``height``."""
+        pixels = int(width) * int(height)
+        if pixels > self.limits.max_frame_pixels:
+            raise too_large(f"{what} is {width}x{height} = {_megapixels(pixels)}, over the limit of "
+                            f"{_megapixels(self.limits.max_frame_pixels)} per frame (--max-frame-mp)")
+        self.total += pixels * max(int(count), 1)
+        if self.total > self.limits.max_upload_pixels:
+            raise too_large(f"{self.display}: the frames hold more than {_megapixels(self.limits.max_upload_pixels)}"
+                            f" in all (--max-upload-mp)")
+
+
+def image_size(path: Path, what: str) -> tuple[int, int]:
+    """``(width, height)`` from an image header: PIL reads the header only, no pixel is decoded."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return im.size
+    except Image.DecompressionBombError:  # over twice PIL's own limit: a 413 like ours
+        raise too_large(f"{what} is an image too large to decode (a decompression bomb; --max-frame-mp)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UploadError(f"{what} is not a readable image ({type(exc).__name__})") from None
 
 
 # --------------------------------------------------------------------------- tracks
@@ -158,19 +204,27 @@ def unpack_frames(upload: UploadedFile, folder: Path, limits: UploadLimits) -> i
         if sum(info.file_size for info, _ in members.values()) > budget:
             raise too_large(f"{display}: the frames expand to more than {budget} bytes")
         folder.mkdir(parents=True, exist_ok=True)
+        pixels = PixelBudget(limits, display)
         for n, (info, ext) in sorted(members.items()):
+            target = folder / f"{n:06d}{ext}"
             try:
                 with zf.open(info) as src:  # the name is ours: nothing is written outside ``folder``
-                    budget -= _copy(src, folder / f"{n:06d}{ext}", budget, f"{display} (unpacked)")
+                    budget -= _copy(src, target, budget, f"{display} (unpacked)")
             except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as exc:  # RuntimeError: encrypted member
                 raise UploadError(f"{display}: member {info.filename!r} cannot be read ({exc})") from None
+            what = f"{display}: frame {info.filename!r}"
+            pixels.frame(*image_size(target, what), what)
     return len(members)
 
 
 # --------------------------------------------------------------------------- video
 
-def video_frame_count(path: Path, display: str) -> int:
-    """Frames of a video file (from the stream header, or its duration x rate); 422 when unreadable."""
+def video_frame_count(path: Path, display: str, pixels: PixelBudget | None = None) -> int:
+    """Frames of a video file (from the stream header, or its duration x rate); 422 when unreadable.
+
+    ``pixels``: the stream's frame size (from its header, before any frame is
+    decoded) is checked against the upload's pixel limits.
+    """
     import av
     from av.error import FFmpegError
 
@@ -179,6 +233,9 @@ def video_frame_count(path: Path, display: str) -> int:
             if not container.streams.video:
                 raise UploadError(f"{display}: no video stream")
             stream = container.streams.video[0]
+            width, height = stream.codec_context.width, stream.codec_context.height
+            if pixels is not None and not (width and height):
+                raise UploadError(f"{display}: the video stream gives no frame size")
             n = int(stream.frames or 0)
             if not n and stream.duration and stream.time_base and stream.average_rate:
                 n = int(round(float(stream.duration * stream.time_base * stream.average_rate)))
@@ -186,7 +243,9 @@ def video_frame_count(path: Path, display: str) -> int:
                 rate = float(stream.average_rate or 0)
                 n = int(round(container.duration / 1e6 * rate))
     except (FFmpegError, OSError) as exc:
-        raise UploadError(f"{display}: cannot open the video ({exc})") from None
+        raise UploadError(f"{display}: cannot open the video ({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
+    if pixels is not None:
+        pixels.frame(width, height, f"{display}: a frame of the video stream", count=n)
     return n
 
 
@@ -216,7 +275,7 @@ def stage_upload(root: Path, name: str, *, tracks: UploadedFile, video: Uploaded
         path.parent.mkdir(parents=True, exist_ok=True)
         shown[str(path)] = display
         _copy(video.file, path, limits.max_bytes, display)
-        n = video_frame_count(path, display)
+        n = video_frame_count(path, display, PixelBudget(limits, display))
         if n > limits.max_frames:
             raise too_large(f"{display}: {n} frames, more than the limit of {limits.max_frames}")
     else:
