@@ -18,7 +18,7 @@ from stvh.cli import app
 from stvh.data.cad import read_cad
 from stvh.data.clip import Clip, ClipDataset, ImageFrames
 from stvh.data.errors import (AmbiguousLabel, DataError, DuplicateKey, EmptyFile, FormatError, MalformedLine,
-                              UnknownLabel, UnmatchedSplit, UnreadableFrame, read_text)
+                              UnknownLabel, UnmatchedSplit, UnreadableFrame, UnreadableVideo, read_text)
 from stvh.data.formats import read_dataset
 from stvh.data.frames import read_frames
 from stvh.data.mot import read_mot
@@ -414,3 +414,69 @@ def test_skipped_errors_keep_path_and_line(tmp_path):
     assert located == {("annotations.txt", 2, "malformed line"), ("annotations.txt", 3, "duplicate key"),
                        ("annotations.txt", None, "empty file"), ("splits.json", 2, "unmatched split entry")}
     assert all(isinstance(e, DataError) for e in ds.skipped)
+
+
+# --------------------------------------------------------------------------- 9. readers that say what they see (issue 14)
+
+def test_mot_frame_of_another_size_names_that_frame(tmp_path):
+    root = mot(tmp_path, {"a": track_rows(frames=range(1, 21))}, frames=20)
+    jpegs(root / "frames" / "a", ["000015.jpg"], size=(50, 64))
+    ds = expect(read_mot, root, FormatError, root / "frames/a/000015.jpg", None,
+                "this frame is 50x64 (HxW) but the video's first frame 000001.jpg is 48x64", clips=1)
+    assert ds.skipped[0].clip == "a/000011" and [c.id for c in ds.clips] == ["a/000001"]
+    assert ds.clips[0].frames.size == (48, 64)  # read_frames checks every decoded frame against it
+
+
+def test_mot_track_number_above_1e9_is_malformed(tmp_path):
+    root = mot(tmp_path, {"a": track_rows()[:4] + ["5,1,5,5,3e9,10,1"] + track_rows()[5:]})
+    ds = expect(read_mot, root, MalformedLine, root / "tracks/a.txt", 5, "3e9 is larger than 1000000000", clips=1)
+    assert "above 10^9" in str(ds.skipped[0])
+
+
+@pytest.mark.parametrize("target", ["tracks/b.txt", "videos/b.mp4"])
+def test_mot_broken_links_are_named(tmp_path, target):
+    root = mot(tmp_path, {"a": track_rows(), "b": track_rows()})
+    link = root / target
+    if target.startswith("videos"):
+        import shutil
+        shutil.rmtree(root / "frames" / "b")
+    link.unlink(missing_ok=True)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(tmp_path / "gone")
+    error = FormatError if target.startswith("tracks") else UnreadableVideo
+    expect(read_mot, root, error, link, None, f"broken symbolic link (its target {tmp_path / 'gone'} does not exist)",
+           clips=1)
+
+
+def test_mot_only_a_broken_track_link_is_still_mot(tmp_path):
+    (tmp_path / "tracks").mkdir()
+    (tmp_path / "tracks" / "a.txt").symlink_to(tmp_path / "gone.txt")
+    with pytest.raises(FormatError, match=r"tracks/a.txt: format error: broken symbolic link"):
+        read_dataset(tmp_path)
+
+
+def one_line_error(result, text: str) -> None:
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.exit_code == 2 and lines == [f"error: {text}"], result.output
+
+
+def test_data_window_with_mot_names_the_key(tmp_path):
+    root = mot(tmp_path / "data", {"a": track_rows()})
+    result = CliRunner().invoke(app, ["train", "--data", str(root), "--out", str(tmp_path / "run"),
+                                      "model.backbone=none", "data.window=[1,5]"])
+    one_line_error(result, "data.window does not apply to mot data: its clips are the rows of clips.csv, or windows "
+                           "of data.reader.frames_per_clip frames; set data.window to null")
+    with pytest.raises(ValueError, match=r"^data.reader.bogus is not an option of the mot reader \(its options: "
+                                         r"frames_per_clip, n_max, activities\)$"):
+        read_dataset(root, bogus=1)
+
+
+def test_a_file_given_as_the_dataset_folder(tmp_path):
+    codes = write(tmp_path / "codes.npz", b"PK")
+    result = CliRunner().invoke(app, ["train", "--data", str(codes), "--out", str(tmp_path / "run"),
+                                      "model.backbone=none"])
+    one_line_error(result, f"format error: --data {codes} is a file; it must be a dataset folder")
+    result = CliRunner().invoke(app, ["data", "info", str(codes)])
+    one_line_error(result, f"format error: {codes} is a file; it must be a dataset folder")
+    with pytest.raises(FormatError, match="is a file"):  # also when the format is given
+        read_dataset(codes, "mot")

@@ -479,7 +479,8 @@ def read_mot(root: str | Path, *, frames_per_clip: int = 10, n_max: int = 12,
         clip.validate()
         clips.append(clip)
 
-    assign_splits(clips, splits, lambda c: csv_splits.get(c.id, NO_SPLIT), problems,
+    no_split = "" if csv_splits else NO_SPLIT  # a split column that leaves a row empty: that clip is in no split
+    assign_splits(clips, splits, lambda c: csv_splits.get(c.id, no_split), problems,
                   videos=track_names + bad_tracks, read=videos)
     return ClipDataset(format="mot", root=root, clips=clips, activities=vocab, actions=(),
                        skipped=list(problems.errors))

@@ -124,9 +124,8 @@ def partition_notes(parts: dict[str, list[Clip]], val_fraction: float, unlisted:
         notes.append(f"validation: the {len(parts['val'])} clips of the val split (data.val_fraction = "
                      f"{val_fraction} is unused)")
     if parts["none"]:
-        joined = "" if unlisted == "train" else "; data.unlisted=train would train on the unlisted ones"
-        notes.append(f"{len(parts['none'])} clips are in no split (not listed in splits.json) and are left out of "
-                     f"train, validation and test{joined}")
+        joined = "" if unlisted == "train" else "; data.unlisted=train trains on them"
+        notes.append(f"{len(parts['none'])} clips are in no split (none given by splits.json or clips.csv): not trained on{joined}")
     elif unlisted == "train":
         n = sum(c.split == "" for k in ("train", "val") for c in parts[k])
         if n:
