@@ -141,6 +141,8 @@ def load_npz(path: str | Path, required: Sequence[str], what: str,
         raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, zipfile.LargeZipFile,
             NotImplementedError, RuntimeError) as exc:
+        if "pickle" in str(exc):  # numpy's advice names a Python argument: say what the file holds instead
+            raise error(path, f"not a {what} file: it holds Python objects, which stvh never writes") from None
         raise error(path, f"corrupt or unreadable {what} file ({type(exc).__name__}: {exc})") from exc
     missing = [k for k in required if k not in data]
     if missing:

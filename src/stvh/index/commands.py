@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..locks import output_lock
 from ..outputs import check_output
 from .base import CodeIndex, UnknownIdError, check_k, create_index, load_index
 from .codes import CodeFileError, CodeSet, pack_codes, unpack_codes
@@ -54,6 +55,14 @@ def build_index(codes_path: str | Path, out: str | Path, *, mode: str = "all", b
     if local_db is not None:  # the collection is replaced; the database file itself is shared
         check_output(local_db, inputs=[(codes_path, "CODES file")], overwrite=True, what="Milvus Lite database",
                      flag="--uri")
+    with output_lock(out, "stvh index build"):  # one writer per index file (stvh.locks)
+        return _build(codes_path, out, mode, backend, uri, collection, t0)
+
+
+def _build(codes_path: Path, out: Path, mode: str, backend: str, uri: str | None, collection: str | None,
+           t0: float) -> dict[str, Any]:
+    """:func:`build_index` once its output is checked and locked."""
+    _require_archive(codes_path, "--codes", "a CODES file written by `stvh encode`")
     cs = CodeSet.load(codes_path)
     if mode == "compact" and cs.depth > 1 and cs.filter is None:
         raise CodeFileError(codes_path, "compact mode needs the filter matrix F, but this CODES file has no "
@@ -106,8 +115,13 @@ def _read_query_codes(path: Path, index: CodeIndex, focus: int | None) -> tuple[
     if path.suffix == ".npy":
         try:
             a = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
+        except ValueError as exc:
+            why = "it holds Python objects" if "pickle" in str(exc) else str(exc).splitlines()[0]
+            raise ValueError(f"--codes-file {path} is not an array of codes ({why}); it must hold ±1 or 0/1 bits, "
+                             "or packed uint8 codes") from None
+        except (OSError, EOFError) as exc:
             raise CodeFileError(path, f"unreadable .npy ({exc})") from exc
+        a = _query_bits(a, index.bits, path)
     else:
         try:
             lines = [ln.strip().replace(" ", "") for ln in path.read_text().splitlines() if ln.strip()]
@@ -125,6 +139,41 @@ def _read_query_codes(path: Path, index: CodeIndex, focus: int | None) -> tuple[
     return [f"q{i}" for i in range(q.shape[0])], q
 
 
+def _query_bits(a: np.ndarray, bits: int, path: Path) -> np.ndarray:
+    """A ``.npy`` query array as the index takes it: packed uint8 kept, 0/1 values made bits, ±1 kept;
+    anything else is one line naming ``--codes-file`` and the dtype."""
+    if a.dtype == np.uint8 and a.ndim and a.shape[-1] == bits // 8:
+        return a  # packed codes
+    if a.dtype == np.bool_:
+        return a
+    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise ValueError(f"--codes-file {path} holds {a.dtype} values; it must hold ±1 or 0/1 bits, or packed uint8 "
+                         "codes")
+    values = set(np.unique(a[np.isfinite(a)] if a.dtype.kind == "f" else a).tolist()) if a.size else set()
+    if a.size and a.dtype.kind == "f" and not np.isfinite(a).all():
+        values.add(float("nan"))
+    if values <= {0, 1}:
+        return a.astype(bool)
+    if values <= {-1, 1}:
+        return a
+    bad = sorted(values - {-1, 0, 1}, key=str)[0]
+    raise ValueError(f"--codes-file {path} holds {a.dtype} values (e.g. {bad}); it must hold ±1 or 0/1 bits, or "
+                     f"packed uint8 codes ({bits // 8} bytes per code)")
+
+
+def _require_archive(path: Path, flag: str, what: str) -> None:
+    """Refuse a file that is not an ``.npz`` archive (text, pickle, ...) naming the CLI flag."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except (FileNotFoundError, IsADirectoryError):
+        return  # the loader names these
+    if head != b"PK\x03\x04":
+        raise CodeFileError(path, f"{flag} must be {what} (an .npz archive); this file is not one"
+                                  + (" (it looks like text)" if head and all(32 <= b < 127 or b in b"\t\r\n"
+                                                                            for b in head) else ""))
+
+
 def search_index(index_path: str | Path, *, clip_id: str | None = None, codes_file: str | Path | None = None,
                  focus: int | None = None, k: int = 10) -> list[dict[str, Any]]:
     """Search a saved index; returns rows ``{query, focus, rank, clip, distance, activity, group}``.
@@ -139,6 +188,7 @@ def search_index(index_path: str | Path, *, clip_id: str | None = None, codes_fi
     if (clip_id is None) == (codes_file is None):
         raise ValueError("give exactly one of clip_id (--clip) or codes_file (--codes-file)")
     index_path = Path(index_path)
+    _require_archive(index_path, "--index", "an index file written by `stvh index build`")
     index = load_index(index_path)
     try:
         d = index.focus_index(focus)
