@@ -92,9 +92,18 @@ def watched(server, chromium_browser):
         w.close(allowed)
 
 
+# The page runs under the service's CSP (no 'unsafe-eval'): Playwright polls a wait_for_function predicate
+# given as an expression string with eval, which the CSP blocks, so every predicate here is a function.
+
+
 def hits(page) -> list[tuple[str, int]]:
     pairs = page.eval_on_selector_all("#results .hit", "els => els.map(e => [e.dataset.clip, +e.dataset.distance])")
     return [tuple(p) for p in pairs]
+
+
+def sources(page) -> list[str]:
+    """The ``src`` of every result's picture."""
+    return page.eval_on_selector_all("#results .card img", "is => is.map(i => i.src)")
 
 
 def active_clip(page) -> str | None:
@@ -119,7 +128,7 @@ def test_page_search_slider_attention_upload(server, watched, tmp_path):
 
     # pick a query: results at the slider's start, visual focus; the query plays (its preview, not a still)
     page.click(f'#clip-grid .card[data-clip="{query.id}"]')
-    page.wait_for_function("document.querySelector('#results').dataset.focus === '1'")
+    page.wait_for_function("() => document.querySelector('#results').dataset.focus === '1'")
     assert hits(page) == api[1]
     assert "focus 1 of 3 (visual)" in page.inner_text("#focus-label")
     assert query.id in page.inner_text("#query-text")
@@ -130,18 +139,18 @@ def test_page_search_slider_attention_upload(server, watched, tmp_path):
     # slide to activity focus: the search re-runs, the results change, the explanation follows the slider
     page.focus("#focus")
     page.keyboard.press("End")
-    page.wait_for_function("document.querySelector('#results').dataset.focus === '3'")
+    page.wait_for_function("() => document.querySelector('#results').dataset.focus === '3'")
     assert hits(page) == api[3] and hits(page) != api[1]
     assert "(activity)" in page.inner_text("#focus-label")
     assert "Activity focus" in page.inner_text("#focus-help") and "same group activity" in page.inner_text(
         "#focus-help")
     page.keyboard.press("ArrowLeft")
-    page.wait_for_function("document.querySelector('#results').dataset.focus === '2'")
+    page.wait_for_function("() => document.querySelector('#results').dataset.focus === '2'")
     help2 = page.inner_text("#focus-help")
     assert "Depth 2 of 3, between the two" in help2 and "50 %" in help2
     assert page.get_attribute("#focus", "aria-valuetext") == "focus 2 of 3, mixed"
     page.keyboard.press("End")
-    page.wait_for_function("document.querySelector('#results').dataset.focus === '3'")
+    page.wait_for_function("() => document.querySelector('#results').dataset.focus === '3'")
 
     # the query's attention maps, on demand
     page.click("#show-attention")
@@ -149,7 +158,7 @@ def test_page_search_slider_attention_upload(server, watched, tmp_path):
     assert page.eval_on_selector("#attention-img", "img => img.naturalWidth") > 600
 
     # a thumbnail really is an image
-    page.wait_for_function("[...document.querySelectorAll('#results .hit img')].every(i => i.complete "
+    page.wait_for_function("() => [...document.querySelectorAll('#results .hit img')].every(i => i.complete "
                            "&& i.naturalWidth > 0)")
 
     # upload a clip (a zip of frames + MOT tracks) and search with it
@@ -160,9 +169,9 @@ def test_page_search_slider_attention_upload(server, watched, tmp_path):
     page.set_input_files("#u-tracks", str(tmp_path / "tracks.txt"))
     before = hits(page)
     page.click("#u-search")
-    page.wait_for_function("document.querySelector('#query-text').innerText.includes('uploaded clip')",
+    page.wait_for_function("() => document.querySelector('#query-text').innerText.includes('uploaded clip')",
                            timeout=30_000)
-    page.wait_for_function("document.querySelector('#query-img').complete && "
+    page.wait_for_function("() => document.querySelector('#query-img').complete && "
                            "document.querySelector('#query-img').naturalWidth > 0")
     assert "/api/queries/q" in page.get_attribute("#query-img", "src")  # the upload's own preview
     after = hits(page)
@@ -171,15 +180,15 @@ def test_page_search_slider_attention_upload(server, watched, tmp_path):
     # the slider re-runs the uploaded query too (by its token, without uploading again)
     page.focus("#focus")
     page.keyboard.press("Home")
-    page.wait_for_function("document.querySelector('#results').dataset.focus === '1'")
+    page.wait_for_function("() => document.querySelector('#results').dataset.focus === '1'")
     assert hits(page) != after or len(set(d for _, d in after)) == 1
 
     # writes are on: add the uploaded clip to the index; it joins the clip list (and the "upload" split)
     page.fill("#u-name", "from-browser")
     page.click("#u-add")
-    page.wait_for_function("document.querySelector('#status').innerText.includes('added from-browser/')",
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('added from-browser/')",
                            timeout=30_000)
-    page.wait_for_function(f"document.querySelector('#page-info').innerText.includes('of {clips + 1}')")
+    page.wait_for_function(f"() => document.querySelector('#page-info').innerText.includes('of {clips + 1}')")
     assert page.locator('#clip-grid .card[data-clip^="from-browser/"]').count() == 1
     assert "upload" in page.eval_on_selector_all("#f-split option", "os => os.map(o => o.value)")
     assert page.input_value("#focus") == "1"  # the slider stays where it was
@@ -199,9 +208,9 @@ def test_page_search_slider_attention_upload(server, watched, tmp_path):
 
     page.set_input_files("#u-tracks", str(tmp_path / "tracks.txt"))
     page.click("#u-search")
-    page.wait_for_function("!document.querySelector('#status').classList.contains('error')")
-    page.wait_for_function("document.querySelectorAll('#results .hit').length === 10")
-    page.wait_for_function("[...document.querySelectorAll('#results .hit img')].every(i => i.complete "
+    page.wait_for_function("() => !document.querySelector('#status').classList.contains('error')")
+    page.wait_for_function("() => document.querySelectorAll('#results .hit').length === 10")
+    page.wait_for_function("() => [...document.querySelectorAll('#results .hit img')].every(i => i.complete "
                            "&& i.naturalWidth > 0)")
     page.evaluate("document.activeElement.blur()")
     shot = tmp_path / "page.png"
@@ -234,7 +243,7 @@ def test_cards_are_reached_and_picked_by_keyboard(server, watched):
 
     # Enter picks the focused card
     page.keyboard.press("Enter")
-    page.wait_for_function("document.querySelector('#results').dataset.focus === '1'")
+    page.wait_for_function("() => document.querySelector('#results').dataset.focus === '1'")
     assert ids[columns] in page.inner_text("#query-text")
     card = f'#clip-grid .card[data-clip="{ids[columns]}"] .pick'
     assert page.get_attribute(card, "aria-pressed") == "true"
@@ -247,8 +256,8 @@ def test_cards_are_reached_and_picked_by_keyboard(server, watched):
     assert "/preview.webp" in page.get_attribute("#results .card img", "src")
     assert "result 1, distance" in page.get_attribute("#results .card .pick", "aria-label")
     page.keyboard.press(" ")
-    page.wait_for_function(f"document.querySelector('#query-text').innerText.includes('clip {first}')")
-    page.wait_for_function("document.querySelector('#status').innerText.startsWith('top')")
+    page.wait_for_function(f"() => document.querySelector('#query-text').innerText.includes('clip {first}')")
+    page.wait_for_function("() => document.querySelector('#status').innerText.startsWith('top')")
     assert first not in [c for c, _ in hits(page)]  # a clip is left out of its own results
 
 
@@ -256,15 +265,15 @@ def test_a_result_plays_its_frames_on_hover(server, watched):
     base, world = server
     page = watched().page
     page.click(f'#clip-grid .card[data-clip="{world["clips"][2].id}"]')
-    page.wait_for_function("document.querySelector('#results').dataset.focus === '1'")
-    page.wait_for_function("[...document.querySelectorAll('#results .hit img')].every(i => i.complete "
+    page.wait_for_function("() => document.querySelector('#results').dataset.focus === '1'")
+    page.wait_for_function("() => [...document.querySelectorAll('#results .hit img')].every(i => i.complete "
                            "&& i.naturalWidth > 0)")
     img = page.locator("#results .card img").first
     assert "/keyframe.jpg" in img.get_attribute("src")  # still until hovered (play-all is off on a desktop)
 
     page.hover("#results .card .pick >> nth=0")
     assert "/preview.webp" in img.get_attribute("src")
-    page.wait_for_function("(() => { const i = document.querySelector('#results .card img');"
+    page.wait_for_function("() => (() => { const i = document.querySelector('#results .card img');"
                            " return i.src.includes('preview.webp') && i.complete && i.naturalWidth > 0; })()")
     shots = []
     for _ in range(4):  # the clip has 6 frames of 160 ms: shots 230 ms apart show different frames
@@ -275,7 +284,7 @@ def test_a_result_plays_its_frames_on_hover(server, watched):
     page.mouse.move(2, 2)  # leaving the card stops it
     assert "/keyframe.jpg" in img.get_attribute("src")
     page.check("#play-all")  # ... unless every result plays
-    assert all("/preview.webp" in s for s in page.eval_on_selector_all("#results .card img", "is => is.map(i => i.src)"))
+    assert all("/preview.webp" in s for s in sources(page))
 
 
 def test_an_added_clip_can_be_deleted(server, watched):
@@ -293,13 +302,13 @@ def test_an_added_clip_can_be_deleted(server, watched):
     page.wait_for_selector(f'#clip-grid .card[data-clip="{cid}"]')
     assert page.locator("#clip-grid .card").count() == page.locator("#clip-grid .card .delete").count() >= 1
     page.select_option("#f-split", "")
-    page.wait_for_function(f"document.querySelector('#page-info').innerText.includes('of {clips}')")
+    page.wait_for_function(f"() => document.querySelector('#page-info').innerText.includes('of {clips}')")
     dataset_card = f'#clip-grid .card[data-clip="{world["clips"][0].id}"]'
     assert page.locator(f"{dataset_card} .delete").count() == 0  # dataset clips have no delete button
 
     # make the clip the query, then delete it: a dismissed confirmation keeps it, an accepted one removes it
     page.click(f'#clip-grid .card[data-clip="{cid}"] .pick')
-    page.wait_for_function("document.querySelector('#results').dataset.focus === '1'")
+    page.wait_for_function("() => document.querySelector('#results').dataset.focus === '1'")
     delete = f'#clip-grid .card[data-clip="{cid}"] .delete'
     page.once("dialog", lambda d: d.dismiss())
     page.click(delete)
@@ -310,9 +319,9 @@ def test_an_added_clip_can_be_deleted(server, watched):
     messages = []
     page.once("dialog", lambda d: (messages.append(d.message), d.accept()))
     page.click(delete)
-    page.wait_for_function(f"document.querySelector('#status').innerText.includes('deleted {cid}')")
+    page.wait_for_function(f"() => document.querySelector('#status').innerText.includes('deleted {cid}')")
     assert cid in messages[0]
-    page.wait_for_function(f"document.querySelector('#page-info').innerText.includes('of {clips - 1}')")
+    page.wait_for_function(f"() => document.querySelector('#page-info').innerText.includes('of {clips - 1}')")
     assert page.locator(f'#clip-grid .card[data-clip="{cid}"]').count() == 0
     assert httpx.get(f"{base}/api/clips/{cid}").status_code == 404
     assert hits(page) == [] and "empty" in page.get_attribute("#query-card", "class")  # it was the query
@@ -324,8 +333,8 @@ def test_page_fits_a_phone(server, watched, tmp_path):
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     assert page.eval_on_selector("#upload", "d => d.open") is False  # the form folds away on a narrow screen
     page.tap(f'#clip-grid .card[data-clip="{world["clips"][0].id}"] .pick')
-    page.wait_for_function("document.querySelector('#results').dataset.focus === '1'")
-    page.wait_for_function("[...document.querySelectorAll('#results .hit img')].every(i => i.complete "
+    page.wait_for_function("() => document.querySelector('#results').dataset.focus === '1'")
+    page.wait_for_function("() => [...document.querySelectorAll('#results .hit img')].every(i => i.complete "
                            "&& i.naturalWidth > 0)")
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     widest = page.evaluate("Math.max(...[...document.querySelectorAll('body *')].map(e => "
@@ -336,7 +345,7 @@ def test_page_fits_a_phone(server, watched, tmp_path):
     assert columns == 2
     # nothing to hover on a touch screen: every result plays
     assert page.is_checked("#play-all")
-    assert all("/preview.webp" in s for s in page.eval_on_selector_all("#results .card img", "is => is.map(i => i.src)"))
+    assert all("/preview.webp" in s for s in sources(page))
     shot = tmp_path / "phone.png"
     page.screenshot(path=str(shot), full_page=True)
     if os.environ.get("STVH_SCREENSHOT_PHONE"):
