@@ -58,9 +58,9 @@ class _StatCache:
     """``os.stat`` once per file: clips of one video share it."""
 
     def __init__(self):
-        self._seen: dict[Path, tuple[int, int] | None] = {}
+        self._seen: dict[str, tuple[int, int] | None] = {}
 
-    def __call__(self, path: Path) -> tuple[int, int] | None:
+    def __call__(self, path: str) -> tuple[int, int] | None:
         if path not in self._seen:
             try:
                 st = os.stat(path)
@@ -70,11 +70,14 @@ class _StatCache:
         return self._seen[path]
 
 
-def _relative(path: Path, root: Path) -> str:
+def _relative(path: str, root: str) -> str:
+    """``path`` relative to ``root`` (a plain prefix cut for the reader's ``root / ...`` paths: relpath is slow)."""
+    if path.startswith(root + os.sep):
+        return path[len(root) + 1:]
     try:
         return os.path.relpath(path, root)
     except ValueError:  # another drive (Windows)
-        return str(path)
+        return path
 
 
 def clip_fingerprint(clip: Clip, root: str | Path, stat=None) -> str:
@@ -87,8 +90,9 @@ def clip_fingerprint(clip: Clip, root: str | Path, stat=None) -> str:
     _update_array(h, clip.mask, np.bool_)        # (N,)
     if isinstance(clip.frames, VideoFrames):
         _update_array(h, np.asarray(clip.frames.indices), np.int64)
-    for path in frame_files(clip):
-        _update_text(h, _relative(path, Path(root)), stat(path))
+    root = str(Path(root))
+    for path in map(os.fspath, frame_files(clip)):
+        _update_text(h, _relative(path, root), stat(path))
     return h.hexdigest()[:_DIGITS]
 
 
