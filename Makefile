@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 # the locally available torch 2.14.1 / torchvision 0.29.1 pair.
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean browser
+.PHONY: demo test install clean browser mutation
 
 $(STAMP): pyproject.toml setup.py src/stvh/index/_hamming.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ browser:
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q
+
+# Mutation testing of the numeric core (mutmut; about an hour on 2 cores, not part of `make test`):
+# figures per file in benchmarks/results/mutation.json and docs/testing.md. MODULES="losses.py" for one.
+mutation: $(STAMP)
+	$(PY) benchmarks/mutation.py $(MODULES)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,184 @@
+"""Mutation testing of the numeric core with mutmut (``make mutation``; docs/testing.md).
+
+For each module below, a copy of ``src/`` and ``tests/`` is made under the work folder (never the repository),
+mutmut mutates that one file (optionally only some of its functions) and runs, for every mutant, the covering
+tests it selected from the listed test files (``-x``: the first failure kills the mutant). The per-file figures
+(killed, timed out, survived, explained as equivalent) and the commit they ran on are printed and merged into
+``benchmarks/results/mutation.json``.
+
+    python benchmarks/mutation.py                      # every module (about an hour on 2 busy cores)
+    python benchmarks/mutation.py losses.py            # one module (a suffix of its path is enough)
+    python benchmarks/mutation.py mot.py --retest      # rerun only the survivors of the last run
+    python benchmarks/mutation.py --show               # the diff of every unexplained survivor
+
+A surviving mutant is either killed by a new test or listed in ``EQUIVALENT`` with the reason it cannot change
+any result; the score per file is ``(killed + timeout) / (mutants - equivalent)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "mutation.json"
+GOAL = 0.90
+
+# module (under src/stvh) -> (covering test files, mutant name globs or None for the whole file)
+MODULES: dict[str, tuple[list[str], list[str] | None]] = {
+    "eval/metrics.py": (["tests/test_ref_metrics.py", "tests/test_metrics.py"], None),
+    "losses.py": (["tests/test_ref_losses.py", "tests/test_losses.py"], None),
+    "models/graphs.py": (["tests/test_ref_graphs.py", "tests/test_models_graphs.py"], None),
+    "models/attention.py": (["tests/test_ref_attention.py", "tests/test_models_attention.py"], None),
+    "models/filter.py": (["tests/test_ref_filter.py", "tests/test_models_filter.py"], None),
+    "index/codes.py": (["tests/test_ref_codes.py", "tests/test_index_codes.py"],
+                       ["*x_check_bits*", "*x_pack_codes*", "*x_unpack_codes*", "*xǁCodeSetǁsigns*",
+                        "*xǁCodeSetǁ_focus_index*", "*xǁCodeSetǁfrom_signs*"]),
+    "index/numpy_backend.py": (["tests/test_ref_codes.py", "tests/test_index_search.py"], None),
+    "data/geometry.py": (["tests/test_ref_readers.py"], None),
+    # the readers: their box conversions and frame fills (the rest is error reporting, tested elsewhere)
+    "data/mot.py": (["tests/test_ref_readers.py", "tests/test_mot.py"],
+                    ["*x__persons__*", "*x__window_starts__*"]),
+    "data/volleyball.py": (["tests/test_ref_readers.py", "tests/test_volleyball.py"],
+                           ["*x__tracked_boxes__*", "*x_parse_annotation_line__*"]),
+    "data/cad.py": (["tests/test_ref_readers.py", "tests/test_cad.py"],
+                    ["*x_xywh_to_box__*", "*x__keep_largest__*"]),
+}
+
+# mutants that survive because they cannot change any result: name -> why (see docs/testing.md)
+EQUIVALENT: dict[str, str] = {}
+
+KILLED = {1, 3}
+TIMEOUT = {-24, 24, 152, 255, 36}
+
+
+def git_commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+def git_dirty(paths: list[str]) -> bool:
+    out = subprocess.run(["git", "status", "--porcelain", "--", *paths], cwd=ROOT, capture_output=True, text=True)
+    return bool(out.stdout.strip())
+
+
+def prepare(work: Path, module: str, tests: list[str], fresh: bool) -> None:
+    """Copy src/, tests/ and pyproject.toml (with a [tool.mutmut] section for ``module``) into ``work``."""
+    if fresh and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    for name in ("src", "tests"):
+        if (work / name).exists():
+            shutil.rmtree(work / name)
+        shutil.copytree(ROOT / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    pyproject = pyproject.split("\n[tool.mutmut]")[0]
+    pyproject += "\n[tool.mutmut]\n" + "\n".join([
+        'source_paths = ["src"]',
+        f'only_mutate = ["src/stvh/{module}"]',
+        f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
+        'pytest_add_cli_args = ["-x", "-q", "-p", "no:cacheprovider"]',
+        'process_isolation = "forkserver"',    # torch is not fork-safe after use
+        "timeout_multiplier = 10.0",
+        "timeout_constant = 30.0",             # 2 shared cores: a slow fork is not an infinite loop
+    ]) + "\n"
+    (work / "pyproject.toml").write_text(pyproject)
+
+
+def read_meta(work: Path, module: str) -> dict:
+    meta = work / "mutants" / "src" / "stvh" / (module + ".meta")
+    return json.loads(meta.read_text()) if meta.exists() else {"exit_code_by_key": {}}
+
+
+def selected(names, globs: list[str] | None) -> list[str]:
+    from fnmatch import fnmatch
+    return sorted(n for n in names if globs is None or any(fnmatch(n, g) for g in globs))
+
+
+def summarise(module: str, codes: dict[str, int | None], seconds: float, tests: list[str]) -> dict:
+    killed = sorted(k for k, v in codes.items() if v in KILLED)
+    timeout = sorted(k for k, v in codes.items() if v in TIMEOUT)
+    survived = sorted(k for k, v in codes.items() if v == 0)
+    equivalent = [k for k in survived if k in EQUIVALENT]
+    other = sorted(k for k in codes if k not in killed + timeout + survived)
+    total = len(codes)
+    denom = total - len(equivalent)
+    score = (len(killed) + len(timeout)) / denom if denom else 1.0
+    return {"mutants": total, "killed": len(killed), "timeout": len(timeout), "survived": len(survived),
+            "equivalent": len(equivalent), "other": len(other), "score": round(score, 4),
+            "goal_met": score >= GOAL and not other, "seconds": round(seconds, 1), "tests": tests,
+            "survivors": [k for k in survived if k not in EQUIVALENT],
+            "equivalent_mutants": {k: EQUIVALENT[k] for k in equivalent}, "not_run": other}
+
+
+def run_module(module: str, work_root: Path, jobs: int, retest: bool, fresh: bool) -> dict:
+    tests, globs = MODULES[module]
+    work = work_root / module.replace("/", "_").removesuffix(".py")
+    before = read_meta(work, module)["exit_code_by_key"] if retest else {}
+    prepare(work, module, tests, fresh=fresh and not retest)
+    names: list[str] = list(globs or [])
+    if retest:
+        names = [k for k in selected(before, globs) if before[k] == 0] or ["__none__"]
+    t0 = time.time()
+    if names != ["__none__"]:
+        cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *names]
+        log = work / "mutmut.log"
+        with open(log, "w") as fh:
+            rc = subprocess.run(cmd, cwd=work, stdout=fh, stderr=subprocess.STDOUT).returncode
+        if rc != 0:
+            print(f"{module}: mutmut exited with {rc}; see {log}", file=sys.stderr)
+    codes = read_meta(work, module)["exit_code_by_key"]
+    codes = {k: codes[k] for k in selected(codes, globs)}
+    return summarise(module, codes, time.time() - t0, tests)
+
+
+def show(module: str, work_root: Path, names: list[str]) -> None:
+    work = work_root / module.replace("/", "_").removesuffix(".py")
+    for name in names:
+        out = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=work, capture_output=True, text=True)
+        print(out.stdout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("modules", nargs="*", help="module paths under src/stvh, or a suffix (default: all)")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/stvh-mutation"), help="scratch folder")
+    ap.add_argument("--jobs", type=int, default=2, help="mutants tested at once")
+    ap.add_argument("--retest", action="store_true", help="rerun only the survivors of the last run")
+    ap.add_argument("--keep", action="store_true", help="reuse mutmut's cached results in the work folder")
+    ap.add_argument("--show", action="store_true", help="print the diff of each unexplained survivor and stop")
+    args = ap.parse_args(argv)
+    chosen = [m for m in MODULES if not args.modules or any(m.endswith(s) for s in args.modules)]
+    if not chosen:
+        ap.error(f"no module matches {args.modules}; known: {', '.join(MODULES)}")
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"modules": {}}
+    if args.show:
+        for m in chosen:
+            show(m, args.workdir, results["modules"].get(m, {}).get("survivors", []))
+        return 0
+    commit = git_commit()
+    for m in chosen:
+        r = run_module(m, args.workdir, args.jobs, args.retest, fresh=not args.keep)
+        r.update(commit=commit, dirty=git_dirty([f"src/stvh/{m}", *MODULES[m][0]]),
+                 date=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        if args.retest and m in results["modules"]:   # keep the full run's figures, update the survivors
+            r["retest_of"] = results["modules"][m].get("commit")
+        results["modules"][m] = r
+        print(f"{m:28s} {r['mutants']:4d} mutants  killed {r['killed']:4d}  timeout {r['timeout']:3d}  "
+              f"survived {r['survived']:3d}  equivalent {r['equivalent']:3d}  score {r['score']:.1%}  "
+              f"({r['seconds']:.0f} s)", flush=True)
+        results.update(tool=f"mutmut {version('mutmut')}", goal=GOAL)
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
