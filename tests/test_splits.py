@@ -140,3 +140,12 @@ def test_train_on_splits_as_written(footage, tmp_path):
     assert result.exit_code == 0, result.output
     info = json.loads((tmp_path / "run2" / "run.json").read_text())
     assert info["splits"] == {"train": len(train_ids) - 2 + 8, "val": 2, "test": len(test_ids), "none": 0}
+
+
+def test_no_train_split_names_the_clips_in_no_split(footage, tmp_path):
+    root = with_splits(footage, tmp_path, {"test": ["v0"]})  # v0 tests, v1 in no split: nothing to train on
+    result = runner.invoke(app, ["train", "--data", str(root), "--out", str(tmp_path / "run"), *TINY])
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("error: ")]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "(clips per split: not in any split: 8, test: 8)" in lines[0]
+    assert lines[0].endswith("or set data.unlisted=train to train on the 8 clips in no split")

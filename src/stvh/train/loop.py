@@ -421,10 +421,12 @@ def epochs_done(state: dict) -> int:
 
 
 def no_train_split_message(data_dir, dataset: ClipDataset) -> str:
-    have = ", ".join(f"{k or 'none'}: {v}" for k, v in dataset.splits().items()) or "no clips"
+    have = ", ".join(f"{k or 'not in any split'}: {v}" for k, v in dataset.splits().items()) or "no clips"
+    unlisted = dataset.splits().get("", 0)
     return (f"{data_dir}: the dataset has no training clips (clips per split: {have}); mark clips as train/test "
             "in DATA/splits.json ({\"train\": [\"video\", ...], \"test\": [...]}, video names or video/clip ids)"
-            + (" or in a split column of DATA/clips.csv" if dataset.format == "mot" else ""))
+            + (" or in a split column of DATA/clips.csv" if dataset.format == "mot" else "")
+            + (f", or set data.unlisted=train to train on the {unlisted} clips in no split" if unlisted else ""))
 
 
 def _save_filter(model, train: ClipTensors, device, cfg: dict, path: Path) -> None:
