@@ -242,6 +242,7 @@ def extract_cmd(
     if out.is_dir() and any(out.iterdir()) and not (out / "meta.json").is_file():
         _fail(f"refusing to write feature cache {out}: the folder holds other files (no meta.json); "
               "choose an empty or new --out")
+    _lock(out, "stvh extract")  # one writer per cache (stvh.locks)
     overrides = [*ctx.args, *([f"model.backbone={backbone}"] if backbone else [])]
     if weights:
         overrides.append(f"model.weights={weights}")

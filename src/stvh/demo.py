@@ -35,14 +35,15 @@ def run_demo(out: str | Path, *, seed: int = 0, progress: bool = True, echo: Cal
     from .eval.report import write_report
     from .index.commands import build_index, format_results, search_index
     from .train.checkpoint import load_checkpoint
-    from .train.config import DEFAULT_CONFIG, load_config
+    from .train.config import DEFAULT_CONFIG, fitted_defaults, load_config
     from .train.encode import encode
     from .train.extract import extract_with_config
     from .train.loop import epochs_done, fit
 
     out = Path(out)
     user_data = data is not None
-    cfg = load_config(config or (DEFAULT_CONFIG if user_data else SYNTH_CONFIG), [f"seed={seed}", *overrides])
+    config = config or (DEFAULT_CONFIG if user_data else SYNTH_CONFIG)
+    cfg = load_config(config, [f"seed={seed}", *overrides, *fitted_defaults(config, overrides)[0]])
     data, feats, run = Path(data) if user_data else out / "data", out / "features", out / "run"
     total, t_all = 7, time.time()
 

@@ -38,7 +38,7 @@ import numpy as np
 import yaml
 
 from ..data.atomic import write_text_atomic
-from .config import complete_config, dump_config, load_config
+from .config import complete_config, dump_config, load_config, stretch_layer_weights
 
 TABLES = (5, 6, 7)
 DATASETS = ("VD", "CAD", "CAED")
@@ -110,17 +110,6 @@ def parse_seeds(text: str) -> list[int]:
             raise ValueError(f"--seeds: seed {int(part)} is given twice in {text!r}")
         seeds.append(int(part))
     return seeds
-
-
-def stretch_layer_weights(weights: list[float], depth: int) -> list[float]:
-    """Eq. 14's w_tau for another depth: the given shallow-to-deep profile, linearly resampled to ``depth``
-    entries (the same list when the lengths agree), so Table 6 rows keep the config's weighting shape."""
-    if len(weights) == depth:
-        return list(weights)
-    if len(weights) == 1:
-        return [float(weights[0])] * depth
-    src = np.linspace(0.0, 1.0, len(weights))
-    return [round(float(v), 6) for v in np.interp(np.linspace(0.0, 1.0, depth), src, weights)]
 
 
 def run_config(config: str | Path | None, overrides: list[str] | tuple[str, ...], row: Row, seed: int) -> dict:

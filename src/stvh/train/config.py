@@ -616,7 +616,8 @@ def dump_config(cfg: dict) -> str:
 
 # ---- the shipped default and what a feature cache implies ----
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+SHIPPED = Path(__file__).resolve().parents[1] / "configs"  # default.yaml and the demo's synthetic.yaml
+DEFAULT_CONFIG = SHIPPED / "default.yaml"
 # Keys a feature cache fixes, and how its meta.json states each (train/extract.py writes them).
 CACHE_KEYS = ("model.backbone", "extract.frame_size", "extract.pca")
 
@@ -626,10 +627,16 @@ def config_path(path: str | Path | None) -> Path:
     return Path(path) if path is not None else DEFAULT_CONFIG
 
 
+def is_shipped(path: str | Path | None) -> bool:
+    """True for None (the default) and for the configs shipped inside the package (nobody's explicit choice)."""
+    return path is None or Path(path).resolve().parent == SHIPPED
+
+
 def user_keys(path: str | Path | None, overrides=()) -> dict[str, str]:
-    """Dotted keys the user set, each with where (``file:line: `` or ``override key=value: ``); the default is nobody's."""
+    """Dotted keys the user set, each with where (``file:line: `` or ``override key=value: ``); a shipped config's
+    keys are nobody's explicit choice."""
     out: dict[str, str] = {}
-    if path is not None:
+    if not is_shipped(path):
         path = Path(path)
         _, lines = _parse(_read_text(path), str(path))
         out.update({key: f"{path}:{line}: " for key, line in lines.items()})
@@ -642,6 +649,60 @@ def user_keys(path: str | Path | None, overrides=()) -> dict[str, str]:
     for text in overrides:
         walk(parse_override(text), "", f"override {_short(text, 60)}: ")
     return out
+
+
+def stretch_layer_weights(weights: list[float], depth: int) -> list[float]:
+    """Eq. 14's w_tau for another depth: the given shallow-to-deep profile, linearly resampled to ``depth``
+    entries (the same list when the lengths agree)."""
+    import numpy as np
+
+    if len(weights) == depth:
+        return list(weights)
+    if len(weights) == 1:
+        return [float(weights[0])] * depth
+    src = np.linspace(0.0, 1.0, len(weights))
+    return [round(float(v), 6) for v in np.interp(np.linspace(0.0, 1.0, depth), src, weights)]
+
+
+def fitted_defaults(path: str | Path | None, overrides=()) -> tuple[list[str], list[str]]:
+    """Overrides that keep a shipped config valid under the user's ``model.bits`` / ``model.depth`` / ``model.name``.
+
+    The shipped recipe sets keys that depend on others (``model.shared_bits`` 24 of 64 bits, three
+    ``loss.layer_weights``, ``loss.filter`` for the M-STVH family). Where the user changes what they depend on
+    and does not set them, they follow: shared bits scale with K (0 below depth 2 or for STVH), the layer weights
+    are resampled to the depth, STVH gets no filter. Returns ``(overrides, notes)``; nothing for a user's file.
+    """
+    if not is_shipped(path):
+        return [], []
+    raw = copy.deepcopy(DEFAULTS)
+    data, _ = _parse(_read_text(config_path(path)), str(config_path(path)))
+    _merge(raw, data or {}, "", {}, _override_source)
+    base = copy.deepcopy(raw)
+    for text in overrides:
+        _merge(raw, parse_override(text), "", {}, _override_source)
+    explicit = user_keys(None, overrides)
+    m, loss, out, notes = raw["model"], raw["loss"], [], []
+    bits, depth, name = m.get("bits"), m.get("depth"), m.get("name")
+    if not all(type(v) is int for v in (bits, depth, base["model"]["bits"])):
+        return [], []  # the validation names the bad value
+
+    def fit(key: str, value, why: str) -> None:
+        if key not in explicit and _lookup(raw, key.split(".")) != value:
+            out.append(f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}")
+            notes.append(f"{key} = {value!r} ({why})")
+
+    shared = m.get("shared_bits")
+    if type(shared) is int and shared:
+        scaled = 0 if name == "stvh" or depth < 2 else min(bits - 1, shared * bits // base["model"]["bits"])
+        fit("model.shared_bits", scaled, f"the shipped config's {shared} of {base['model']['bits']} bits, "
+                                         f"fitted to model.name = {name}, model.bits = {bits}, model.depth = {depth}")
+    if name == "stvh" and loss.get("filter"):
+        fit("loss.filter", 0.0, "STVH has one code: no filter matrix to train")
+    lw = loss.get("layer_weights")
+    if isinstance(lw, list) and lw and depth >= 1 and len(lw) != depth:
+        fit("loss.layer_weights", stretch_layer_weights(lw, depth), f"the shipped config's {lw} resampled to "
+                                                                    f"model.depth = {depth}")
+    return out, notes
 
 
 def cache_settings(meta: dict) -> dict[str, Any]:
@@ -676,10 +737,13 @@ def adopt_cache_settings(cfg: dict, meta: dict, explicit: dict[str, str], cache:
 
 
 def resolve_config(path: str | Path | None, overrides=(), features: str | Path | None = None) -> tuple[dict, list[str]]:
-    """The config a command runs with (file or shipped default, then overrides), and with ``features`` the cache's
-    backbone, frame size and PCA where the user did not set them. Returns ``(config, notes)``."""
-    cfg = load_config(config_path(path), overrides)
+    """The config a command runs with: file or shipped default, then overrides (a shipped config's dependent keys
+    fitted to them, :func:`fitted_defaults`), and with ``features`` the cache's backbone, frame size and PCA where
+    the user did not set them. Returns ``(config, notes)``."""
+    fitted, notes = fitted_defaults(path, overrides)
+    cfg = load_config(config_path(path), [*overrides, *fitted])
     if features is None:
-        return cfg, []
+        return cfg, notes
     from ..data.feature_cache import read_meta
-    return adopt_cache_settings(cfg, read_meta(features), user_keys(path, overrides), features)
+    cfg, taken = adopt_cache_settings(cfg, read_meta(features), user_keys(path, overrides), features)
+    return cfg, notes + taken

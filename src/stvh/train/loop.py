@@ -224,7 +224,9 @@ def load_data(cfg: dict, data_dir: str | Path, features: str | Path | None, *, s
         raise ValueError(f"--features {features} given but model.backbone is 'none' (box geometry only); "
                          "set model.backbone to the cache's backbone or drop --features")
     if backbone != "none" and features is None:
-        raise ValueError(f"backbone {backbone!r} needs --features (run `stvh extract --config CONFIG` first)")
+        raise ValueError(f"model.backbone {backbone!r} needs --features: run `stvh extract --data {data_dir} --out "
+                         "FEATS` first (with the same --config, if any) and give --features FEATS, or set "
+                         "model.backbone=none (box geometry only)")
     dataset = read_dataset(data_dir, d["format"], skip_bad=skip_bad, **kwargs)
     identity = data_identity(dataset, data_dir)
     info = json.loads((Path(run) / "run.json").read_text(encoding="utf-8")) if run is not None else None
