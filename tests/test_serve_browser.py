@@ -268,6 +268,7 @@ def test_a_result_plays_its_frames_on_hover(server, watched):
     page.wait_for_function("() => document.querySelector('#results').dataset.focus === '1'")
     page.wait_for_function("() => [...document.querySelectorAll('#results .hit img')].every(i => i.complete "
                            "&& i.naturalWidth > 0)")
+    page.wait_for_function("() => document.querySelector('#query-img').complete")
     img = page.locator("#results .card img").first
     assert "/keyframe.jpg" in img.get_attribute("src")  # still until hovered (play-all is off on a desktop)
 
