@@ -155,8 +155,11 @@ def output_lock(path: str | os.PathLike, command: str, *, flag: str | None = "--
                            "host": socket.gethostname()}).encode("utf-8")
         os.ftruncate(fd, 0)
         os.pwrite(fd, mine, 0)
-    except BaseException:
+    except BaseException as exc:  # e.g. a full disk: leave no lock file behind, name the output
+        os.unlink(lp)
         os.close(fd)
+        if isinstance(exc, OSError):
+            raise OSError(exc.errno, exc.strerror, shown) from None
         raise
     _HELD[key] = 1
     try:

@@ -211,15 +211,21 @@ class FeatureCacheWriter:
         existing = _shards(self.path)
         index = int(_SHARD.match(existing[-1].name).group(1)) + 1 if existing else 0
         target = self.path / f"shard-{index:05d}.h5"
+        # built in memory, then written as bytes: HDF5 meeting a full disk floods stderr and can crash,
+        # a plain write raises one OSError naming the shard (stvh.outputs.os_error_message)
+        with h5py.File(f"{target.name}.mem", "w", driver="core", backing_store=False) as fh:
+            for key in IDENTITY_KEYS:
+                fh.attrs[key] = json.dumps(self.meta.get(key))
+            for clip_id, (roi, fingerprint) in self._pending.items():
+                ds = fh.create_dataset(_dataset_name(clip_id), data=roi, chunks=roi.shape,
+                                       compression="gzip", compression_opts=1, shuffle=True)
+                if fingerprint is not None:
+                    ds.attrs["fingerprint"] = fingerprint
+            fh.flush()
+            image = fh.id.get_file_image()
         with atomic_path(target) as tmp:
-            with h5py.File(tmp, "w") as fh:
-                for key in IDENTITY_KEYS:
-                    fh.attrs[key] = json.dumps(self.meta.get(key))
-                for clip_id, (roi, fingerprint) in self._pending.items():
-                    ds = fh.create_dataset(_dataset_name(clip_id), data=roi, chunks=roi.shape,
-                                           compression="gzip", compression_opts=1, shuffle=True)
-                    if fingerprint is not None:
-                        ds.attrs["fingerprint"] = fingerprint
+            with open(tmp, "wb") as out:
+                out.write(image)
         self._stored.update((cid, fp) for cid, (_, fp) in self._pending.items())
         self._pending.clear()
 

@@ -768,7 +768,13 @@ def _write_clip(videos_m: Path, track_file: Path, key: int, frames: np.ndarray, 
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     for t, f in enumerate(frame_ids):
-        Image.fromarray(frames[t]).save(tmp / f"{f}.jpg", quality=JPEG_QUALITY)
+        try:
+            Image.fromarray(frames[t]).save(tmp / f"{f}.jpg", quality=JPEG_QUALITY)
+        except OSError as exc:  # e.g. a full disk: name the frame, leave no partial clip folder behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            if exc.filename is None:
+                exc.filename = str(videos_m / str(key) / f"{f}.jpg")
+            raise
     write_text_atomic(track_file, track_text)
     final = videos_m / str(key)
     if final.exists():
