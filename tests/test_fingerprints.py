@@ -239,3 +239,27 @@ def test_encode_other_data_refuses_features_projected_with_another_pca(trained, 
                           "--out", tmp_path / "c.npz"), str(other_feats), "pca_sha256", "the run's settings")
     result = invoke("encode", "--run", run, "--data", other, "--out", tmp_path / "c.npz")  # features from frames
     assert result.exit_code == 0, result.output
+
+
+def test_older_cache_without_fingerprints_or_T_is_noted_and_shape_checked(tiny_synth, tmp_path):
+    """Caches made before fingerprints: used with a note; their arrays' T still checked against the data."""
+    from stvh.data.feature_cache import FeatureCacheWriter
+    from stvh.train.config import load_config
+    from stvh.train.loop import load_data
+
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(CONFIG)
+    meta = {"backbone": "mobilenet_v3_small", "weights_hash": "random-init-seed0", "frame_size": "native",
+            "roi_size": 5, "channels": 4, "reduction": "pca4"}
+    ds = read_dataset(tiny_synth)
+    for name, T in (("ok", 4), ("t3", 3)):
+        with FeatureCacheWriter(tmp_path / name, meta) as w:
+            for c in ds.clips:
+                w.add(c.id, np.ones((12, T, 4, 5, 5), np.float32))  # no fingerprint, no T in meta.json
+    loaded = load_data(load_config(cfg_path), tiny_synth, tmp_path / "ok")
+    assert len(loaded.roi) == 16 and "records no fingerprints of its inputs for 16 clips" in loaded.notes[0]
+    run = tmp_path / "run"
+    one_line_error(invoke("train", "--config", cfg_path, "--data", tiny_synth, "--features", tmp_path / "t3",
+                          "--out", run, "--no-progress"),
+                   "12 persons x 3 frames in the cache but 12 x 4 as the data is read", "data.window")
+    assert not run.exists()
