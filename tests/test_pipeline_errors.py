@@ -149,11 +149,13 @@ def test_non_finite_features_stop_training_with_a_message(tiny_synth, tmp_path):
     meta = {"backbone": "mobilenet_v3_small", "weights_hash": "random-init-seed0", "frame_size": "native",
             "roi_size": 5, "channels": 4, "reduction": "none"}
     rng = np.random.default_rng(0)
+    from stvh.data.fingerprint import clip_fingerprints
+    fps = clip_fingerprints(ds.clips, tiny_synth)  # a cache as `stvh extract` makes it: fingerprints recorded
     with FeatureCacheWriter(tmp_path / "f", meta) as w:
         for c in ds.clips:
             roi = rng.normal(size=(12, c.num_frames, 4, 5, 5)).astype(np.float32)
             roi[0, 0, 0, 0, 0] = np.nan
-            w.add(c.id, roi)
+            w.add(c.id, roi, fps[c.id])
     result = invoke("train", "--data", tiny_synth, "--features", tmp_path / "f", "--out", tmp_path / "run",
                     "--no-progress", *TINY[:-1], "model.backbone=mobilenet_v3_small")
     one_line_error(result, "training loss is nan at epoch 1, batch 1", "non-finite")
