@@ -201,7 +201,8 @@ def format_summary(s: dict) -> str:
 def extract_cmd(
     ctx: typer.Context,
     data: Path = typer.Option(..., "--data", help="Dataset folder."),
-    out: Path = typer.Option(..., "--out", help="Feature cache folder (resumes when it exists)."),
+    out: Path = typer.Option(..., "--out", help="Feature cache folder (resumes when it exists; clips whose "
+                                                 "boxes or frame files changed are extracted again)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML config: backbone, weights, frame size, PCA, "
                                                                "reader options and seed come from it, so `stvh "
                                                                "train` with the same config accepts the cache "
