@@ -104,12 +104,18 @@ def _rewrite_without(shard: Path, drop: set[str]) -> None:
     if not keep:
         shard.unlink()
         return
+    # built in memory and written as bytes, as in FeatureCacheWriter.flush (a full disk: one OSError)
+    with h5py.File(shard, "r") as src, h5py.File(f"{shard.name}.mem", "w", driver="core",
+                                                 backing_store=False) as dst:
+        for key, value in src.attrs.items():
+            dst.attrs[key] = value
+        for name in keep:
+            src.copy(src[name], dst, name=name)  # data, compression and attributes as they are
+        dst.flush()
+        image = dst.id.get_file_image()
     with atomic_path(shard) as tmp:
-        with h5py.File(shard, "r") as src, h5py.File(tmp, "w") as dst:
-            for key, value in src.attrs.items():
-                dst.attrs[key] = value
-            for name in keep:
-                src.copy(src[name], dst, name=name)  # data, compression and attributes as they are
+        with open(tmp, "wb") as out:
+            out.write(image)
 
 
 class FeatureCacheWriter:
