@@ -15,7 +15,8 @@ from stvh.cli import app
 
 runner = CliRunner()
 TINY = ["model.d=16", "model.d_v=8", "model.heads=2", "model.bits=16", "model.depth=2", "train.epochs=2",
-        "train.batch_size=4", "train.lr=3e-3", "data.val_fraction=0.25", "filter.steps=5", "model.backbone=none"]
+        "train.batch_size=4", "train.lr=3e-3", "data.val_fraction=0.25", "filter.steps=5", "model.shared_bits=0",
+        "loss.layer_weights=[0.5,1.0]", "model.backbone=none"]
 
 
 def invoke(*args):
@@ -157,7 +158,8 @@ def test_non_finite_features_stop_training_with_a_message(tiny_synth, tmp_path):
             roi[0, 0, 0, 0, 0] = np.nan
             w.add(c.id, roi, fps[c.id])
     result = invoke("train", "--data", tiny_synth, "--features", tmp_path / "f", "--out", tmp_path / "run",
-                    "--no-progress", *TINY[:-1], "model.backbone=mobilenet_v3_small")
+                    "--no-progress", *TINY[:-1], "model.backbone=mobilenet_v3_small", "extract.frame_size=null",
+                    "extract.pca=null")
     one_line_error(result, "training loss is nan at epoch 1, batch 1", "non-finite")
 
 
@@ -219,3 +221,136 @@ def test_stvh_trains_with_a_config_that_has_mstvh_layer_weights(tiny_synth, tmp_
     result = invoke("train", "--data", tiny_synth, "--out", tmp_path / "run", "--no-progress", *TINY,
                     "model.name=stvh", "model.depth=3", "loss.layer_weights=[0.1, 0.4, 1.0]")
     assert result.exit_code == 0, result.output
+
+
+# ---- one writer, nothing lost, one line for every failure (issue 14) ----
+
+GATED_TRAIN = """
+import pathlib, sys, time
+from stvh.train import loop
+from stvh.cli import app
+real, gate = loop._train_epoch, pathlib.Path(sys.argv[1])
+def gated(*args, **kwargs):  # the first writer waits inside its first epoch until the test opens the gate
+    while not gate.exists():
+        time.sleep(0.05)
+    return real(*args, **kwargs)
+loop._train_epoch = gated
+app(sys.argv[2:])
+"""
+
+
+def test_two_trains_on_one_out(tiny_synth, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from stvh.locks import holder
+
+    run, gate = tmp_path / "run", tmp_path / "gate"
+    first = subprocess.Popen([sys.executable, "-c", GATED_TRAIN, str(gate), "train", "--data", str(tiny_synth),
+                              "--out", str(run), "--no-progress", *TINY], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        while holder(run) is None:  # the first writer holds --out (it started, nothing written yet)
+            assert first.poll() is None, first.stdout.read()
+            time.sleep(0.05)
+        for extra in ((), ("--overwrite",), ("model.bits=32",)):
+            line = one_line_error(invoke("train", "--data", tiny_synth, "--out", run, "--no-progress", *TINY,
+                                         *extra), f"{run} is being written by pid {first.pid} (stvh train, started")
+            assert line.endswith("wait for it or choose another --out")
+        one_line_error(invoke("train", "--resume", run), f"pid {first.pid}")
+    finally:
+        gate.touch()
+        out, _ = first.communicate()
+    assert first.returncode == 0, out
+    epochs = [r["epoch"] for r in csv.DictReader((run / "metrics.csv").open())]
+    assert epochs == ["1", "2"]  # one writer's epochs, once each
+    import torch
+    assert torch.load(run / "last.pt", weights_only=False)["config"]["model"]["bits"] == 16
+
+
+def test_resume_refuses_a_model_override_and_a_broken_run_json(trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = (run / "last.pt").read_bytes()
+    one_line_error(invoke("train", "--resume", run, "model.bits=32"),
+                   "--resume keeps the run's model; model.bits=32 differs from the run's 16 (start a new --out "
+                   "instead)")
+    one_line_error(invoke("train", "--resume", run, "model.bits=32", "model.depth=3", "loss.layer_weights=[1,1,1]"),
+                   "model.bits=32 differs", "model.depth=3 differs from the run's 2")
+    assert (run / "last.pt").read_bytes() == before
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({k: v for k, v in info.items() if k != "data"}))
+    one_line_error(invoke("train", "--resume", run), f"{run / 'run.json'} lacks key(s) data")
+    (run / "run.json").write_text('{\n  "data": ,\n}')
+    one_line_error(invoke("train", "--resume", run), f"{run / 'run.json'}:2: corrupt run file, not valid JSON")
+    one_line_error(invoke("encode", "--run", run, "--out", tmp_path / "c.npz"), f"{run / 'run.json'}:2")
+
+
+def test_checkpoint_of_another_model_is_named(trained, tmp_path):
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    state = torch.load(run / "best.pt", weights_only=False)
+    state["config"]["model"]["bits"] = 32  # as if best.pt came from a 32-bit run
+    torch.save(state, run / "best.pt")
+    one_line_error(invoke("encode", "--run", run, "--out", tmp_path / "c.npz"),
+                   f"checkpoint {run / 'best.pt'} holds another model than its run: model.bits is 32 (the run's "
+                   "config.yaml: 16)")
+    np.savez(run / "filter.npz", filter=np.zeros((64, 64), np.float32))  # F of a 64-bit run
+    one_line_error(invoke("encode", "--run", run, "--checkpoint", "last", "--out", tmp_path / "c.npz"),
+                   f"{run / 'filter.npz'} holds a 64x64 filter matrix but the run's model has 16-bit codes")
+
+
+def test_eval_of_other_data_never_replaces_the_runs_codes(trained, tiny_synth, tmp_path):
+    assert invoke("eval", "--run", trained).exit_code == 0
+    codes, metrics = (trained / "codes.npz").read_bytes(), (trained / "metrics.json").read_bytes()
+    other = tmp_path / "other"
+    shutil.copytree(tiny_synth, other)
+    splits = json.loads((other / "splits.json").read_text())
+    (other / "splits.json").write_text(json.dumps({"train": splits["train"] + splits["test"], "test": []}))
+    one_line_error(invoke("eval", "--run", trained, "--data", other),
+                   f"{other}: evaluation needs clips in both the train and the test split (here: 16 train/val, 0 test)")
+    assert not (trained / "eval-other").exists()  # refused before anything was written
+    one_line_error(invoke("eval", "--run", trained, "--data", tiny_synth, "--features", tmp_path, "--out", trained),
+                   "is the run folder")
+    (other / "splits.json").write_text(json.dumps(splits))
+    result = invoke("eval", "--run", trained, "--data", other)
+    assert result.exit_code == 0, result.output
+    assert f"metrics written to {trained / 'eval-other' / 'metrics.json'}" in result.output
+    assert (trained / "eval-other" / "codes.npz").is_file()
+    assert (trained / "codes.npz").read_bytes() == codes and (trained / "metrics.json").read_bytes() == metrics
+    assert invoke("eval", "--run", trained).exit_code == 0  # the run still evaluates
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:3", "gpu0"])
+def test_device_is_checked_up_front(trained, tiny_synth, tmp_path, device):
+    from stvh.train.config import devices_here
+
+    if device in devices_here():
+        pytest.skip(f"{device} exists here")
+    want = "not a device; use auto, cpu, cuda, cuda:N or mps" if device == "gpu0" else \
+        "no CUDA device here; use --device cpu" if "cuda" not in devices_here() else "CUDA device(s)"
+    for args in (("encode", "--run", trained, "--out", tmp_path / "c.npz"),
+                 ("extract", "--data", tiny_synth, "--out", tmp_path / "f"),
+                 ("serve", "--run", trained, "--index", tmp_path / "i.npz")):
+        one_line_error(invoke(*args, "--device", device), f"--device {device}: {want}")
+    assert not (tmp_path / "c.npz").exists() and not (tmp_path / "f").exists()
+
+
+def test_query_and_codes_files_are_named_by_their_flag(trained, tmp_path):
+    assert invoke("eval", "--run", trained).exit_code == 0
+    idx = tmp_path / "i.npz"
+    assert invoke("index", "build", "--codes", trained / "codes.npz", "--out", idx).exit_code == 0
+    np.save(tmp_path / "q.npy", np.full((2, 16), 0.25))
+    line = one_line_error(invoke("search", "--index", idx, "--codes-file", tmp_path / "q.npy"),
+                          f"--codes-file {tmp_path / 'q.npy'} holds float64 values (e.g. 0.25); it must hold ±1 or "
+                          "0/1 bits, or packed uint8 codes")
+    np.save(tmp_path / "b.npy", np.tile([0.0, 1.0], (2, 8)))  # 0/1 floats are bits
+    assert invoke("search", "--index", idx, "--codes-file", tmp_path / "b.npy").exit_code == 0
+    (tmp_path / "t.txt").write_text("not codes\n")
+    for result in (invoke("index", "build", "--codes", tmp_path / "t.txt", "--out", tmp_path / "j.npz"),
+                   invoke("search", "--index", tmp_path / "t.txt", "--clip", "0/1000")):
+        line = one_line_error(result, "(an .npz archive); this file is not one (it looks like text)")
+        assert "allow_pickle" not in line and "strict" not in line

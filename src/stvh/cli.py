@@ -314,6 +314,7 @@ def train_cmd(
     from .train.loop import TrainingInterrupted, fit
 
     if resume is not None:
+        check_free(resume, flag=None)  # a run being written is said so, even before its run.json exists
         if not (resume / "config.yaml").is_file() or not (resume / "run.json").is_file():
             _fail(f"{resume} is not a run folder (config.yaml or run.json missing)")
         _lock(resume, "stvh train", flag=None)  # one writer per run folder (stvh.locks)
