@@ -81,3 +81,11 @@ def chromium_browser():
     yield browser
     browser.close()
     pw.stop()
+
+
+@pytest.fixture(scope="session")
+def serve_world(tmp_path_factory) -> dict:
+    """The serve tests' tiny world (data, run, seeded index; tests/test_serve_api.py), made once per session."""
+    from test_serve_api import make_world
+
+    return make_world(tmp_path_factory.mktemp("serve-world"))

@@ -85,10 +85,6 @@ def _copy(src: BinaryIO, dest: Path, limit: int, what: str) -> int:
     return total
 
 
-def _megapixels(pixels: int) -> str:
-    return f"{pixels / 1e6:.1f} megapixels"
-
-
 class PixelBudget:
     """Frame sizes of one upload against the limits (413 naming the limit and the ``stvh serve`` flag)."""
 
@@ -101,12 +97,12 @@ class PixelBudget:
         """Account ``count`` frames of ``width`` x ``height``."""
         pixels = int(width) * int(height)
         if pixels > self.limits.max_frame_pixels:
-            raise too_large(f"{what} is {width}x{height} = {_megapixels(pixels)}, over the limit of "
-                            f"{_megapixels(self.limits.max_frame_pixels)} per frame (--max-frame-mp)")
+            raise too_large(f"{what} is {width}x{height} = {pixels:,} pixels, over the limit of "
+                            f"{self.limits.max_frame_pixels:,} pixels per frame (--max-frame-mp)")
         self.total += pixels * max(int(count), 1)
         if self.total > self.limits.max_upload_pixels:
-            raise too_large(f"{self.display}: the frames hold more than {_megapixels(self.limits.max_upload_pixels)}"
-                            f" in all (--max-upload-mp)")
+            raise too_large(f"{self.display}: the frames hold more than the limit of "
+                            f"{self.limits.max_upload_pixels:,} pixels in all (--max-upload-mp)")
 
 
 def image_size(path: Path, what: str) -> tuple[int, int]:
