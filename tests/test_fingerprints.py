@@ -263,3 +263,20 @@ def test_older_cache_without_fingerprints_or_T_is_noted_and_shape_checked(tiny_s
                           "--out", run, "--no-progress"),
                    "12 persons x 3 frames in the cache but 12 x 4 as the data is read", "data.window")
     assert not run.exists()
+
+
+def test_clips_added_after_extraction_are_named_with_the_fix(extracted, tmp_path):
+    """A cache that lacks clips which have frames is stale, not a dataset with missing frames."""
+    from stvh.data.feature_cache import FeatureCacheWriter
+    from stvh.train.config import load_config
+    from stvh.train.loop import load_data
+
+    data, cfg, feats = copies(extracted, tmp_path)
+    FeatureCacheWriter(feats, FeatureCache(feats).meta).remove(["0/1100", "1/1200"])  # as if added later
+    loaded = load_data(load_config(cfg), data, feats)
+    assert loaded.without_features == ["0/1100", "1/1200"]
+    assert loaded.notes == [f"2 of them have frames (first: 0/1100): the cache predates them or its extraction "
+                            f"stopped early; run `stvh extract --data {data} --out {feats}` to add them"]
+    one_line_error(invoke("train", "--config", cfg, "--data", data, "--features", feats, "--out", tmp_path / "r",
+                          "--no-progress", "data.require_features=true"),
+                   "2 of 16 clips have no cached features (first: 0/1100); 2 of them have frames")

@@ -242,13 +242,19 @@ def load_data(cfg: dict, data_dir: str | Path, features: str | Path | None, *, s
     if missing:
         if require_features is None:
             require_features = bool(d.get("require_features", False))
+        framed = [c.id for c in dataset.clips if c.id not in cache and c.frames is not None]
+        stale = (f"{len(framed)} of them have frames (first: {framed[0]}): the cache predates them or its "
+                 f"extraction stopped early; run `stvh extract --data {data_dir} --out {cache.path}` to add them"
+                 if framed else "")
         if require_features or len(missing) == len(dataset.clips):
             raise CacheError(f"{len(missing)} of {len(dataset.clips)} clips have no cached features (first: "
                              f"{missing[0]}); " + ("none is in this cache: was it extracted from another dataset?"
-                                                   if len(missing) == len(dataset.clips) else
+                                                   if len(missing) == len(dataset.clips) else stale or
                                                    "clips without frames cannot be extracted; set "
                                                    "data.require_features=false to train on the others"),
                              path=cache.path)
+        if stale:
+            notes.append(stale)
         dataset.clips = [c for c in dataset.clips if c.id in cache]
     roi = cache.load([c.id for c in dataset.clips])
     check_cache_fits_data(cache, dataset, data_dir, cfg, roi)
