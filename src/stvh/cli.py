@@ -64,6 +64,14 @@ def _lock(path: Path, command: str, flag: Optional[str] = "--out") -> None:
                                             note=lambda line: typer.echo(f"note: {line}", err=True)))
 
 
+def _check_free(path: Path, flag: Optional[str] = "--out") -> None:
+    """Stop when another process writes ``path`` (before output checks that would say "not empty")."""
+    from .locks import check_free
+
+    if int(os.environ.get("RANK", 0)) == 0:  # under torchrun rank 0 holds the lock for all ranks
+        check_free(path, flag=flag)
+
+
 def _version(value: bool) -> None:
     if value:
         from . import __version__
@@ -307,14 +315,13 @@ def train_cmd(
     """
     import shutil
 
-    from .locks import check_free
     from .outputs import check_output
     from .train.checkpoint import check_resume_config, read_run_info
     from .train.config import load_config, resolve_config
     from .train.loop import TrainingInterrupted, fit
 
     if resume is not None:
-        check_free(resume, flag=None)  # a run being written is said so, even before its run.json exists
+        _check_free(resume, flag=None)  # a run being written is said so, even before its run.json exists
         if not (resume / "config.yaml").is_file() or not (resume / "run.json").is_file():
             _fail(f"{resume} is not a run folder (config.yaml or run.json missing)")
         _lock(resume, "stvh train", flag=None)  # one writer per run folder (stvh.locks)
@@ -329,7 +336,7 @@ def train_cmd(
         cfg, notes = resolve_config(config, list(ctx.args), features)
         for note in notes:
             typer.echo(f"note: {note}", err=True)
-        check_free(out)  # a second writer is told who writes --out, before "not empty" (stvh.locks)
+        _check_free(out)  # a second writer is told who writes --out, before "not empty" (stvh.locks)
         check_output(out, inputs=[(data, "dataset"), (features, "feature cache"), (config, "config")],
                      overwrite=overwrite, kind="dir", what="run folder")
         _lock(out, "stvh train")  # held before --overwrite empties the folder
@@ -367,12 +374,11 @@ def encode_cmd(
     --data may name another dataset (e.g. unlabelled footage): its labels are mapped onto the run's by name,
     and a CNN run computes its features from the frames unless --features is given.
     """
-    from .locks import check_free
     from .train.encode import encode
     from .train.loop import check_device
 
     check_device(device)
-    check_free(out)
+    _check_free(out)
     check_output_of_encode(run, out, data, features, overwrite)
     _lock(out, "stvh encode")
     result = encode(run, out, data=data, features=features, checkpoint=checkpoint, device=device,
