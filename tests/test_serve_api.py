@@ -494,6 +494,9 @@ def test_serve_command_errors_are_one_line(world, tmp_path):
     other.save(tmp_path / "other.npz")
     assert "holds 16 bits" in run("--run", world["run"], "--index", tmp_path / "other.npz")
     assert "--port" in run("--run", world["run"], "--index", world["index"], "--port", "70000")
+    assert "--max-frame-mp" in run("--run", world["run"], "--index", world["index"], "--max-frame-mp", "0")
+    assert "--max-upload-mp" in run("--run", world["run"], "--index", world["index"], "--max-upload-mp", "-1")
+    assert "--token" in run("--run", world["run"], "--index", world["index"], "--token", "short")
 
 
 def test_an_uploaded_clip_gets_the_codes_of_stvh_encode(client, world):

@@ -240,6 +240,25 @@ def test_security_headers_on_every_answer(client):
     assert "unsafe-inline" not in answers[0].headers["content-security-policy"]  # the page has no inline code
 
 
+def test_the_write_token_is_printed_at_start(serve_world, monkeypatch):
+    import uvicorn
+
+    from stvh.serve.run import serve
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
+    lines: list[str] = []
+    serve(ServeSettings(run=serve_world["run"], index=serve_world["index"], allow_writes=True, token=TOKEN),
+          echo=lines.append)
+    assert any(f"Authorization: Bearer {TOKEN}" in line for line in lines), lines
+    lines.clear()
+    serve(ServeSettings(run=serve_world["run"], index=serve_world["index"], allow_writes=True), echo=lines.append)
+    made = [line.split("Bearer ")[1].rstrip("'") for line in lines if "Bearer " in line]
+    assert len(made) == 1 and len(made[0]) >= 24  # a new random token each start
+    lines.clear()
+    serve(ServeSettings(run=serve_world["run"], index=serve_world["index"]), echo=lines.append)
+    assert not any("Bearer" in line for line in lines)  # read-only: no token to give
+
+
 # --------------------------------------------------------------------------- errors
 
 def test_json_depth_counts_outside_strings():

@@ -633,8 +633,9 @@ def serve_cmd(
                                                      "600 frames of 1080p)."),
     token: Optional[str] = typer.Option(None, envvar="STVH_SERVE_TOKEN", help="Write token (Authorization: Bearer "
                                         "TOKEN) for clients of other origins; default: a new one, printed at start."),
-    allowed_host: list[str] = typer.Option([], "--allowed-host", help="Another name the Host header may give "
-                                           "(repeatable; '*' any): the address's and loopback names are taken."),
+    allowed_host: list[str] = typer.Option([], "--allowed-host", metavar="NAME", help="Another name the Host "
+                                           "header may give (repeatable; '*' any): the address's and loopback names "
+                                           "are taken."),
     checkpoint: str = typer.Option("best", help="best or last."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
 ):
