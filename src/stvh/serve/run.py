@@ -28,7 +28,8 @@ def serve(settings: ServeSettings, echo: Callable[[str], None] = print) -> None:
     app = create_app(service)
     if not is_loopback(settings.host):
         echo(f"warning: listening on {settings.host}: anyone who can reach it can search"
-             + (" and change the index" if settings.allow_writes else ""))
+             + (" (changes to the index need the token below, or this service's own page)"
+                if settings.allow_writes else ""))
     echo(f"stvh serve: {len(service.index)} clips, {service.index.bits} bits, depth {service.index.depth}; "
          f"page at http://{settings.host}:{settings.port}/ , API docs at /docs"
          + ("" if settings.allow_writes else " (read-only; --allow-writes to add/remove clips)"))
