@@ -319,3 +319,20 @@ def test_no_server_paths_in_error_bodies(client, tmp_path, monkeypatch):
     monkeypatch.setattr(client.app.state.service, "clip_detail", missing)
     body = err(client.get("/api/clips/0/1000"), 404, "1001.jpg: frame image not found")
     assert str(tmp_path) not in body["detail"] and "videos/0" not in body["detail"], body["detail"]
+
+
+def test_tracks_files_are_bounded_in_bytes_and_rows(serve_world):
+    """A tracks file holds at most --max-frames x --max-persons rows: a 58 MB one took the server 900 MB."""
+    limits = UploadLimits(max_frames=100, max_persons=100)  # 10,000 rows, 1,280,000 bytes
+    service = Service(ServeSettings(run=serve_world["run"], index=serve_world["index"], limits=limits))
+    frame = ("frames.zip", zip_of({"000001.png": png_bomb(160, 96)}), "application/zip")
+    with TestClient(create_app(service), base_url=BASE) as c:
+        big = b"1,1,10.000,10.000,20.000,30.000,1,-1,-1,-1\n" * 30_000  # 1,320,000 bytes
+        err(c.post("/api/search", files={"tracks": ("t.txt", big, "text/plain"), "frames": frame}), 413,
+            "t.txt is larger than the limit of 1280000 bytes for a tracks file", "--max-frames x --max-persons")
+        rows = b"1,1,10,10,20,30\n" * 10_001  # small enough in bytes, one row too many
+        err(c.post("/api/search", files={"tracks": ("t.txt", rows, "text/plain"), "frames": frame}), 413,
+            "more than 10000 rows")
+        fine = b"1,1,10,10,20,30\n" * 10_000  # at the limit: on to the reader (which finds the rows repeated)
+        assert "rows" not in c.post("/api/search", files={"tracks": ("t.txt", fine, "text/plain"),
+                                                          "frames": frame}).json().get("detail", "")

@@ -73,14 +73,14 @@ def check_name(name: str) -> str:
     return name
 
 
-def _copy(src: BinaryIO, dest: Path, limit: int, what: str) -> int:
+def _copy(src: BinaryIO, dest: Path, limit: int, what: str, why: str = "") -> int:
     """Copy a stream to ``dest`` in chunks, refusing more than ``limit`` bytes; returns the bytes copied."""
     total = 0
     with open(dest, "wb") as out:
         while chunk := src.read(_CHUNK):
             total += len(chunk)
             if total > limit:
-                raise too_large(f"{what} is larger than the limit of {limit} bytes")
+                raise too_large(f"{what} is larger than the limit of {limit} bytes{why}")
             out.write(chunk)
     return total
 
@@ -131,8 +131,17 @@ class TrackSummary:
     last: int | None
 
 
+TRACK_ROW_BYTES = 128  # a MOT row is about 45 characters: ten columns, two decimals
+
+
+def tracks_max_bytes(limits: UploadLimits) -> int:
+    """Largest tracks file: one row per person and frame, ``TRACK_ROW_BYTES`` each (the reader's arrays and
+    Python's per-line objects take several times the file's size: a 58 MB file took 900 MB); 1 MiB at least."""
+    return max(1 << 20, limits.max_frames * limits.max_persons * TRACK_ROW_BYTES)
+
+
 def scan_tracks(path: Path, limits: UploadLimits, display: str) -> TrackSummary:
-    """Count distinct track ids and the tracked frame range; refuse more persons than the limit."""
+    """Count distinct track ids, rows and the tracked frame range; refuse more persons or rows than the limits."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -152,6 +161,9 @@ def scan_tracks(path: Path, limits: UploadLimits, display: str) -> TrackSummary:
         frames.append(int(frame))
         if len(ids) > limits.max_persons:
             raise too_large(f"{display}: more than {limits.max_persons} persons (distinct track ids)")
+        if len(frames) > limits.max_frames * limits.max_persons:
+            raise too_large(f"{display}: more than {limits.max_frames * limits.max_persons} rows (one per person "
+                            f"and frame: --max-frames x --max-persons)")
     return TrackSummary(len(ids), min(frames) if frames else None, max(frames) if frames else None)
 
 
@@ -261,7 +273,8 @@ def stage_upload(root: Path, name: str, *, tracks: UploadedFile, video: Uploaded
     track_path = root / "tracks" / f"{name}.txt"
     track_path.parent.mkdir(parents=True, exist_ok=True)
     shown[str(track_path)] = tracks.filename or "tracks.txt"
-    _copy(tracks.file, track_path, limits.max_bytes, shown[str(track_path)])
+    _copy(tracks.file, track_path, min(limits.max_bytes, tracks_max_bytes(limits)), shown[str(track_path)],
+          f" for a tracks file (--max-frames x --max-persons rows of {TRACK_ROW_BYTES} bytes, 1 MiB at least)")
     if video is not None:
         display = video.filename or "video"
         ext = PurePosixPath(video.filename or "").suffix.lower()
