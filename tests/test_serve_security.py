@@ -336,3 +336,18 @@ def test_tracks_files_are_bounded_in_bytes_and_rows(serve_world):
         fine = b"1,1,10,10,20,30\n" * 10_000  # at the limit: on to the reader (which finds the rows repeated)
         assert "rows" not in c.post("/api/search", files={"tracks": ("t.txt", fine, "text/plain"),
                                                           "frames": frame}).json().get("detail", "")
+
+
+def test_the_picture_cache_is_bounded_in_bytes():
+    from stvh.serve.images import BytesCache
+
+    cache = BytesCache(size=100, max_bytes=1000)
+    for i in range(5):
+        cache.get(("c", i), lambda: b"x" * 300)
+    assert cache.nbytes == 900 and sorted(k[1] for k in cache._items) == [2, 3, 4]  # the oldest went first
+    cache.get(("c", 2), lambda: b"never made")  # a hit: 2 is now the newest
+    cache.get(("d", 0), lambda: b"y" * 250)
+    assert sorted(cache._items) == [("c", 2), ("c", 4), ("d", 0)] and cache.nbytes == 850
+    assert cache.get(("big", 0), lambda: b"z" * 1001) == b"z" * 1001 and ("big", 0) not in cache._items
+    cache.drop("c")
+    assert list(cache._items) == [("d", 0)] and cache.nbytes == 250

@@ -59,10 +59,16 @@ def attention_png(model, inputs: dict, clip: Clip, activities: list[str], action
 
 
 class BytesCache:
-    """A thread-safe least-recently-used cache of rendered images, bounded in entries."""
+    """A thread-safe least-recently-used cache of rendered images, bounded in entries and in bytes.
 
-    def __init__(self, size: int = 4096):
+    The byte bound keeps a client that asks for every clip at every width from
+    filling memory (4096 key frames 1280 px wide would be hundreds of MB).
+    """
+
+    def __init__(self, size: int = 4096, max_bytes: int = 64 << 20):
         self.size = size
+        self.max_bytes = max_bytes
+        self.nbytes = 0
         self._items: OrderedDict[tuple, bytes] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -72,15 +78,19 @@ class BytesCache:
                 self._items.move_to_end(key)
                 return self._items[key]
         value = make()  # outside the lock: rendering takes milliseconds
+        if len(value) > self.max_bytes:
+            return value  # never kept
         with self._lock:
+            old = self._items.pop(key, None)
+            self.nbytes += len(value) - (len(old) if old is not None else 0)
             self._items[key] = value
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
+            while len(self._items) > self.size or self.nbytes > self.max_bytes:
+                self.nbytes -= len(self._items.popitem(last=False)[1])
         return value
 
     def drop(self, clip_id: str) -> None:
         """Forget every picture of ``clip_id`` (its id may come back with other content)."""
         with self._lock:
             for key in [k for k in self._items if k[0] == clip_id]:
-                del self._items[key]
+                self.nbytes -= len(self._items.pop(key))
 
