@@ -251,7 +251,8 @@ def video_frame_count(path: Path, display: str, pixels: PixelBudget | None = Non
                 rate = float(stream.average_rate or 0)
                 n = int(round(container.duration / 1e6 * rate))
     except (FFmpegError, OSError) as exc:
-        raise UploadError(f"{display}: cannot open the video ({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
+        reason = getattr(exc, "strerror", None) or type(exc).__name__  # not str(exc): it names the server's path
+        raise UploadError(f"{display}: cannot open the video ({reason})") from None
     if pixels is not None:
         pixels.frame(width, height, f"{display}: a frame of the video stream", count=n)
     return n
