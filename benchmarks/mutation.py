@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,8 @@ import time
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
+
+from stvh.data.atomic import atomic_path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "mutation.json"
@@ -53,7 +56,14 @@ MODULES: dict[str, tuple[list[str], list[str] | None]] = {
 }
 
 # mutants that survive because they cannot change any result: name -> why (see docs/testing.md)
-EQUIVALENT: dict[str, str] = {}
+EQUIVALENT: dict[str, str] = {
+    "stvh.eval.metrics.x_hamming_ranking__mutmut_11": "argsort's default axis is the last, axis 1 of (nq, nd)",
+    "stvh.eval.metrics.x_retrieval_metrics__mutmut_18":
+        "rel is already cut to k; the 'relevant' convention uses k only to cut (rel[:None] is rel)",
+    "stvh.eval.metrics.x_retrieval_metrics__mutmut_22": "'relevant' is the default convention",
+    "stvh.eval.metrics.x_class_hamming_matrix__mutmut_11": "astype(None) is astype(float64)",
+    "stvh.eval.metrics.x_hamming_ranking__mutmut_15": "numpy reads the sort kind case-insensitively",
+}
 
 KILLED = {1, 3}
 TIMEOUT = {-24, 24, 152, 255, 36}
@@ -86,6 +96,8 @@ def prepare(work: Path, module: str, tests: list[str], fresh: bool) -> None:
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
         'pytest_add_cli_args = ["-x", "-q", "-p", "no:cacheprovider"]',
         'process_isolation = "forkserver"',    # torch is not fork-safe after use
+        # error-message statements are not mutated: their text is checked by the error tests, not here
+        r"""do_not_mutate_patterns = ['^\s*raise ', 'problems\.report\(', '^\s*log\.']""",
         "timeout_multiplier = 10.0",
         "timeout_constant = 30.0",             # 2 shared cores: a slow fork is not an infinite loop
     ]) + "\n"
@@ -130,8 +142,9 @@ def run_module(module: str, work_root: Path, jobs: int, retest: bool, fresh: boo
     if names != ["__none__"]:
         cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *names]
         log = work / "mutmut.log"
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}      # a shared machine; one thread per test process
         with open(log, "w") as fh:
-            rc = subprocess.run(cmd, cwd=work, stdout=fh, stderr=subprocess.STDOUT).returncode
+            rc = subprocess.run(cmd, cwd=work, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
         if rc != 0:
             print(f"{module}: mutmut exited with {rc}; see {log}", file=sys.stderr)
     codes = read_meta(work, module)["exit_code_by_key"]
@@ -154,11 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--retest", action="store_true", help="rerun only the survivors of the last run")
     ap.add_argument("--keep", action="store_true", help="reuse mutmut's cached results in the work folder")
     ap.add_argument("--show", action="store_true", help="print the diff of each unexplained survivor and stop")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="JSON file the figures are merged into")
     args = ap.parse_args(argv)
     chosen = [m for m in MODULES if not args.modules or any(m.endswith(s) for s in args.modules)]
     if not chosen:
         ap.error(f"no module matches {args.modules}; known: {', '.join(MODULES)}")
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"modules": {}}
+    results = json.loads(args.out.read_text()) if args.out.exists() else {"modules": {}}
     if args.show:
         for m in chosen:
             show(m, args.workdir, results["modules"].get(m, {}).get("survivors", []))
@@ -175,8 +189,9 @@ def main(argv: list[str] | None = None) -> int:
               f"survived {r['survived']:3d}  equivalent {r['equivalent']:3d}  score {r['score']:.1%}  "
               f"({r['seconds']:.0f} s)", flush=True)
         results.update(tool=f"mutmut {version('mutmut')}", goal=GOAL)
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(args.out) as tmp:
+            Path(tmp).write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     return 0
 
 

@@ -140,3 +140,45 @@ def test_class_hamming_matrix_against_the_definition():
             else:
                 assert np.isnan(m[i, j]), (i, j)
     assert not np.allclose(m[0, 1], m[0, 2])
+
+
+def test_inputs_are_named_in_errors_and_masks_may_be_integers():
+    with pytest.raises(ValueError, match=r"^codes: codes must be -1/\+1$"):
+        class_hamming_matrix(np.zeros((2, 4)), np.array([0, 1]), 2)
+    with pytest.raises(ValueError, match=r"^database: expected \(n, K\) codes, got shape \(4,\)$"):
+        hamming_distances(np.ones((1, 4)), np.ones(4))
+    with pytest.raises(ValueError, match=r"^queries: codes must be -1/\+1$"):
+        hamming_ranking(np.full((1, 4), 2), np.ones((1, 4)))
+    with pytest.raises(ValueError, match=r"^code lengths differ: queries 4 bits, database 3 bits$"):
+        hamming_distances(np.ones((1, 4)), np.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"^unknown convention 'mean'; choose one of \('relevant', 'k'\)$"):
+        average_precision_at_k([1], 1, "mean")
+    # a 0/1 integer mask selects like a boolean one (not as indices)
+    y, p = np.array([[1, 2, 0], [0, -1, 2]]), np.array([[1, 0, 0], [1, 2, 2]])
+    assert action_accuracy(y, p, np.array([[1, 1, 0], [1, 1, 1]])) == pytest.approx(2 / 4)
+
+
+def test_class_hamming_matrix_single_sample_gives_nan_without_a_division_warning():
+    codes = np.array([[1, 1, -1], [1, -1, -1], [-1, -1, -1]])
+    with np.errstate(all="raise"):
+        m = class_hamming_matrix(codes, np.array([0, 0, 1]), 2)
+    assert np.isnan(m[1, 1]) and m[0, 0] == pytest.approx(1.0) and m[0, 1] == pytest.approx((2 + 1) / 2)
+    assert m.dtype == np.float64
+
+
+def test_no_queries_score_zero_and_counts_are_integers():
+    db, labels = np.array([[1, -1, 1, 1], [-1, -1, 1, 1]]), np.array([0, 1])
+    none = np.ones((0, 4), int)
+    assert map_at_k(none, [], db, labels, 2) == 0.0
+    assert map_at_k(none, [], db, labels, 2, "k") == 0.0
+    assert precision_at_k(none, [], db, labels, 2) == 0.0
+    cm = confusion_matrix(np.array([1, 0, 1]), np.array([1, 1, 1]), 2)
+    assert cm.dtype == np.int64 and cm.tolist() == [[0, 1], [0, 2]]
+
+
+def test_distances_are_integers():
+    q, db = np.array([[1, -1, 1, 1, -1]]), np.array([[1, 1, 1, 1, 1], [-1, -1, -1, 1, -1]])
+    d = hamming_distances(q, db)
+    assert np.issubdtype(d.dtype, np.integer) and d.tolist() == [[2, 2]]
+    order, dist = hamming_ranking(q, db)
+    assert np.issubdtype(dist.dtype, np.integer) and order.tolist() == [[0, 1]]
