@@ -216,7 +216,7 @@ def test_cross_origin_writes_are_refused(secure, serve_world):
 def test_host_names_are_checked(secure, serve_world):
     client, _ = secure
     err(client.get("/api/health", headers={"host": "evil.example:8000"}), 400, "'evil.example'", "--allowed-host")
-    for host in ("localhost:8000", "127.0.0.1", "[::1]:8000"):
+    for host in ("localhost:8000", "127.0.0.1", "[::1]:8000", "192.168.1.77:8000", "[fe80::1]"):  # addresses: any
         assert client.get("/api/health", headers={"host": host}).status_code == 200, host
     named = ServeSettings(run=serve_world["run"], index=serve_world["index"], allowed_hosts=("stvh.lan",))
     with TestClient(create_app(Service(named)), base_url="http://stvh.lan:8000") as c:
@@ -225,6 +225,7 @@ def test_host_names_are_checked(secure, serve_world):
     assert allowed_hosts("127.0.0.1", ["*"]) is None
     assert socket.gethostname().lower() in allowed_hosts("0.0.0.0")
     assert socket.gethostname().lower() not in allowed_hosts("127.0.0.1") or socket.gethostname() == "localhost"
+    err(client.get("/api/health", headers={"host": "127.0.0.1.evil.example"}), 400)  # a name, not an address
 
 
 def test_security_headers_on_every_answer(client):

@@ -5,8 +5,8 @@
   no-referrer`` on every response;
 * :class:`JsonErrors` -- an exception no handler took becomes a JSON 400
   (``MemoryError`` a 413), logged with an incident id: never a 5xx;
-* :class:`RequestGuard` -- the ``Host`` header must name this service (DNS
-  rebinding), and a write (any method but GET/HEAD/OPTIONS, except the
+* :class:`RequestGuard` -- the ``Host`` header must be an IP address or a name
+  of this service (DNS rebinding), and a write (any method but GET/HEAD/OPTIONS, except the
   read-only ``POST /api/search``) must come from the page's own origin or carry
   the token printed at start-up;
 * :func:`json_depth` -- the nesting depth of a JSON text without parsing it;
@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import secrets
@@ -69,9 +70,9 @@ def new_token() -> str:
 
 
 def allowed_hosts(host: str, extra: Iterable[str] = ()) -> frozenset[str] | None:
-    """Names the ``Host`` header may give: ``host`` and the loopback names, the machine's own names and
-    addresses when ``host`` is a wildcard (0.0.0.0, ::), and ``extra`` (``--allowed-host``); ``None``
-    (any) when ``extra`` holds ``*``."""
+    """Names the ``Host`` header may give beside IP addresses (always taken: DNS rebinding needs a name):
+    ``host`` and ``localhost``, the machine's own names when ``host`` is a wildcard (0.0.0.0, ::), and
+    ``extra`` (``--allowed-host``); ``None`` (any) when ``extra`` holds ``*``."""
     extra = [h.strip().lower().strip("[]") for h in extra if h.strip()]
     if "*" in extra:
         return None
@@ -82,14 +83,17 @@ def allowed_hosts(host: str, extra: Iterable[str] = ()) -> frozenset[str] | None
 
 
 def _own_names() -> set[str]:
-    """This machine's host name, its fully qualified name and the addresses they resolve to (best effort)."""
-    names = {socket.gethostname(), socket.getfqdn()}
-    for name in list(names):
-        try:
-            names.update(info[4][0] for info in socket.getaddrinfo(name, None))
-        except OSError:
-            pass
-    return {n.lower() for n in names if n}
+    """This machine's host name and its fully qualified name."""
+    return {n.lower() for n in (socket.gethostname(), socket.getfqdn()) if n}
+
+
+def is_address(name: str) -> bool:
+    """Whether ``name`` is an IP address (a page cannot rebind one to another server: it has no DNS name)."""
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
 
 
 def host_name(value: str) -> str:
@@ -183,9 +187,10 @@ class RequestGuard:
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         host = headers.get("host", "")
-        if self.hosts is not None and host_name(host) not in self.hosts:
-            response = error(400, f"Host {host_name(host)!r} is not a name of this service; start it with "
-                                  f"--allowed-host {host_name(host) or 'NAME'} to answer to it")
+        name = host_name(host)
+        if self.hosts is not None and name not in self.hosts and not is_address(name):
+            response = error(400, f"Host {name!r} is not a name of this service; start it with "
+                                  f"--allowed-host {name or 'NAME'} to answer to it")
             return await response(scope, receive, send)
         write = scope["method"] not in SAFE_METHODS and not (scope["method"] == "POST"
                                                               and scope["path"] in READ_ONLY_POSTS)
