@@ -634,8 +634,8 @@ def serve_cmd(
     token: Optional[str] = typer.Option(None, envvar="STVH_SERVE_TOKEN", help="Write token (Authorization: Bearer "
                                         "TOKEN) for clients of other origins; default: a new one, printed at start."),
     allowed_host: list[str] = typer.Option([], "--allowed-host", metavar="NAME", help="Another name the Host "
-                                           "header may give (repeatable; '*' any): the address's and loopback names "
-                                           "are taken."),
+                                           "header may give (repeatable; '*' any); IP addresses, localhost and "
+                                           "--host are always taken."),
     checkpoint: str = typer.Option("best", help="best or last."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
 ):
