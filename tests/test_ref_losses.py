@@ -160,3 +160,24 @@ def test_total_loss_uses_every_weight_once():
     t1 = total_loss(out, y, act, LossConfig(acty=0.0, action=1.0, quant=0.0, contrast=0.0, recon=0.0))
     full = action_loss(out.action_logits, act, torch.ones(3, 2, dtype=torch.bool))
     assert t1["total"].item() == pytest.approx(full.item(), rel=1e-6)
+
+
+def test_quantization_loss_casts_integer_codes_before_the_product():
+    # int8 codes of 130 bits: b_i . b_i = 130 overflows int8 unless the codes are cast to h's dtype first
+    h = torch.full((2, 130), 0.5, dtype=torch.float64)
+    h[1, :65] = -0.5
+    b = torch.ones(2, 130, dtype=torch.int8)
+    b[1, :65] = -1
+    bn = b.double().numpy()
+    hn = h.numpy()
+    expected = sum(math.exp(abs(hn[i] @ hn[j] - bn[i] @ bn[j]) / 130) for i in range(2) for j in range(2)) / 4
+    assert quantization_loss(h, b).item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_total_loss_without_classification_terms_at_depth_one():
+    out = _output()
+    out.h, out.b, out.activity_logits = out.h[:1], out.b[:1], out.activity_logits[:1]
+    t = total_loss(out, torch.tensor([0, 3, 1]), torch.tensor([[0, 4], [2, -1], [1, 1]]),
+                   LossConfig(acty=0.0, action=0.0, quant=0.0, contrast=0.23, recon=0.0))
+    assert set(t) == {"contrast", "total"}
+    assert t["total"].item() == pytest.approx(0.23 * contrastive_loss(out.contrast, out.h[0]).item(), rel=1e-6)
