@@ -1,4 +1,4 @@
-"""``/docs`` (Swagger UI) and ``/redoc`` render in a real browser with the network blocked.
+"""The service in a real browser: ``/docs`` and ``/redoc`` offline, and a page of another origin that writes.
 
 The app runs under uvicorn on 127.0.0.1 (a free port) in a thread; headless
 Chromium (the ``chromium_browser`` session fixture of tests/conftest.py, which
@@ -7,26 +7,37 @@ that address, so a page that needed a CDN would stay blank. The pages must
 render the API's operations under the service's CSP, with no console error
 (a CSP violation is one; the only one let through is ReDoc's hard-coded
 logo, which the CSP blocks) and no request to another host.
+
+A page of another origin (``http://localhost:9``, served by Playwright's router)
+posts a valid upload to ``POST /api/clips`` as a multipart form, the request
+CORS lets through: the service answers 403 and the index keeps its size.
 """
 
 from __future__ import annotations
 
+import base64
+import shutil
 import socket
 import threading
 import time
 
 import pytest
 
+ATTACKER = "http://localhost:9"  # another origin than the service's http://127.0.0.1:PORT
+
 
 @pytest.fixture(scope="module")
-def docs_server(chromium_browser, serve_world):
-    """Base URL of the app served by uvicorn in a thread."""
+def served(chromium_browser, serve_world, tmp_path_factory):
+    """``(base URL, service)`` of the app served by uvicorn in a thread, writes allowed on a copy of the index."""
     import uvicorn
 
     from stvh.serve import ServeSettings, create_app
     from stvh.serve.service import Service
 
-    service = Service(ServeSettings(run=serve_world["run"], index=serve_world["index"]))
+    tmp = tmp_path_factory.mktemp("docs-browser")
+    shutil.copy(serve_world["index"], tmp / "index.npz")
+    service = Service(ServeSettings(run=serve_world["run"], index=tmp / "index.npz", allow_writes=True,
+                                    uploads=tmp / "uploads"))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -37,7 +48,7 @@ def docs_server(chromium_browser, serve_world):
     while not server.started and time.time() < deadline:
         time.sleep(0.05)
     assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
+    yield f"http://127.0.0.1:{port}", service
     server.should_exit = True
     thread.join(10)
     sock.close()
@@ -67,10 +78,11 @@ def _offline_page(browser, base: str):
     ("/docs", ".swagger-ui .opblock-summary-path[data-path='/api/search']"),
     ("/redoc", "[data-section-id$='operation/search_api_search_post'] h2"),
 ])
-def test_docs_render_offline(chromium_browser, docs_server, path, ready):
-    context, page, blocked, problems = _offline_page(chromium_browser, docs_server)
+def test_docs_render_offline(chromium_browser, served, path, ready):
+    base = served[0]
+    context, page, blocked, problems = _offline_page(chromium_browser, base)
     try:
-        response = page.goto(docs_server + path)
+        response = page.goto(base + path)
         assert response.status == 200
         assert "default-src 'self'" in response.headers["content-security-policy"]
         page.wait_for_selector(ready, timeout=30_000)
@@ -83,3 +95,36 @@ def test_docs_render_offline(chromium_browser, docs_server, path, ready):
     # ReDoc's sidebar hard-codes its maker's logo from a CDN: the CSP blocks it (no request leaves), and says so
     problems = [m for m in problems if not ("logo-mini.svg" in m and "Content Security Policy" in m)]
     assert not problems, f"{path} logged errors: {problems[:3]}"
+
+
+def test_a_page_of_another_origin_cannot_write(chromium_browser, served, serve_world):
+    from test_serve_api import upload_parts
+
+    base, service = served
+    parts = upload_parts(serve_world["clips"][2], "zip")  # a valid clip: a server without the check adds it
+    context = chromium_browser.new_context()
+    # Chromium's own Local Network Access check would stop the request before the service sees it; other
+    # browsers have none, so the page is let through to show what the service does
+    context.grant_permissions(["local-network-access"], origin=ATTACKER)
+    page = context.new_page()
+    page.route(ATTACKER + "/**", lambda r: r.fulfill(status=200, content_type="text/html",
+                                                          body="<!doctype html><title>another site</title>"))
+    page.goto(ATTACKER + "/")
+    seen: list[tuple[str, str, int]] = []
+    page.on("response", lambda r: seen.append((r.request.method, r.url, r.status)) if r.url.startswith(base) else None)
+    before = len(service.index)
+    try:
+        page.evaluate("""async ([url, tracks, frames]) => {
+            const bytes = (b64) => Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const form = new FormData();
+            form.append("tracks", new Blob([bytes(tracks)]), "tracks.txt");
+            form.append("frames", new Blob([bytes(frames)]), "frames.zip");
+            form.append("name", "evil");
+            await fetch(url, {method: "POST", body: form, mode: "no-cors"});  // a 'simple' request: sent as is
+        }""", [base + "/api/clips", base64.b64encode(parts["tracks"][1]).decode(),
+               base64.b64encode(parts["frames"][1]).decode()])
+        page.wait_for_timeout(200)  # the response event
+    finally:
+        context.close()
+    assert ("POST", base + "/api/clips", 403) in seen, seen  # the browser sent it; the service refused it
+    assert len(service.index) == before and "evil/" not in " ".join(service.index.ids)
