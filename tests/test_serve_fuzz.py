@@ -2,7 +2,7 @@
 
 Every operation of ``/openapi.json`` gets requests generated from its schema,
 valid ones (positive mode) and ones that break it (negative mode: wrong types,
-missing fields, out-of-range numbers), about 25 of each per operation, bounded
+missing fields, out-of-range numbers), about 40 of each per operation, bounded
 to about a minute in all. No answer may be a 5xx, and every error (>= 400) must
 be a JSON ``{"status", "error", "detail"}`` of its own status. Writes are
 allowed, on a copy of the index, so the write routes are fuzzed too.
@@ -23,7 +23,7 @@ from hypothesis.errors import Unsatisfiable  # noqa: E402
 from stvh.serve import ServeSettings, create_app  # noqa: E402
 from stvh.serve.service import Service  # noqa: E402
 
-EXAMPLES = 25          # per operation and mode
+EXAMPLES = 40          # per operation and mode
 BUDGET_S = 90          # stop generating once this much time has gone (a slow, shared machine)
 
 
