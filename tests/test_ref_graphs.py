@@ -126,3 +126,42 @@ def test_positional_module_returns_both_graphs():
     assert out.sup_t[0, 2].sum() == 0 and out.sup_t[0, 1].sum() == 10          # 4 frames: 10 pairs s <= t
     assert out.sup_s[0, 0].tolist() == [[True, True, False], [True, True, False], [False, False, False]]
     assert out.mask is mask
+
+
+def test_iou_overlap_in_one_axis_only_and_sub_pixel_boxes():
+    A = [10.0, 20.0, 50.0, 30.0]
+    D = [20.0, 40.0, 30.0, 60.0]    # overlaps A in x (20..30), not in y: IoU 0
+    E = [10.2, 20.0, 10.7, 24.0]    # 0.5 px wide, 4 high: area 2
+    G = [10.2, 21.0, 10.7, 25.0]    # overlap 0.5 x 3 = 1.5 -> IoU 1.5 / 2.5
+    H = [10.0, 20.0, 14.0, 20.5]    # 0.5 px high, 4 wide: area 2
+    I = [11.0, 20.0, 15.0, 20.5]    # overlap 3 x 0.5 -> IoU 1.5 / 2.5
+    boxes = torch.tensor([[A, E, H], [D, G, I]], dtype=torch.float64).view(1, 2, 3, 4)   # (B, T, N, 4)
+    g = iou_graph(boxes, torch.ones(1, 3, dtype=torch.bool))[0]                        # (N, T, T)
+    assert g[0, 1, 0].item() == 0.0
+    assert g[1, 1, 0].item() == pytest.approx(0.6, abs=1e-9)
+    assert g[2, 1, 0].item() == pytest.approx(0.6, abs=1e-9)
+
+
+def test_temporal_graph_accepts_exactly_max_frames_and_defaults():
+    boxes = torch.tensor(random_boxes(np.random.default_rng(4), 1, 3, 1))
+    assert TemporalGraph(max_frames=3)(boxes, torch.ones(1, 1, dtype=torch.bool)).shape == (1, 1, 3, 3)
+    assert TemporalGraph().max_frames == 64 and TemporalGraph().weight.shape == (64, 64)
+    pm = PositionalModule()
+    assert pm.temporal.max_frames == 64 and pm.eps == 1e-4
+
+
+def test_distance_graph_close_pairs_exact_diagonal_and_eps():
+    # persons 0 and 1 are within one standardised unit of each other; 2 and 3 are far
+    persons = np.array([[10.0, 20.0, 50.0, 100.0], [10.5, 20.2, 50.4, 100.9], [60.0, 5.0, 90.0, 70.0],
+                        [30.0, 50.0, 45.0, 120.0]])
+    mask = np.ones((1, 4), bool)
+    g = distance_graph(torch.tensor(persons).view(1, 1, 4, 4), torch.tensor(mask))[0, 0]
+    ref = ref_distance_graph(persons[None, None], mask)[0, 0]
+    assert 0 < 1 - ref[0, 1] < 1                                              # d^2 below 1
+    np.testing.assert_allclose(g.numpy(), ref, atol=1e-12)
+    assert torch.equal(g.diagonal(), torch.ones(4, dtype=torch.float64))      # exactly 1, no sqrt(eps)
+    # a coordinate that varies by less than eps: its std is clamped to eps
+    near = torch.tensor([[0.0, 5.0, 2.0, 7.0], [3.0, 5.2, 5.0, 7.0]], dtype=torch.float64).view(1, 1, 2, 4)
+    out = PositionalModule(eps=0.5)(near, torch.ones(1, 2, dtype=torch.bool))
+    # x1, x2: std 1.5 -> difference 2 each; y1: std 0.1 clamped to 0.5 -> 0.2 / 0.5; y2: equal
+    assert out.g_s[0, 0, 0, 1].item() == pytest.approx(1 - math.sqrt(4 + 4 + 0.4 ** 2), abs=1e-9)
