@@ -77,6 +77,10 @@ EQUIVALENT: dict[str, str] = {
     "stvh.models.graphs.x_distance_graph__mutmut_13": "an integer count divides a float tensor into floats alike",
     "stvh.models.graphs.x_distance_graph__mutmut_17":
         "count 1 vs 2 differs only with one real person, whose only entry is the diagonal (1 either way)",
+    **{f"stvh.data.mot.x__persons__mutmut_{i}": "pad_persons copies the boxes into a float32 array"
+       for i in (17, 19)},
+    **{f"stvh.data.mot.x__persons__mutmut_{i}": "frame numbers are Python ints: numpy makes them int64 anyway"
+       for i in (25, 27)},
 }
 
 KILLED = {1, 3}

@@ -105,3 +105,13 @@ def test_cad_keep_largest_ties_by_line_in_file_order():
     kept = _keep_largest(persons, 3)
     assert [i for _, i in kept] == [0, 1, 3]                               # 36, then the two earliest 20s
     assert _keep_largest(persons, 5) is persons
+
+
+def test_mot_windows_keep_one_frame_tracks_and_drop_the_partial_tail(tmp_path):
+    rows = [f"{f},1,{f},3,10,20" for f in range(1, 10)]            # track 1 on frames 1..9
+    rows.append("4,2,40,5,6,9")                                      # track 2 on frame 4 only
+    ds = read_mot(_mot_dataset(tmp_path / "d", rows, 9), frames_per_clip=5)
+    assert [c.frame_ids.tolist() for c in ds.clips] == [[1, 2, 3, 4, 5]]   # 6..10 would need frame 10
+    clip = ds.clips[0]
+    assert clip.mask.sum() == 2
+    assert clip.boxes[:, 1].tolist() == [[40, 5, 46, 14]] * 5        # the one tracked frame fills all five
