@@ -77,6 +77,9 @@ EQUIVALENT: dict[str, str] = {
     "stvh.models.graphs.x_distance_graph__mutmut_13": "an integer count divides a float tensor into floats alike",
     "stvh.models.graphs.x_distance_graph__mutmut_17":
         "count 1 vs 2 differs only with one real person, whose only entry is the diagonal (1 either way)",
+    **{f"stvh.models.attention.xǁ{c}ǁ__init____mutmut_{i}": "nn.Linear(bias=None) has no bias, as bias=False"
+       for c, i in [("EdgeLogits", 11), ("SGAT", 10), ("SGAT", 18), ("SGAT", 26)]},
+    "stvh.models.attention.xǁSGATǁforward__mutmut_20": "d is a multiple of heads (checked): d / heads == d // heads",
     **{f"stvh.data.mot.x__persons__mutmut_{i}": "pad_persons copies the boxes into a float32 array"
        for i in (17, 19)},
     **{f"stvh.data.mot.x__persons__mutmut_{i}": "frame numbers are Python ints: numpy makes them int64 anyway"

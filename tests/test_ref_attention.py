@@ -120,3 +120,23 @@ def test_object_and_group_mfat_attend_over_the_right_axis():
 def test_heads_must_divide_d():
     with pytest.raises(ValueError, match="d=6 is not divisible by heads=4"):
         SGAT(6, heads=4)
+
+
+def test_defaults_and_parameters():
+    m = SGAT(16)
+    assert m.heads == 8 and m.edge.inner.out_features == 16 and m.edge.weight.out_features == 8
+    assert m.keep_attention is False and m.last_attention is None
+    # Eq. 4 has no biases; a bias on W or on the keys would only add a constant per receiver row
+    assert all(lin.bias is None for lin in (m.w1, m.w2, m.w3, m.edge.weight))
+    assert sum(p.numel() for p in m.parameters()) == 3 * 16 * 16 + (16 + 16) + 16 * 8
+    f = torch.randn(1, 1, 3, 16)
+    m(f, torch.zeros(1, 1, 3, 3), torch.ones(1, 1, 3, 3, dtype=torch.bool))
+    assert m.last_attention is None                                      # nothing kept unless asked
+
+
+def test_sgat_with_edges_runs_without_a_graph():
+    """A module built with edge weights, called with graph=None, is plain masked attention."""
+    m = build()
+    f, _, support = make_inputs(seed=6)
+    got = m(torch.tensor(f), None, torch.tensor(support)).detach().numpy()
+    np.testing.assert_allclose(got, ref_sgat(m, f, None, support)[0], atol=1e-10)
