@@ -80,6 +80,13 @@ EQUIVALENT: dict[str, str] = {
     **{f"stvh.models.attention.xǁ{c}ǁ__init____mutmut_{i}": "nn.Linear(bias=None) has no bias, as bias=False"
        for c, i in [("EdgeLogits", 11), ("SGAT", 10), ("SGAT", 18), ("SGAT", 26)]},
     "stvh.models.attention.xǁSGATǁforward__mutmut_20": "d is a multiple of heads (checked): d / heads == d // heads",
+    "stvh.models.filter.x_filter_loss__mutmut_17": "float minus integer codes promotes to float alike",
+    "stvh.models.filter.x_bit_agreement__mutmut_3": "== between float and integer codes promotes alike",
+    **{f"stvh.models.filter.x_fit_filter__mutmut_{i}": GPU_ONLY for i in (6, 11)},
+    "stvh.models.filter.x_fit_filter__mutmut_8": "every depth has the same code length K",
+    "stvh.models.filter.x_fit_filter__mutmut_9": "codes are (M, K): shape[+1] is shape[-1]",
+    "stvh.models.filter.x_compression_ratio__mutmut_4": "the compact storage does not depend on the depth",
+    "stvh.models.filter.x_compression_ratio__mutmut_19": "'all' is storage_bits' default mode",
     **{f"stvh.data.mot.x__persons__mutmut_{i}": "pad_persons copies the boxes into a float32 array"
        for i in (17, 19)},
     **{f"stvh.data.mot.x__persons__mutmut_{i}": "frame numbers are Python ints: numpy makes them int64 anyway"

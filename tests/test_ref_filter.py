@@ -106,3 +106,23 @@ def test_bit_agreement_and_storage():
     assert compression_ratio(1000, 64, 3) == pytest.approx(1 / 3 + 64 / (1000 * 3))
     with pytest.raises(ValueError, match="mode must be 'all' or 'compact'"):
         storage_bits(10, 16, 2, "half")
+
+
+def test_standardise_uses_the_last_axis_of_any_rank():
+    y = np.random.default_rng(4).normal(size=(2, 3, 5))
+    np.testing.assert_allclose(standardise(torch.tensor(y)).numpy(),
+                               (y - y.mean(-1, keepdims=True)) / y.std(-1, keepdims=True), atol=1e-12)
+
+
+def test_integer_codes_and_defaults(setup):
+    fm, F, b3 = setup
+    assert fm.bits == 6 and FilterMatrix(16).bits == 16
+    ints = torch.tensor(b3, dtype=torch.int8)                            # stored codes as small integers
+    np.testing.assert_allclose(fm.chain(ints, 2)[0].detach().numpy(), (F @ b3.T).T, atol=1e-10)
+    codes = [torch.tensor(np.sign(np.random.default_rng(5).normal(size=(8, 4))), dtype=torch.float32)
+             for _ in range(2)]
+    default = fit_filter(codes)
+    assert len(default.history) == 500
+    # the default learning rate is 1e-2: the same as giving it
+    a, b = fit_filter(codes, steps=4), fit_filter(codes, steps=4, lr=1e-2)
+    assert torch.equal(a.weight, b.weight) and not torch.equal(a.weight, fit_filter(codes, steps=4, lr=0.05).weight)
