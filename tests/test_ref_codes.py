@@ -121,3 +121,15 @@ def test_numpy_index_every_length(bits):
     index.add(ids, db)
     got_ids, got_dis = index.search(queries, 25)
     assert got_ids.tolist() == [[ids[p] for p in row] for row in pos] and np.array_equal(got_dis, dis)
+
+
+def test_codeset_one_focus_and_focus_checks():
+    signs = np.array([[1, -1] * 8, [-1] * 16], np.int8)                # (M=2, K=16): one focus
+    cs = CodeSet.from_signs(["a/1", "a/2"], signs)
+    assert cs.depth == 1 and cs.codes.shape == (2, 1, 2)
+    assert np.array_equal(cs.signs(1), signs)
+    for bad in (True, 0, 2, 1.0, "1"):
+        with pytest.raises(ValueError, match=r"^unknown focus .*: this code set has foci 1\.\.1$"):
+            cs.signs(bad)
+    with pytest.raises(ValueError, match="code length 0 is not a positive multiple of 8"):
+        pack_codes(np.ones((2, 0)))
