@@ -87,6 +87,10 @@ EQUIVALENT: dict[str, str] = {
     "stvh.models.filter.x_fit_filter__mutmut_9": "codes are (M, K): shape[+1] is shape[-1]",
     "stvh.models.filter.x_compression_ratio__mutmut_4": "the compact storage does not depend on the depth",
     "stvh.models.filter.x_compression_ratio__mutmut_19": "'all' is storage_bits' default mode",
+    **{f"stvh.index.numpy_backend.x_popcount__mutmut_{i}": "astype's copy flag changes no value"
+       for i in (2, 4, 6)},
+    **{f"stvh.index.numpy_backend.x_as_words__mutmut_{i}": "packed codes are (n, nb): axis +1 is axis -1"
+       for i in (7, 12)},
     **{f"stvh.data.mot.x__persons__mutmut_{i}": "pad_persons copies the boxes into a float32 array"
        for i in (17, 19)},
     **{f"stvh.data.mot.x__persons__mutmut_{i}": "frame numbers are Python ints: numpy makes them int64 anyway"

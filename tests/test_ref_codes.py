@@ -133,3 +133,17 @@ def test_codeset_one_focus_and_focus_checks():
             cs.signs(bad)
     with pytest.raises(ValueError, match="code length 0 is not a positive multiple of 8"):
         pack_codes(np.ones((2, 0)))
+
+
+def test_popcount_lookup_table_path_and_dtypes(monkeypatch):
+    vals = np.array([0, 1, 0xFF, 0xF0F0, 0xFFFF_FFFF, 2 ** 63 + 5], np.uint64)
+    expected = [bin(int(v)).count("1") for v in vals]
+    monkeypatch.setattr(nb, "_HAS_BITWISE_COUNT", False)                  # numpy < 2: the 256-entry table
+    got = nb.popcount(vals[::-1][::-1])                                   # a non-contiguous view is fine
+    assert got.dtype == np.uint8 and got.tolist() == expected
+    assert nb.popcount(np.array([0xABCD], np.uint16)).tolist() == [bin(0xABCD).count("1")]
+    # bytes given as wider integers are taken as bytes
+    assert np.array_equal(nb.as_words(np.array([[1, 2], [3, 4]], np.int64)),
+                          nb.as_words(np.array([[1, 2], [3, 4]], np.uint8)))
+    pos, dis = nb.brute_force_topk(np.array([[1, 2], [3, 4]], np.uint8), np.array([[1, 2]], np.uint8), 2, 16)
+    assert pos.dtype == np.int64 and dis.dtype == np.int32 and dis.tolist() == [[0, 3]]
