@@ -264,7 +264,7 @@ def extract_cmd(
         overrides.append(f"seed={seed}")
     if format:
         overrides.append(f"data.format={format}")
-    cfg, notes = resolve_config(config, overrides)
+    cfg, notes = resolve_config(config, overrides, fitted_notes=False)
     for note in notes:
         typer.echo(f"note: {note}", err=True)
     try:
@@ -333,7 +333,7 @@ def train_cmd(
     else:
         if data is None or out is None:
             _fail("--data and --out are required (or --resume RUN)")
-        cfg, notes = resolve_config(config, list(ctx.args), features)
+        cfg, notes = resolve_config(config, list(ctx.args), features, fitted_notes=False)
         for note in notes:
             typer.echo(f"note: {note}", err=True)
         _check_free(out)  # a second writer is told who writes --out, before "not empty" (stvh.locks)

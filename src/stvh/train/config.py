@@ -736,11 +736,14 @@ def adopt_cache_settings(cfg: dict, meta: dict, explicit: dict[str, str], cache:
     return _validate(out, {}, check_device=True), notes
 
 
-def resolve_config(path: str | Path | None, overrides=(), features: str | Path | None = None) -> tuple[dict, list[str]]:
+def resolve_config(path: str | Path | None, overrides=(), features: str | Path | None = None, *,
+                   fitted_notes: bool = True) -> tuple[dict, list[str]]:
     """The config a command runs with: file or shipped default, then overrides (a shipped config's dependent keys
     fitted to them, :func:`fitted_defaults`), and with ``features`` the cache's backbone, frame size and PCA where
-    the user did not set them. Returns ``(config, notes)``."""
+    the user did not set them. Returns ``(config, notes)``; ``fitted_notes=False`` leaves the fitted keys' notes out
+    (commands print only what came from the cache: the fitted values are in the run's config.yaml)."""
     fitted, notes = fitted_defaults(path, overrides)
+    notes = notes if fitted_notes else []
     cfg = load_config(config_path(path), [*overrides, *fitted])
     if features is None:
         return cfg, notes
