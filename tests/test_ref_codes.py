@@ -102,7 +102,7 @@ def test_counting_topk_ties_in_position_order(n):
     pos, _ = nb.counting_topk(dist, 7, bits, lo=3)
     assert pos.tolist() == ref_topk(dist, 7)
     pos, d = nb.counting_topk(dist, 0, bits)
-    assert pos.shape == (0,) and d.shape == (0,)
+    assert pos.shape == (0,) and d.shape == (0,) and pos.dtype == np.int64
 
 
 @pytest.mark.parametrize("bits", BITS)
@@ -147,3 +147,17 @@ def test_popcount_lookup_table_path_and_dtypes(monkeypatch):
                           nb.as_words(np.array([[1, 2], [3, 4]], np.uint8)))
     pos, dis = nb.brute_force_topk(np.array([[1, 2], [3, 4]], np.uint8), np.array([[1, 2]], np.uint8), 2, 16)
     assert pos.dtype == np.int64 and dis.dtype == np.int32 and dis.tolist() == [[0, 3]]
+
+
+def test_counting_topk_when_the_sampled_guess_is_too_low():
+    """Every 4th row (the sample) is at distance 0, the rest at 8 or 16: the k-th distance is above the
+    sampled guess, so the threshold is raised step by step until k rows are selected."""
+    n, bits, k = 40000, 16, 15000
+    dist = np.full(n, 8, np.uint8)
+    dist[::4] = 0
+    dist[1::8] = 16
+    pos, d = nb.counting_topk(dist, k, bits)
+    assert pos.tolist() == ref_topk(dist, k)
+    assert d.tolist() == [0] * 10000 + [8] * 5000
+    pos, d = nb.counting_topk(dist, n - 3, bits)                     # reaches the last distance, 16
+    assert pos.tolist() == ref_topk(dist, n - 3) and int(d[-1]) == 16
