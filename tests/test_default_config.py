@@ -89,6 +89,8 @@ def test_adopt_takes_unset_keys_and_refuses_conflicts(tmp_path):
     with pytest.raises(ConfigError, match=r"^c\.yaml:3: config key 'model\.backbone' is 'efficientnet_lite0' "
                                           r"but the feature cache FEATS was extracted with 'resnet18'"):
         adopt_cache_settings(base, meta, {"model.backbone": "c.yaml:3: "}, "FEATS")
+    with pytest.raises(ConfigError, match=r"'extract.frame_size' is \[112, 200\] .* with null \(the frames' own size\)"):
+        adopt_cache_settings(base, {**meta, "frame_size": "native"}, {"extract.frame_size": "c.yaml:9: "}, "FEATS")
     # an explicit key equal to the cache's is no conflict; the others are still taken over
     cfg, notes = adopt_cache_settings(base, {**meta, "backbone": "efficientnet_lite0"},
                                       {"model.backbone": "c.yaml:3: "}, "FEATS")

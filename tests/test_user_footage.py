@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import yaml
 from typer.testing import CliRunner
 
 from stvh.cli import app
@@ -91,17 +92,24 @@ def test_partial_frames_train_on_clips_with_features(tiny_synth, tmp_path):
                                   str(tmp_path / "run2"), "--no-progress", *tiny, "data.require_features=true"])
     assert refused.exit_code == 2 and f"{gone} of {len(clips)} clips have no cached features" in refused.output
     assert len([ln for ln in refused.output.splitlines() if ln.strip()]) == 1
-    # the cache must agree with the config: PCA and frame size are named with both values
+    # what the user sets must agree with the cache: the key, where it was set and both values are named
     bad = runner.invoke(app, ["train", "--data", str(data), "--features", str(tmp_path / "f"), "--out",
-                              str(tmp_path / "run3"), "--no-progress", *tiny[:-1]])
-    assert bad.exit_code == 2 and "'pca8' in the cache but 'none' in the config (extract.pca)" in bad.output
+                              str(tmp_path / "run3"), "--no-progress", *tiny[:-1], "extract.pca=16"])
+    assert bad.exit_code == 2 and ("override 'extract.pca=16': config key 'extract.pca' is 16 but the feature cache "
+                                   f"{tmp_path / 'f'} was extracted with 8") in bad.output
     bad = runner.invoke(app, ["train", "--data", str(data), "--features", str(tmp_path / "f"), "--out",
                               str(tmp_path / "run3"), "--no-progress", *tiny, "extract.frame_size=[64, 64]"])
-    assert bad.exit_code == 2 and "frame_size is 'native' in the cache but [64, 64]" in bad.output
+    assert bad.exit_code == 2 and "'extract.frame_size' is [64, 64] but the feature cache" in bad.output
+    assert "extracted with [112, 200]" in bad.output  # the default config's frame size
+    assert not (tmp_path / "run3").exists()
     # --features with a box-only model is refused, not ignored
     bad = runner.invoke(app, ["train", "--data", str(data), "--features", str(tmp_path / "f"), "--out",
                               str(tmp_path / "run4"), "--no-progress", *tiny[:-2], "model.backbone=none"])
-    assert bad.exit_code == 2 and "model.backbone is 'none'" in bad.output
+    assert bad.exit_code == 2 and "'model.backbone' is 'none' but the feature cache" in bad.output
+    # what the user leaves unset is taken from the cache (PCA 8 here), so the run trains
+    run(["train", "--data", data, "--features", tmp_path / "f", "--out", tmp_path / "run5", "--no-progress",
+         *tiny[:-1]])
+    assert yaml.safe_load((tmp_path / "run5" / "config.yaml").read_text())["extract"]["pca"] == 8
 
 
 def test_clips_csv_split_column(tiny_synth, tmp_path):

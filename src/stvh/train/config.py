@@ -728,8 +728,10 @@ def adopt_cache_settings(cfg: dict, meta: dict, explicit: dict[str, str], cache:
             continue
         where = explicit.get(key)
         if where is not None:
+            shown = "null (the frames' own size)" if have is None and key == "extract.frame_size" else \
+                "null (no PCA)" if have is None else repr(have)
             raise ConfigError(f"{where}config key {key!r} is {want!r} but the feature cache {cache} was extracted "
-                              f"with {have!r}; extract again with this config (stvh extract --config ...) or drop "
+                              f"with {shown}; extract again with this config (stvh extract --config ...) or drop "
                               "the key to use the cache's")
         out[section][name] = have
         notes.append(f"{key} = {have!r} taken from the feature cache {cache} (the default config has {want!r})")
