@@ -103,6 +103,8 @@ EQUIVALENT: dict[str, str] = {
     **{f"stvh.index.numpy_backend.x_counting_topk__mutmut_{i}":
        "the exact threshold is found within the selection's own distances: bincount's minlength changes no index"
        for i in (91, 92, 93)},
+    **{f"stvh.data.geometry.x_iou_matrix__mutmut_{i}": "numpy infers a dimension given as any negative number"
+       for i in (11, 23)},
     **{f"stvh.data.mot.x__persons__mutmut_{i}": "pad_persons copies the boxes into a float32 array"
        for i in (17, 19)},
     **{f"stvh.data.mot.x__persons__mutmut_{i}": "frame numbers are Python ints: numpy makes them int64 anyway"

@@ -115,3 +115,14 @@ def test_mot_windows_keep_one_frame_tracks_and_drop_the_partial_tail(tmp_path):
     clip = ds.clips[0]
     assert clip.mask.sum() == 2
     assert clip.boxes[:, 1].tolist() == [[40, 5, 46, 14]] * 5        # the one tracked frame fills all five
+
+
+def test_iou_matrix_one_axis_overlap_and_unsigned_input():
+    a = np.array([[10, 20, 50, 30]])
+    b = np.array([[20, 40, 30, 60], [40, 0, 60, 10], [12, 29, 14, 29.5]])
+    # x overlap without y overlap (and the reverse) is no overlap; a 0.5-high overlap counts 2 x 0.5
+    np.testing.assert_allclose(iou_matrix(a, b), [[0.0, 0.0, 1.0 / 400]])
+    # byte-sized coordinates: no wrap-around in x2 - x1 of disjoint boxes
+    assert iou_matrix(np.array([[0, 0, 2, 2]], np.uint8), np.array([[5, 5, 7, 7]], np.uint8)).tolist() == [[0.0]]
+    assert iou_matrix(np.array([[5, 0, 9, 2]], np.uint8), np.array([[0, 1, 7, 3]], np.uint8)).tolist() == \
+        [[pytest.approx(2 / (8 + 14 - 2))]]
