@@ -31,6 +31,8 @@ def test_xywh_to_box_and_clipping_use_width_for_x_and_height_for_y():
     assert clip_box_to_image((40, 60, 45, 70), (50, 100)) is None          # below a 50-high image
     assert clip_box_to_image((40, 10, 45, 20), (50, 100)).dtype == np.float32
     assert clip_box_to_image((100, 10, 110, 20), (50, 100)) is None         # touches the right edge only
+    assert clip_box_to_image((40, 50, 45, 60), (50, 100)) is None           # touches the bottom edge only
+    assert clip_box_to_image((40, 49.5, 45, 60), (50, 100)).tolist() == [40, 49.5, 45, 50]
 
 
 def test_iou_matrix_non_square_boxes():
