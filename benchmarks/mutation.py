@@ -105,6 +105,9 @@ EQUIVALENT: dict[str, str] = {
        for i in (91, 92, 93)},
     **{f"stvh.data.geometry.x_iou_matrix__mutmut_{i}": "numpy infers a dimension given as any negative number"
        for i in (11, 23)},
+    **{f"stvh.data.geometry.x_iou_matrix__mutmut_{i}":
+       "only where the union is 0, where the intersection is 0 too and the result is replaced by 0"
+       for i in (94, 105)},
     **{f"stvh.data.mot.x__persons__mutmut_{i}": "pad_persons copies the boxes into a float32 array"
        for i in (17, 19)},
     **{f"stvh.data.mot.x__persons__mutmut_{i}": "frame numbers are Python ints: numpy makes them int64 anyway"

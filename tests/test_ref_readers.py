@@ -128,3 +128,11 @@ def test_iou_matrix_one_axis_overlap_and_unsigned_input():
     assert iou_matrix(np.array([[0, 0, 2, 2]], np.uint8), np.array([[5, 5, 7, 7]], np.uint8)).tolist() == [[0.0]]
     assert iou_matrix(np.array([[5, 0, 9, 2]], np.uint8), np.array([[0, 1, 7, 3]], np.uint8)).tolist() == \
         [[pytest.approx(2 / (8 + 14 - 2))]]
+
+
+def test_iou_matrix_sub_pixel_and_empty_boxes_without_warnings():
+    a = np.array([[0, 0, 0.5, 0.5], [3, 3, 3, 4]])                        # union below 1; an empty box
+    b = np.array([[0.25, 0, 0.75, 0.5], [3, 3, 3, 4]])
+    with np.errstate(all="raise"):                                        # no 0 / 0 anywhere
+        m = iou_matrix(a, b)
+    np.testing.assert_allclose(m, [[0.125 / 0.375, 0.0], [0.0, 0.0]])
