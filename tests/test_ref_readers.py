@@ -136,3 +136,6 @@ def test_iou_matrix_sub_pixel_and_empty_boxes_without_warnings():
     with np.errstate(all="raise"):                                        # no 0 / 0 anywhere
         m = iou_matrix(a, b)
     np.testing.assert_allclose(m, [[0.125 / 0.375, 0.0], [0.0, 0.0]])
+    # byte-sized boxes whose areas exceed 255
+    big = iou_matrix(np.array([[0, 0, 20, 20]], np.uint8), np.array([[10, 0, 30, 20]], np.uint8))
+    assert big.tolist() == [[pytest.approx(200 / 600)]]
