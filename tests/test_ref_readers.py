@@ -139,3 +139,27 @@ def test_iou_matrix_sub_pixel_and_empty_boxes_without_warnings():
     # byte-sized boxes whose areas exceed 255
     big = iou_matrix(np.array([[0, 0, 20, 20]], np.uint8), np.array([[10, 0, 30, 20]], np.uint8))
     assert big.tolist() == [[pytest.approx(200 / 600)]]
+
+
+def _track(boxes: dict[int, list[float]]) -> dict:
+    return {f: (np.array(b, np.float32), False) for f, b in boxes.items()}
+
+
+def test_volleyball_tracked_boxes_greedy_matching():
+    key = np.array([[0, 0, 10, 10], [100, 100, 120, 140]], np.float32)
+    frames = np.array([9, 10, 11])
+    tracks = {
+        3: _track({9: [101, 99, 121, 139], 10: [100, 100, 120, 140], 11: [102, 101, 122, 141]}),   # person 1
+        5: _track({9: [1, 1, 11, 11], 10: [0, 0, 10, 10], 11: [2, 2, 12, 12]}),                    # person 0, IoU 1
+        7: _track({9: [50, 50, 60, 60], 10: [0, 0, 10, 6], 11: [60, 60, 70, 70]}),                  # person 0, IoU 0.6
+    }
+    out = _tracked_boxes(key, frames, 10, tracks, (360, 720))
+    assert out[:, 0].tolist() == [[1, 1, 11, 11], [0, 0, 10, 10], [2, 2, 12, 12]]       # the best track only
+    assert out[:, 1].tolist() == [[101, 99, 121, 139], [100, 100, 120, 140], [102, 101, 122, 141]]
+    # one person, matched at IoU exactly 0.5
+    half = {4: _track({9: [5, 5, 15, 10], 10: [0, 0, 10, 5]})}
+    one = _tracked_boxes(key[:1], np.array([9, 10]), 10, half, (360, 720))
+    assert one[:, 0].tolist() == [[5, 5, 15, 10], [0, 0, 10, 5]]
+    # no track has the key frame: every person keeps its key box
+    none = _tracked_boxes(key, frames, 10, {4: _track({9: [0, 0, 10, 10]})}, (360, 720))
+    assert none.tolist() == [key.tolist()] * 3
