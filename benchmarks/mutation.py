@@ -108,6 +108,7 @@ EQUIVALENT: dict[str, str] = {
     **{f"stvh.data.geometry.x_iou_matrix__mutmut_{i}":
        "only where the union is 0, where the intersection is 0 too and the result is replaced by 0"
        for i in (94, 105)},
+    "stvh.data.volleyball.x_parse_annotation_line__mutmut_21": "parse_int's default upper bound is MAX_INT",
     **{f"stvh.data.mot.x__persons__mutmut_{i}": "pad_persons copies the boxes into a float32 array"
        for i in (17, 19)},
     **{f"stvh.data.mot.x__persons__mutmut_{i}": "frame numbers are Python ints: numpy makes them int64 anyway"

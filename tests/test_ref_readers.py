@@ -163,3 +163,14 @@ def test_volleyball_tracked_boxes_greedy_matching():
     # no track has the key frame: every person keeps its key box
     none = _tracked_boxes(key, frames, 10, {4: _track({9: [0, 0, 10, 10]})}, (360, 720))
     assert none.tolist() == [key.tolist()] * 3
+
+
+def test_volleyball_annotation_line_shapes():
+    from stvh.data.errors import MalformedLine
+
+    key, activity, boxes, actions = parse_annotation_line("0.jpg l_pass", Path("a.txt"), 1, (360, 720))
+    assert key == 0 and activity == 6 and boxes.shape == (0, 4) and actions.shape == (0,)   # no persons
+    for line in ("10.jpg", "10.png r_set", "10.png r_set 1 2 3 4 standing", "10.jpg r_set 1 2 3",
+                 "1000000001.jpg r_set", "-1.jpg r_set"):
+        with pytest.raises(MalformedLine, match=r"a\.txt:7"):
+            parse_annotation_line(line, Path("a.txt"), 7, (360, 720))
