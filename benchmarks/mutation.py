@@ -109,6 +109,7 @@ EQUIVALENT: dict[str, str] = {
        "only where the union is 0, where the intersection is 0 too and the result is replaced by 0"
        for i in (94, 105)},
     "stvh.data.volleyball.x_parse_annotation_line__mutmut_21": "parse_int's default upper bound is MAX_INT",
+    "stvh.data.volleyball.x_parse_annotation_line__mutmut_72": "numpy infers a dimension given as any negative number",
     **{f"stvh.data.mot.x__persons__mutmut_{i}": "pad_persons copies the boxes into a float32 array"
        for i in (17, 19)},
     **{f"stvh.data.mot.x__persons__mutmut_{i}": "frame numbers are Python ints: numpy makes them int64 anyway"

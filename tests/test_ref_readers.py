@@ -170,7 +170,37 @@ def test_volleyball_annotation_line_shapes():
 
     key, activity, boxes, actions = parse_annotation_line("0.jpg l_pass", Path("a.txt"), 1, (360, 720))
     assert key == 0 and activity == 6 and boxes.shape == (0, 4) and actions.shape == (0,)   # no persons
+    assert boxes.dtype == np.float32 and actions.dtype == np.int64
     for line in ("10.jpg", "10.png r_set", "10.png r_set 1 2 3 4 standing", "10.jpg r_set 1 2 3",
                  "1000000001.jpg r_set", "-1.jpg r_set"):
         with pytest.raises(MalformedLine, match=r"a\.txt:7"):
             parse_annotation_line(line, Path("a.txt"), 7, (360, 720))
+
+
+def test_volleyball_tracked_boxes_matching_continues_past_used_and_lost_tracks():
+    key = np.array([[0, 0, 10, 10], [100, 100, 120, 140], [0, 0, 10, 8]], np.float32)
+    frames = np.array([9, 10])
+    p1 = _track({9: [101, 99, 121, 121], 10: [100, 100, 120, 122]})         # person 1 at IoU 0.55
+    tracks = {5: _track({9: [1, 1, 11, 11], 10: [0, 0, 10, 10]}),           # person 0 (1.0), person 2 (0.8)
+              7: _track({9: [2, 0, 12, 6], 10: [0, 0, 10, 6]}),             # person 0 (0.6), person 2 (0.75)
+              3: p1}
+    out = _tracked_boxes(key, frames, 10, tracks, (360, 720))
+    assert out[:, 0].tolist() == [[1, 1, 11, 11], [0, 0, 10, 10]]         # track 5 once, person 0 once
+    assert out[:, 2].tolist() == [[2, 0, 12, 6], [0, 0, 10, 6]]             # track 5 is taken: track 7
+    assert out[:, 1].tolist() == [[101, 99, 121, 121], [100, 100, 120, 122]]
+    # the best match is a track lost on every frame: that person keeps its key box, the others still match
+    lost = {6: {f: (np.array([0, 0, 10, 10], np.float32), True) for f in (9, 10)}, 3: p1}
+    out = _tracked_boxes(key[:2], frames, 10, lost, (360, 720))
+    assert out[:, 0].tolist() == [[0, 0, 10, 10]] * 2
+    assert out[:, 1].tolist() == [[101, 99, 121, 121], [100, 100, 120, 122]]
+
+
+def test_volleyball_annotation_line_small_and_empty_boxes():
+    from stvh.data.errors import BadBox
+
+    _, _, boxes, _ = parse_annotation_line("3.jpg r_set 5 6 1 1 standing 7 8 0.5 0.25 moving", Path("a.txt"), 2,
+                                           (360, 720))
+    assert boxes.tolist() == [[5, 6, 6, 7], [7, 8, 7.5, 8.25]]
+    for w, h in ((0, 3), (3, 0), (-1, 3)):
+        with pytest.raises(BadBox, match=f"a.txt:2.*person 0: non-positive size w={w} h={h}"):
+            parse_annotation_line(f"3.jpg r_set 5 6 {w} {h} standing", Path("a.txt"), 2, (360, 720))
