@@ -204,3 +204,13 @@ def test_volleyball_annotation_line_small_and_empty_boxes():
     for w, h in ((0, 3), (3, 0), (-1, 3)):
         with pytest.raises(BadBox, match=f"a.txt:2.*person 0: non-positive size w={w} h={h}"):
             parse_annotation_line(f"3.jpg r_set 5 6 {w} {h} standing", Path("a.txt"), 2, (360, 720))
+
+
+def test_cad_boxes_away_from_the_origin():
+    assert xywh_to_box(1, 2, 1, 1, (50, 100)).tolist() == [1, 2, 2, 3]
+    assert xywh_to_box(1, 2, 0.5, 0.5, (50, 100)).tolist() == [1, 2, 1.5, 2.5]
+    assert xywh_to_box(1, 2, 5, 0, (50, 100)) == "non-positive size w=5 h=0"
+    # areas: 4 x 10 = 40 (x1 != y1, far from the origin), 6 x 6 = 36, 5 x 7 = 35
+    boxes = [np.array(b, np.float32) for b in ([50, 20, 54, 30], [10, 70, 16, 76], [80, 5, 85, 12])]
+    kept = _keep_largest([(b, i) for i, b in enumerate(boxes)], 2)
+    assert [i for _, i in kept] == [0, 1]
