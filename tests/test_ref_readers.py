@@ -211,6 +211,6 @@ def test_cad_boxes_away_from_the_origin():
     assert xywh_to_box(1, 2, 0.5, 0.5, (50, 100)).tolist() == [1, 2, 1.5, 2.5]
     assert xywh_to_box(1, 2, 5, 0, (50, 100)) == "non-positive size w=5 h=0"
     # areas: 4 x 10 = 40 (x1 != y1, far from the origin), 6 x 6 = 36, 5 x 7 = 35
-    boxes = [np.array(b, np.float32) for b in ([50, 20, 54, 30], [10, 70, 16, 76], [80, 5, 85, 12])]
+    boxes = [np.array(b, np.float32) for b in ([50, 20, 54, 30], [10, 2, 16, 8], [80, 60, 85, 67])]
     kept = _keep_largest([(b, i) for i, b in enumerate(boxes)], 2)
     assert [i for _, i in kept] == [0, 1]
