@@ -181,6 +181,16 @@ def summarise(module: str, codes: dict[str, int | None], seconds: float, tests: 
             "equivalent_mutants": {k: EQUIVALENT[k] for k in equivalent}, "not_run": other}
 
 
+def mutmut(work: Path, jobs: int, names: list[str], module: str) -> None:
+    """``mutmut run`` in ``work`` (all not-yet-checked mutants, or the named ones), logged to mutmut.log."""
+    cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *names]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}      # a shared machine; one thread per test process
+    with open(work / "mutmut.log", "a") as fh:
+        rc = subprocess.run(cmd, cwd=work, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
+    if rc != 0:
+        print(f"{module}: mutmut exited with {rc}; see {work / 'mutmut.log'}", file=sys.stderr)
+
+
 def run_module(module: str, work_root: Path, jobs: int, retest: bool, fresh: bool) -> dict:
     tests, globs = MODULES[module]
     work = work_root / module.replace("/", "_").removesuffix(".py")
@@ -191,14 +201,11 @@ def run_module(module: str, work_root: Path, jobs: int, retest: bool, fresh: boo
         names = [k for k in selected(before, globs) if before[k] == 0] or ["__none__"]
     t0 = time.time()
     if names != ["__none__"]:
-        cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *names]
-        log = work / "mutmut.log"
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}      # a shared machine; one thread per test process
-        with open(log, "w") as fh:
-            rc = subprocess.run(cmd, cwd=work, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
-        if rc != 0:
-            print(f"{module}: mutmut exited with {rc}; see {log}", file=sys.stderr)
+        mutmut(work, jobs, names, module)
     codes = read_meta(work, module)["exit_code_by_key"]
+    if retest and any(codes[k] is None for k in selected(codes, globs)):
+        mutmut(work, jobs, list(globs or []), module)   # functions changed since the last run: their new mutants
+        codes = read_meta(work, module)["exit_code_by_key"]
     codes = {k: codes[k] for k in selected(codes, globs)}
     return summarise(module, codes, time.time() - t0, tests)
 
