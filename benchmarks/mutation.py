@@ -64,6 +64,7 @@ EQUIVALENT: dict[str, str] = {
     "stvh.eval.metrics.x_retrieval_metrics__mutmut_22": "'relevant' is the default convention",
     "stvh.eval.metrics.x_class_hamming_matrix__mutmut_11": "astype(None) is astype(float64)",
     "stvh.eval.metrics.x_hamming_ranking__mutmut_15": "numpy reads the sort kind case-insensitively",
+    "stvh.eval.metrics.x_hamming_ranking__mutmut_21": "take_along_axis's default axis is the last (numpy >= 2)",
     "stvh.losses.x_quantization_loss__mutmut_8": "h is (B, K): shape[+1] is shape[-1]",
     **{f"stvh.losses.x_cosine_sim_exp__mutmut_{i}": "F.normalize's default dim is 1, the last axis of (B, K)"
        for i in (5, 6, 11, 12)},
@@ -74,6 +75,8 @@ EQUIVALENT: dict[str, str] = {
        GPU_ONLY for i in (7, 10)},
     **{f"stvh.models.graphs.x_{f}__mutmut_{i}": GPU_ONLY for f, i in
        [("temporal_support", 5), ("temporal_support", 9), ("iou_graph", 15), ("iou_graph", 18)]},
+    "stvh.models.graphs.x__box_iou_over_time__mutmut_79":
+        "only where the union is 0, where the intersection is 0 too: 0 / 1e-12 is 0",
     "stvh.models.graphs.x_distance_graph__mutmut_13": "an integer count divides a float tensor into floats alike",
     "stvh.models.graphs.x_distance_graph__mutmut_17":
         "count 1 vs 2 differs only with one real person, whose only entry is the diagonal (1 either way)",

@@ -140,3 +140,10 @@ def test_sgat_with_edges_runs_without_a_graph():
     f, _, support = make_inputs(seed=6)
     got = m(torch.tensor(f), None, torch.tensor(support)).detach().numpy()
     np.testing.assert_allclose(got, ref_sgat(m, f, None, support)[0], atol=1e-10)
+
+
+def test_edge_logits_default_width():
+    from stvh.models.attention import EdgeLogits
+
+    e = EdgeLogits(3)
+    assert e.inner.out_features == 16 and e.weight.in_features == 16 and e.weight.out_features == 3

@@ -165,3 +165,10 @@ def test_distance_graph_close_pairs_exact_diagonal_and_eps():
     out = PositionalModule(eps=0.5)(near, torch.ones(1, 2, dtype=torch.bool))
     # x1, x2: std 1.5 -> difference 2 each; y1: std 0.1 clamped to 0.5 -> 0.2 / 0.5; y2: equal
     assert out.g_s[0, 0, 0, 1].item() == pytest.approx(1 - math.sqrt(4 + 4 + 0.4 ** 2), abs=1e-9)
+
+
+def test_iou_of_boxes_smaller_than_a_pixel():
+    # 0.5 x 0.5 boxes shifted by 0.25: intersection 0.125, union 0.375 (below 1)
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.25, 0.0, 0.75, 0.5]], dtype=torch.float64).view(1, 2, 1, 4)
+    g = iou_graph(boxes, torch.ones(1, 1, dtype=torch.bool))[0, 0]
+    assert g[1, 0].item() == pytest.approx(1 / 3, abs=1e-12)
