@@ -268,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     commit = git_commit()
     for m in chosen:
         r = run_module(m, args.workdir, args.jobs, args.retest, fresh=not args.keep)
+        if not r["mutants"]:  # mutmut made no mutant (a stale --keep folder, a failed copy): keep the last figures
+            print(f"{m}: no mutant was generated or run (see {args.workdir}); figures not recorded", file=sys.stderr)
+            continue
         r.update(commit=commit, dirty=git_dirty([f"src/stvh/{m}", *MODULES[m][0]]),
                  date=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
         if args.retest and m in results["modules"]:   # keep the full run's figures, update the survivors
