@@ -8,14 +8,12 @@ import shutil
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from stvh.cli import app
 from stvh.data.feature_cache import FeatureCache
 from stvh.data.fingerprint import clip_fingerprint, clip_fingerprints, data_fingerprint
 from stvh.data.formats import read_dataset
+from test_pipeline_errors import invoke, one_line_error  # one-line CLI errors, exit 2
 
-runner = CliRunner()
 CONFIG = """\
 seed: 0
 model: {name: mstvh, backbone: mobilenet_v3_small, bits: 16, depth: 2, d: 16, d_v: 8, heads: 2}
@@ -26,17 +24,6 @@ extract: {frame_size: null, pca: 4}
 """
 
 
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def one_line_error(result, *needles):
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
 
 
 def summary(result) -> dict:

@@ -22,6 +22,7 @@ import shutil
 import socket
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -31,27 +32,36 @@ from test_serve_api import make_world, upload_parts  # the same tiny world as th
 @pytest.fixture(scope="module")
 def server(chromium_browser, tmp_path_factory):
     """``(base url, world)`` of the app served by uvicorn in a thread, writes allowed on a copy of the index."""
-    import uvicorn
-
     from stvh.serve import ServeSettings, create_app
     from stvh.serve.service import Service
 
     world = make_world(tmp_path_factory.mktemp("browser"))
     service = Service(ServeSettings(run=world["run"], index=world["index"], allow_writes=True))
+    with serve_in_thread(create_app(service)) as url:
+        yield url, world
+
+
+@contextmanager
+def serve_in_thread(asgi_app):
+    """Serve ``asgi_app`` with uvicorn on 127.0.0.1 (a free port) in a thread; yields its base URL."""
+    import uvicorn
+
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning"))
+    srv = uvicorn.Server(uvicorn.Config(asgi_app, log_level="warning"))
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.time() + 20
     while not srv.started and time.time() < deadline:
         time.sleep(0.05)
     assert srv.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}", world
-    srv.should_exit = True
-    thread.join(10)
-    sock.close()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+        sock.close()
 
 
 class Watched:
@@ -313,7 +323,7 @@ def test_an_added_clip_can_be_deleted(server, watched):
     delete = f'#clip-grid .card[data-clip="{cid}"] .delete'
     page.once("dialog", lambda d: d.dismiss())
     page.click(delete)
-    page.wait_for_timeout(200)
+    page.wait_for_timeout(300)
     assert httpx.get(f"{base}/api/clips/{cid}").status_code == 200
     assert page.locator(delete).count() == 1
 
@@ -325,7 +335,10 @@ def test_an_added_clip_can_be_deleted(server, watched):
     page.wait_for_function(f"() => document.querySelector('#page-info').innerText.includes('of {clips - 1}')")
     assert page.locator(f'#clip-grid .card[data-clip="{cid}"]').count() == 0
     assert httpx.get(f"{base}/api/clips/{cid}").status_code == 404
-    assert hits(page) == [] and "empty" in page.get_attribute("#query-card", "class")  # it was the query
+    # it was the query: the results and the query card are cleared (waited for: the page redraws asynchronously)
+    page.wait_for_function("() => !document.querySelector('#results .hit') && "
+                           "document.querySelector('#query-card').classList.contains('empty')")
+    assert hits(page) == [] and "empty" in page.get_attribute("#query-card", "class")
 
 
 def test_page_fits_a_phone(server, watched, tmp_path):

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import base64
 import shutil
-import socket
-import threading
-import time
 
 import pytest
+
+from test_serve_browser import serve_in_thread  # uvicorn on 127.0.0.1 in a thread
 
 ATTACKER = "http://localhost:9"  # another origin than the service's http://127.0.0.1:PORT
 
@@ -29,8 +28,6 @@ ATTACKER = "http://localhost:9"  # another origin than the service's http://127.
 @pytest.fixture(scope="module")
 def served(chromium_browser, serve_world, tmp_path_factory):
     """``(base URL, service)`` of the app served by uvicorn in a thread, writes allowed on a copy of the index."""
-    import uvicorn
-
     from stvh.serve import ServeSettings, create_app
     from stvh.serve.service import Service
 
@@ -38,20 +35,8 @@ def served(chromium_browser, serve_world, tmp_path_factory):
     shutil.copy(serve_world["index"], tmp / "index.npz")
     service = Service(ServeSettings(run=serve_world["run"], index=tmp / "index.npz", allow_writes=True,
                                     uploads=tmp / "uploads"))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}", service
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    with serve_in_thread(create_app(service)) as url:
+        yield url, service
 
 
 def _offline_page(browser, base: str):
