@@ -28,6 +28,7 @@ from .storage import check_filter, check_mode, derive_packed, storage_report
 
 INDEX_FORMAT = "stvh-index"
 INDEX_VERSION = 1
+EXTRA_PREFIX = "engine/"   # members saved by InMemoryIndex._extra_arrays
 
 
 class IndexFileError(CodeFileError):
@@ -368,6 +369,17 @@ class InMemoryIndex(CodeIndex):
     def _on_change(self, appended_from: int | None) -> None:
         """Hook for engines: rows were appended from ``appended_from``, or (None) rows were removed."""
 
+    def _extra_arrays(self) -> dict[str, np.ndarray]:
+        """Hook for engines: arrays to save with the index (members ``engine/<name>``); default none.
+
+        They describe the rows as saved; :meth:`_adopt_extra` gets them back after a load.
+        """
+        return {}
+
+    def _adopt_extra(self, arrays: dict[str, np.ndarray]) -> None:
+        """Hook for engines: the ``engine/<name>`` arrays of a loaded file (memory-mapped where the file
+        allows), keyed by ``<name>``, called once the rows are loaded (``_version`` already set); default: ignore."""
+
     def positions(self, ids) -> np.ndarray:
         ids = as_id_list(ids)
         missing = [i for i in ids if i not in self._pos]
@@ -424,6 +436,8 @@ class InMemoryIndex(CodeIndex):
         }
         if self._filter is not None:
             arrays["filter"] = self._filter
+        for name, a in self._extra_arrays().items():
+            arrays[f"{EXTRA_PREFIX}{name}"] = a
         save_npz_atomic(path, arrays)
 
     @classmethod
@@ -452,6 +466,9 @@ class InMemoryIndex(CodeIndex):
             index._append(ids, full, d["activity"].astype(np.int64), np.asarray(d["group"].tolist(), object))
         except ValueError as exc:
             raise IndexFileError(path, str(exc)) from exc
+        extra = {k[len(EXTRA_PREFIX):]: v for k, v in d.items() if k.startswith(EXTRA_PREFIX)}
+        if extra:
+            index._adopt_extra(extra)
         return index
 
 
