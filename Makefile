@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test install clean browser mutation
 
-$(STAMP): pyproject.toml setup.py src/stvh/index/_hamming.c
+$(STAMP): pyproject.toml setup.py src/stvh/index/_hamming.c src/stvh/index/_mih.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -qq -e '.[dev,milvus]'
 	touch $(STAMP)

@@ -37,9 +37,11 @@
  */
 #define PY_SSIZE_T_CLEAN
 /* bumped on any change of knn()'s signature or semantics; kernel.py ignores other versions */
-#define STVH_HAMMING_API_VERSION 1
+#define STVH_HAMMING_API_VERSION 2   /* 2: knn() takes an optional thread count */
 
 #include <Python.h>
+
+#include <pthread.h>
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -438,6 +440,68 @@ done:
     return rc;
 }
 
+/*
+ * search_all over `threads` POSIX threads, each taking a contiguous range of
+ * queries (its own buffers; the database is shared read-only).  A batch of
+ * queries is split so that every thread gets whole QUERY_CHUNKs where it can.
+ */
+typedef struct {
+    const uint8_t *db, *qs;
+    Py_ssize_t n, nq, nbytes, k;
+    int64_t *opos;
+    int32_t *odist;
+    int rc;
+} scan_job;
+
+static void *scan_job_run(void *arg) {
+    scan_job *j = (scan_job *)arg;
+    j->rc = search_all(j->db, j->n, j->qs, j->nq, j->nbytes, j->k, j->opos, j->odist);
+    return NULL;
+}
+
+static int search_threads(const uint8_t *db, Py_ssize_t n, const uint8_t *qs, Py_ssize_t nq,
+                          Py_ssize_t nbytes, Py_ssize_t k, int64_t *opos, int32_t *odist, int threads) {
+    if (threads > nq) {
+        threads = (int)nq;
+    }
+    if (threads <= 1) {
+        return search_all(db, n, qs, nq, nbytes, k, opos, odist);
+    }
+    scan_job jobs[64];
+    pthread_t tid[64];
+    int started[64] = {0};
+    if (threads > 64) {
+        threads = 64;
+    }
+    Py_ssize_t per = (nq + threads - 1) / threads, q0 = 0;
+    int rc = 0;
+    for (int t = 0; t < threads; t++, q0 += per) {
+        Py_ssize_t cnt = q0 >= nq ? 0 : (nq - q0 < per ? nq - q0 : per);
+        jobs[t] = (scan_job){db, qs + (size_t)q0 * (size_t)nbytes, n, cnt, nbytes, k,
+                             opos + (size_t)q0 * (size_t)k, odist + (size_t)q0 * (size_t)k, 0};
+        if (cnt == 0) {
+            continue;
+        }
+        if (t == 0 || pthread_create(&tid[t], NULL, scan_job_run, &jobs[t]) != 0) {
+            started[t] = 0;    /* thread 0 (and any that could not start) runs below, in this thread */
+        } else {
+            started[t] = 1;
+        }
+    }
+    for (int t = 0; t < threads; t++) {
+        if (!started[t] && jobs[t].nq > 0) {
+            scan_job_run(&jobs[t]);
+        }
+    }
+    for (int t = 0; t < threads; t++) {
+        if (started[t]) {
+            pthread_join(tid[t], NULL);
+        }
+        rc |= jobs[t].rc;
+    }
+    return rc;
+}
+
 /* ------------------------------------------------------------------ Python */
 
 /* A signed-integer buffer format of the given item size ("q", "<l", "=i", ...). */
@@ -478,7 +542,7 @@ static int get_buffer(PyObject *obj, Py_buffer *view, int flags, const char *wha
 }
 
 PyDoc_STRVAR(knn_doc,
-"knn(db, queries, nbytes, k, out_positions, out_distances) -> int\n"
+"knn(db, queries, nbytes, k, out_positions, out_distances, threads=1) -> int\n"
 "\n"
 "Exact Hamming top-k of each query over the database; returns k' = min(k, n).\n"
 "\n"
@@ -486,13 +550,18 @@ PyDoc_STRVAR(knn_doc,
 "bytes; out_positions: writable C-contiguous int64 buffer of q * k' items;\n"
 "out_distances: writable C-contiguous int32 buffer of q * k' items.  Row i of\n"
 "the outputs holds query i's k' nearest rows (0-based positions) and their\n"
-"distances, ascending by (distance, position): ties in position order.");
+"distances, ascending by (distance, position): ties in position order.\n"
+"threads (1..64): queries are split over that many threads (same results).");
 
 static PyObject *knn(PyObject *self, PyObject *args) {
     PyObject *dbo, *qo, *po, *dobj;
-    Py_ssize_t nbytes, k;
+    Py_ssize_t nbytes, k, threads = 1;
     (void)self;
-    if (!PyArg_ParseTuple(args, "OOnnOO:knn", &dbo, &qo, &nbytes, &k, &po, &dobj)) {
+    if (!PyArg_ParseTuple(args, "OOnnOO|n:knn", &dbo, &qo, &nbytes, &k, &po, &dobj, &threads)) {
+        return NULL;
+    }
+    if (threads < 1 || threads > 64) {
+        PyErr_Format(PyExc_ValueError, "threads must be in 1..64, got %zd", threads);
         return NULL;
     }
     if (nbytes < 1 || nbytes > 1024) {
@@ -561,8 +630,8 @@ static PyObject *knn(PyObject *self, PyObject *args) {
     }
     if (kk > 0 && nq > 0) {
         Py_BEGIN_ALLOW_THREADS
-        rc = search_all((const uint8_t *)db.buf, n, (const uint8_t *)qs.buf, nq, nbytes, kk,
-                        (int64_t *)op.buf, (int32_t *)od.buf);
+        rc = search_threads((const uint8_t *)db.buf, n, (const uint8_t *)qs.buf, nq, nbytes, kk,
+                            (int64_t *)op.buf, (int32_t *)od.buf, (int)threads);
         Py_END_ALLOW_THREADS
         if (rc != 0) {
             PyErr_NoMemory();

@@ -31,8 +31,9 @@ import warnings
 
 import numpy as np
 
-from . import kernel
+from . import kernel, mih
 from .base import InMemoryIndex
+from .mih_backend import MIHMixin
 from .numpy_backend import brute_force_topk
 from .short_codes import ShortCodeMixin
 
@@ -130,20 +131,29 @@ class FaissFlatIndex(InMemoryIndex):
         return flat_topk(self.depth_codes(d), q, k, self._bits)
 
 
-class FaissIndex(ShortCodeMixin, FaissFlatIndex):
-    """The default backend ("faiss" = auto): short-code tables for large K <= 32 indexes, a flat scan otherwise."""
+class FaissIndex(MIHMixin, ShortCodeMixin, FaissFlatIndex):
+    """The default backend ("faiss" = auto): short-code tables for large K <= 32 indexes, multi-index hashing
+    for large K = 64 / 128 indexes whose codes it pays on (measured, :mod:`stvh.index.mih_backend`), a flat
+    scan otherwise."""
 
     backend = "faiss"
 
     def engine(self, n: int | None = None, *, detail: bool = False) -> str:
-        """Which engine a search over ``n`` rows uses: ``"short"`` (tables) or ``"faiss"`` (flat scan).
+        """Which engine a search of the deepest focus uses: ``"short"`` (tables), ``"mih"`` (multi-index
+        hashing) or ``"faiss"`` (flat scan).
 
-        ``detail=True`` names the flat scan's implementation instead of
-        ``"faiss"``: ``"kernel"`` (stvh's C kernel) or ``"faiss-flat"`` (FAISS).
+        ``n`` asks about an index of ``n`` rows instead (short tables or scan; MIH is
+        decided by measurement on the index itself, so only for the index's own size).
+        ``detail=True`` names the flat scan's implementation instead of ``"faiss"``:
+        ``"kernel"`` (stvh's C kernel) or ``"faiss-flat"`` (FAISS).  Asking may build
+        and measure the MIH tables (what the first search would do).
         """
+        own = n is None
         n = len(self) if n is None else n
         if self._bits in SHORT_MIN_ROWS and n >= SHORT_MIN_ROWS[self._bits]:
             return "short"
+        if own and self.mih_engine():
+            return "mih"
         if not detail:
             return "faiss"
         return "kernel" if kernel.AVAILABLE else "faiss-flat"
@@ -152,6 +162,27 @@ class FaissIndex(ShortCodeMixin, FaissFlatIndex):
         m = SHORT_MIN_ROWS.get(self._bits)
         if m is not None and self._n >= m:
             return self._short_table(d).search(q, k)
+        hit = self._mih_search(d, q, k)
+        if hit is not None:
+            return hit
         if kernel.AVAILABLE:
-            return kernel.kernel_topk(self._codes[d, :self._n], q, k)
+            return kernel.kernel_topk(self._codes[d, :self._n], q, k, self._threads)
         return flat_topk(self._codes[d, :self._n], q, k, self._bits)
+
+
+class MIHIndex(MIHMixin, FaissFlatIndex):
+    """Always multi-index hashing (64- or 128-bit codes); the scan answers only queries over their budget."""
+
+    backend = "mih"
+    force_mih = True
+
+    def __init__(self, bits, depth=1, **kw):
+        if not mih.AVAILABLE:
+            raise ImportError("backend 'mih' needs stvh's compiled extensions (stvh.index._mih): reinstall stvh "
+                              "with a C compiler; backend 'faiss' works without them")
+        if bits not in (64, 128):
+            raise ValueError(f"backend 'mih' takes 64- or 128-bit codes, not {bits}; use 'faiss' (auto)")
+        super().__init__(bits, depth, **kw)
+
+    def _search_positions(self, d, q, k):
+        return self._mih_search(d, q, k)

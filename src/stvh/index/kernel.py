@@ -24,7 +24,7 @@ from .base import InMemoryIndex
 
 log = logging.getLogger(__name__)
 
-API_VERSION = 1   # the knn() contract this module expects (_hamming.c: STVH_HAMMING_API_VERSION)
+API_VERSION = 2   # the knn() contract this module expects (_hamming.c: STVH_HAMMING_API_VERSION)
 
 try:
     from . import _hamming
@@ -43,11 +43,12 @@ def simd() -> str | None:
     return _hamming.simd() if AVAILABLE else None
 
 
-def kernel_topk(db: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def kernel_topk(db: np.ndarray, queries: np.ndarray, k: int, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of packed ``queries (q, nb)`` over packed ``db (n, nb)`` with the C kernel.
 
     Returns ``(positions int64 (q, k'), distances int32 (q, k'))``, k' = min(k, n),
-    ascending by (distance, position).  Raises ImportError without the extension.
+    ascending by (distance, position).  ``threads`` (1..64) splits the queries
+    over that many threads (same results).  Raises ImportError without the extension.
     """
     if not AVAILABLE:
         raise ImportError("stvh's C kernel (stvh.index._hamming) is not built: reinstall stvh with a C "
@@ -60,7 +61,7 @@ def kernel_topk(db: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray
     kk = min(int(k), db.shape[0]) if k > 0 else 0
     pos = np.empty((queries.shape[0], kk), np.int64)
     dis = np.empty((queries.shape[0], kk), np.int32)
-    _hamming.knn(db, queries, db.shape[1], k, pos, dis)
+    _hamming.knn(db, queries, db.shape[1], k, pos, dis, int(threads))
     return pos, dis
 
 
