@@ -482,6 +482,7 @@ _BACKENDS: dict[str, str] = {
     "faiss-flat": "stvh.index.faiss_backend:FaissFlatIndex",
     "short": "stvh.index.short_codes:ShortCodeIndex",
     "kernel": "stvh.index.kernel:KernelIndex",
+    "mih": "stvh.index.faiss_backend:MIHIndex",
     "milvus": "stvh.index.milvus_backend:MilvusIndex",
 }
 BACKENDS = tuple(_BACKENDS)
