@@ -109,9 +109,9 @@ def test_corrupt_files_raise_clear_errors(tmp_path):
     with pytest.raises(IndexFileError, match="codes must be uint8 of shape"):
         load_index(write("shape.idx", **{**d, "codes": d["codes"][:, :1]}))
     with pytest.raises(IndexFileError, match="ids must have shape"):
-        load_index(write("ids.idx", **{**d, "ids": d["ids"][:5]}))
+        load_index(write("ids.idx", **{**d, "ids": np.array(index.ids)[:5]}))   # a plain str array of ids
     with pytest.raises(IndexFileError, match="duplicate id"):
-        load_index(write("dup.idx", **{**d, "ids": np.array(["a"] * len(d["ids"]))}))
+        load_index(write("dup.idx", **{**d, "ids": np.array(["a"] * len(index))}))
     with pytest.raises(IndexFileError, match="code length must be one of"):
         load_index(write("bits.idx", **{**d, "bits": np.array(40)}))
     with pytest.raises(IndexFileError, match="unknown backend"):

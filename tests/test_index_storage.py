@@ -59,9 +59,9 @@ def test_compact_ignores_given_shallow_codes_and_saves_only_the_deepest(tmp_path
     compact.save(pc)
     full.save(pa)
     with np.load(pc) as z:
-        assert z["codes"].shape == (40, 1, 8) and z["filter"].shape == (64, 64)
+        assert z["codes"].shape == (1, 40, 8) and z["filter"].shape == (64, 64)     # (foci kept, n, K/8)
     with np.load(pa) as z:
-        assert z["codes"].shape == (40, 3, 8) and "filter" not in z.files
+        assert z["codes"].shape == (3, 40, 8) and "filter" not in z.files
     back = load_index(pc)
     assert back.mode == "compact"
     for focus in (1, 2, 3):

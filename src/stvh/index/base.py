@@ -23,11 +23,14 @@ from typing import Any, ClassVar, Iterable, Sequence
 
 import numpy as np
 
-from .codes import CodeFileError, check_bits, load_npz, pack_codes, save_npz_atomic, scalar
+from .codes import CodeFileError, NpzMembers, check_bits, pack_codes, save_npz_atomic, scalar
+from .ids import EncodedIds, IdTable, check_new_ids, first_duplicate_encoded
 from .storage import check_filter, check_mode, derive_packed, storage_report
 
 INDEX_FORMAT = "stvh-index"
-INDEX_VERSION = 1
+INDEX_VERSION = 2          # 2: codes (S, n, K/8) memory-mapped, compact ids; 1 still loads
+_LABEL_CHUNK = 1 << 20     # rows per step when coding group names
+_OVERLAY_CALL = 64         # adds of at most this many ids go to the id table's overlay
 EXTRA_PREFIX = "engine/"   # members saved by InMemoryIndex._extra_arrays
 
 
@@ -215,6 +218,8 @@ class CodeIndex(ABC):
         act = np.full(n, -1, np.int64) if activity is None else np.asarray(activity)
         if act.shape != (n,) or (n and not np.issubdtype(act.dtype, np.integer)):
             raise ValueError(f"activity must be {n} integers, got {act.dtype} {act.shape}")
+        if isinstance(group, np.ndarray) and group.dtype.kind == "U" and group.shape == (n,):
+            return act.astype(np.int64, copy=False), group          # a str array: no Python strings
         grp = np.asarray([""] * n if group is None else group, dtype=object)
         if grp.shape != (n,) or not all(isinstance(g, str) for g in grp):
             raise ValueError(f"group must be {n} strings, got shape {grp.shape}")
@@ -274,10 +279,17 @@ class CodeIndex(ABC):
 # --------------------------------------------------------------------------- in-memory rows
 
 class InMemoryIndex(CodeIndex):
-    """Rows kept in memory in insertion order; subclasses provide the top-k engine.
+    """Rows kept in insertion order; subclasses provide the top-k engine.
 
     Layout: codes ``(depth, capacity, K/8)`` so that each focus is one
-    contiguous ``(n, K/8)`` block (what FAISS and the numpy scan read).
+    contiguous ``(n, K/8)`` block (what FAISS and the scans read); ids in an
+    :class:`~stvh.index.ids.IdTable` (one byte buffer + offsets + sorted
+    hashes); activity as the smallest signed integer type that holds it;
+    group as small unsigned codes into a table of group names.
+
+    After :func:`load_index` of a version-2 file every array is a read-only
+    memory map of the file (only the pages a search or lookup touches become
+    resident); the first ``add`` or ``remove`` copies the rows into memory.
     """
 
     def __init__(self, bits: int, depth: int = 1, *, mode: str = "all",
@@ -285,21 +297,26 @@ class InMemoryIndex(CodeIndex):
         super().__init__(bits, depth, mode=mode, filter=filter, meta=meta)
         self._n = 0
         self._codes = np.empty((self._depth, 0, self.nbytes_code), np.uint8)
-        self._ids = np.empty(0, object)
-        self._activity = np.empty(0, np.int64)
-        self._group = np.empty(0, object)
-        self._pos: dict[str, int] = {}
+        self._table = IdTable()
+        self._activity = np.empty(0, np.int8)
+        self._group = np.empty(0, np.uint8)            # codes into _group_names
+        self._group_names: list[str] = []
+        self._group_code: dict[str, int] = {}
         self._version = 0          # bumped on every change; engines cache on it
 
     def __len__(self) -> int:
         return self._n
 
     def __contains__(self, clip_id) -> bool:
-        return clip_id in self._pos
+        return clip_id in self._table
 
     @property
     def ids(self) -> list[str]:
-        return self._ids[:self._n].tolist()
+        return self._table.tolist()
+
+    def ids_at(self, positions: np.ndarray) -> np.ndarray:
+        """Object array of the ids at row ``positions`` (any shape)."""
+        return self._table.ids_at(positions)
 
     def depth_codes(self, d: int) -> np.ndarray:
         """Contiguous packed ``(n, K/8)`` codes at depth index ``d`` (a view; do not modify)."""
@@ -314,32 +331,73 @@ class InMemoryIndex(CodeIndex):
         codes = np.empty((self._depth, new, self.nbytes_code), np.uint8)
         codes[:, :self._n] = self._codes[:, :self._n]
         self._codes = codes
-        for name, dt in (("_ids", object), ("_activity", np.int64), ("_group", object)):
+        for name in ("_activity", "_group"):
             old = getattr(self, name)
-            a = np.empty(new, dt)
+            a = np.empty(new, old.dtype)
             a[:self._n] = old[:self._n]
             setattr(self, name, a)
 
+    def _new_ids(self, ids) -> EncodedIds:
+        """The ids of an ``add`` call, encoded; refuses empty ids, duplicates and ids already present."""
+        if isinstance(ids, EncodedIds):
+            enc = ids
+        elif isinstance(ids, np.ndarray) and ids.dtype.kind == "U" and ids.ndim == 1:
+            enc = EncodedIds.of(ids)                       # no Python strings for large arrays
+        else:
+            enc = EncodedIds.of(as_id_list(ids))
+        if len(enc) and not enc.lengths().all():
+            raise ValueError("clip ids must be non-empty strings")
+        dup, present, count = check_new_ids(self._table, enc.buf, enc.off, enc.hashes)
+        if dup is not None:
+            raise DuplicateIdError(f"duplicate id {dup!r} in this add() call")
+        if count:
+            more = f", ... ({count} in all)" if count > len(present) else ""
+            raise DuplicateIdError(f"id(s) already in the index: {', '.join(map(repr, present))}{more}")
+        return enc
+
     def add(self, ids, codes, *, activity=None, group=None) -> None:
-        ids = self._ids_to_add(ids)
-        n = len(ids)
-        present = [i for i in ids if i in self._pos]
-        if present:
-            raise DuplicateIdError(f"id(s) already in the index: {_short(present)}")
+        enc = self._new_ids(ids)
+        n = len(enc)
         packed = self.prepare_add_codes(codes, n)
         act, grp = self.prepare_labels(n, activity, group)
         if n == 0:
             return
-        self._append(ids, packed, act, grp)
+        self._append(enc, packed, act, grp)
 
-    def _append(self, ids: list[str], packed: np.ndarray, act: np.ndarray, grp: np.ndarray) -> None:
-        n0, n = self._n, len(ids)
+    def _group_codes(self, grp: np.ndarray) -> np.ndarray:
+        """Group names ``(n,)`` -> codes into ``_group_names`` (new names are appended to the table)."""
+        def code(name: str) -> int:
+            c = self._group_code.get(name)
+            if c is None:
+                c = self._group_code[name] = len(self._group_names)
+                self._group_names.append(name)
+            return c
+
+        n = grp.shape[0]
+        out = np.empty(n, np.int64)
+        for s in range(0, n, _LABEL_CHUNK):
+            part = grp[s:s + _LABEL_CHUNK]
+            if part.shape[0] and (part == part[0]).all():
+                out[s:s + _LABEL_CHUNK] = code(str(part[0]))
+                continue
+            names, inv = np.unique(part, return_inverse=True)
+            out[s:s + _LABEL_CHUNK] = np.array([code(str(x)) for x in names.tolist()], np.int64)[inv.reshape(-1)]
+        return out
+
+    def _append(self, ids: EncodedIds | list[str], packed: np.ndarray, act: np.ndarray, grp: np.ndarray) -> None:
+        enc = ids if isinstance(ids, EncodedIds) else EncodedIds.of(ids)
+        n0, n = self._n, len(enc)
         self._reserve(n0 + n)
+        gcodes = self._group_codes(grp)
+        self._activity = _widen(self._activity, int_dtype(int(act.min()), int(act.max()), self._activity.dtype))
+        self._group = _widen(self._group, uint_dtype(len(self._group_names) - 1, self._group.dtype))
         self._codes[:, n0:n0 + n] = packed.transpose(1, 0, 2)
-        self._ids[n0:n0 + n] = ids
         self._activity[n0:n0 + n] = act
-        self._group[n0:n0 + n] = grp
-        self._pos.update(zip(ids, range(n0, n0 + n)))
+        self._group[n0:n0 + n] = gcodes
+        if n <= _OVERLAY_CALL:
+            self._table.append([enc.decode(i) for i in range(n)])
+        else:
+            self._table.append_encoded(enc.buf, enc.off, enc.hashes)
         self._n = n0 + n
         self._version += 1
         self._on_change(appended_from=n0)
@@ -349,20 +407,19 @@ class InMemoryIndex(CodeIndex):
         dup = first_duplicate(ids)
         if dup is not None:
             raise DuplicateIdError(f"duplicate id {dup!r} in this remove() call")
-        missing = [i for i in ids if i not in self._pos]
+        pos = self._table.find(ids) if ids else np.empty(0, np.int64)
+        missing = [i for i, p in zip(ids, pos.tolist()) if p < 0]
         if missing:
             raise UnknownIdError(f"cannot remove id(s) not in the index: {_short(missing)}")
         if not ids:
             return
         keep = np.ones(self._n, bool)
-        keep[[self._pos[i] for i in ids]] = False
-        m = int(keep.sum())
+        keep[pos] = False
         self._codes = np.ascontiguousarray(self._codes[:, :self._n][:, keep])
-        self._ids = self._ids[:self._n][keep]
+        self._table.keep(keep)
         self._activity = self._activity[:self._n][keep]
         self._group = self._group[:self._n][keep]
-        self._n = m
-        self._pos = {i: p for p, i in enumerate(self._ids.tolist())}
+        self._n = int(keep.sum())
         self._version += 1
         self._on_change(appended_from=None)
 
@@ -382,10 +439,11 @@ class InMemoryIndex(CodeIndex):
 
     def positions(self, ids) -> np.ndarray:
         ids = as_id_list(ids)
-        missing = [i for i in ids if i not in self._pos]
+        pos = self._table.find(ids) if ids else np.empty(0, np.int64)
+        missing = [i for i, p in zip(ids, pos.tolist()) if p < 0]
         if missing:
             raise UnknownIdError(f"id(s) not in the index: {_short(missing)}")
-        return np.fromiter((self._pos[i] for i in ids), np.int64, len(ids))
+        return pos
 
     def codes_of(self, ids, focus: int | None = None) -> np.ndarray:
         d = self.focus_index(focus)
@@ -393,7 +451,12 @@ class InMemoryIndex(CodeIndex):
 
     def labels_of(self, ids) -> tuple[np.ndarray, np.ndarray]:
         p = self.positions(ids)
-        return self._activity[p], self._group[p]
+        codes = np.asarray(self._group[p], np.int64)
+        if codes.shape[0] and int(codes.max()) >= len(self._group_names):
+            raise ValueError(f"group code {int(codes.max())} outside the table of {len(self._group_names)} "
+                             "group names (a corrupt index file)")
+        names = np.array(self._group_names + [""], dtype=object)
+        return np.asarray(self._activity[p], np.int64), names[codes]
 
     # ---- search
     def search(self, queries, k: int, focus: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -404,7 +467,7 @@ class InMemoryIndex(CodeIndex):
         if kk == 0 or q.shape[0] == 0:
             return np.empty((q.shape[0], kk), object), np.empty((q.shape[0], kk), np.int32)
         pos, dist = self._search_positions(d, q, kk)
-        return self._ids[pos], dist.astype(np.int32, copy=False)
+        return self._table.ids_at(pos), dist.astype(np.int32, copy=False)
 
     def search_positions(self, queries, k: int, focus: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Like :meth:`search` but returns row positions (insertion ranks) instead of ids."""
@@ -422,27 +485,46 @@ class InMemoryIndex(CodeIndex):
 
     # ---- persistence
     def save(self, path: str | Path) -> None:
+        """Write a version-2 index file atomically (see docs/index.md, "Memory and file format").
+
+        Saving over the file this index is mapped from is safe: the new file
+        is written beside it and renamed over it; the old mapping stays valid.
+        """
         n = self._n
-        stored = self._codes[:, :n] if self._mode == "all" else self._codes[-1:, :n]
+        stored = self._codes[:, :n] if self._mode == "all" else self._codes[-1:, :n]   # (S, n, K/8)
+        table = self._table.arrays()
         arrays: dict[str, Any] = {
             "format": np.array(INDEX_FORMAT), "version": np.array(INDEX_VERSION),
             "backend": np.array(self.backend), "bits": np.array(self._bits), "depth": np.array(self._depth),
-            "mode": np.array(self._mode),
-            "ids": np.asarray(self._ids[:n].tolist(), dtype=str) if n else np.zeros(0, "<U1"),
-            "codes": np.ascontiguousarray(stored.transpose(1, 0, 2)),
-            "activity": self._activity[:n],
-            "group": np.asarray(self._group[:n].tolist(), dtype=str) if n else np.zeros(0, "<U1"),
-            "meta": np.array(json.dumps(self.meta, sort_keys=True)),
+            "mode": np.array(self._mode), "meta": np.array(json.dumps(self.meta, sort_keys=True)),
+            "group_names": np.array(self._group_names, dtype=str) if self._group_names else np.zeros(0, "<U1"),
         }
         if self._filter is not None:
             arrays["filter"] = self._filter
+        arrays.update({"activity": self._activity[:n], "group": self._group[:n],
+                       "ids/off": table["off"], "ids/hash": table["hkey"], "ids/hash_pos": table["hpos"],
+                       "ids/buf": table["buf"], "codes": stored})
         for name, a in self._extra_arrays().items():
             arrays[f"{EXTRA_PREFIX}{name}"] = a
-        save_npz_atomic(path, arrays)
+        save_npz_atomic(path, arrays, align=64)
 
     @classmethod
     def _from_arrays(cls, path: Path, d: dict[str, np.ndarray], **kw) -> "InMemoryIndex":
+        """An index from a file's members (``d``: memory maps for the large ones)."""
+        version = kw.pop("version", 1)
+        index = cls._from_v2(path, d, **kw) if version >= 2 else cls._from_v1(path, d, **kw)
+        extra = {k[len(EXTRA_PREFIX):]: v for k, v in d.items() if k.startswith(EXTRA_PREFIX)}
+        if extra:
+            index._adopt_extra(extra)
+        return index
+
+    @classmethod
+    def _from_v1(cls, path: Path, d: dict[str, np.ndarray], **kw) -> "InMemoryIndex":
+        """Version 1: codes ``(n, S, K/8)``, ids and group as str arrays; read into memory."""
         bits, depth, mode = kw["bits"], kw["depth"], kw["mode"]
+        for key in ("ids", "codes", "activity", "group"):
+            if key not in d:
+                raise IndexFileError(path, f"index file lacks key {key!r}")
         codes = d["codes"]
         stored = depth if mode == "all" else 1
         nb = bits // 8
@@ -455,21 +537,106 @@ class InMemoryIndex(CodeIndex):
                 raise IndexFileError(path, f"{key} must have shape ({n},) to match codes, got {d[key].shape}")
         try:
             index = cls(bits, depth, mode=mode, filter=d.get("filter"), meta=kw.get("meta"))
-            ids = d["ids"].tolist()
-            dup = first_duplicate(ids)
-            if dup is not None:
-                raise ValueError(f"duplicate id {dup!r}")
+            enc = _plain_ids(d["ids"])
             if mode == "compact" and depth > 1:
                 full = derive_packed(codes[:, 0], index.filter, depth, bits)
             else:
-                full = codes
-            index._append(ids, full, d["activity"].astype(np.int64), np.asarray(d["group"].tolist(), object))
+                full = np.asarray(codes)
+            if n:
+                index._append(enc, full, np.asarray(d["activity"]).astype(np.int64),
+                              np.asarray(d["group"]).astype(str))
         except ValueError as exc:
             raise IndexFileError(path, str(exc)) from exc
-        extra = {k[len(EXTRA_PREFIX):]: v for k, v in d.items() if k.startswith(EXTRA_PREFIX)}
-        if extra:
-            index._adopt_extra(extra)
         return index
+
+    @classmethod
+    def _from_v2(cls, path: Path, d: dict[str, np.ndarray], **kw) -> "InMemoryIndex":
+        """Version 2: codes ``(S, n, K/8)`` and the id table, kept as the memory maps they are."""
+        bits, depth, mode = kw["bits"], kw["depth"], kw["mode"]
+        for key in ("codes", "activity", "group", "group_names", "ids/buf", "ids/off", "ids/hash", "ids/hash_pos"):
+            if key not in d:
+                raise IndexFileError(path, f"index file lacks key {key!r}")
+        buf, off, hkey, hpos = d["ids/buf"], d["ids/off"], d["ids/hash"], d["ids/hash_pos"]
+        if off.dtype != np.int64 or off.ndim != 1 or off.shape[0] < 1:
+            raise IndexFileError(path, f"ids/off must be int64 of shape (n + 1,), got {off.dtype} {off.shape}")
+        n = off.shape[0] - 1
+        stored = depth if mode == "all" else 1
+        nb = bits // 8
+        codes = d["codes"]
+        if codes.dtype != np.uint8 or codes.shape != (stored, n, nb):
+            raise IndexFileError(path, f"codes must be uint8 of shape ({stored}, {n}, {nb}) for mode {mode!r}, "
+                                       f"got {codes.dtype} {codes.shape}")
+        expect = {"ids/buf": (np.uint8, (int(off[-1]),)), "ids/hash": (np.uint64, (n,))}
+        for key, (dt, shape) in expect.items():
+            if d[key].dtype != dt or d[key].shape != shape:
+                raise IndexFileError(path, f"{key} must be {np.dtype(dt)} of shape {shape}, got "
+                                           f"{d[key].dtype} {d[key].shape}")
+        for key, kind in (("ids/hash_pos", "iu"), ("activity", "iu"), ("group", "u")):
+            if d[key].dtype.kind not in kind or d[key].shape != (n,):
+                raise IndexFileError(path, f"{key} must be integers of shape ({n},) to match codes, "
+                                           f"got {d[key].dtype} {d[key].shape}")
+        if n and int(off[0]) != 0:
+            raise IndexFileError(path, "ids/off must start at 0")
+        names = d["group_names"]
+        if names.ndim != 1 or (names.size and names.dtype.kind != "U"):
+            raise IndexFileError(path, f"group_names must be a str array, got {names.dtype} {names.shape}")
+        try:
+            index = cls(bits, depth, mode=mode, filter=d.get("filter"), meta=kw.get("meta"))
+            if "ids" in d:      # a hand-written file may give the ids as a plain str array instead
+                if d["ids"].shape != (n,):
+                    raise IndexFileError(path, f"ids must have shape ({n},) to match codes, got {d['ids'].shape}")
+                enc = _plain_ids(d["ids"])
+                table = IdTable(enc.buf, enc.off)
+            else:
+                table = IdTable(buf, off, hkey, hpos)
+            if mode == "compact" and depth > 1:
+                full = derive_packed(codes[0], index.filter, depth, bits)            # (n, depth, K/8)
+                index._codes = np.ascontiguousarray(full.transpose(1, 0, 2))
+            else:
+                index._codes = codes
+        except ValueError as exc:
+            raise IndexFileError(path, str(exc)) from exc
+        index._table = table
+        index._activity, index._group = d["activity"], d["group"]
+        index._group_names = names.tolist()
+        index._group_code = {g: i for i, g in enumerate(index._group_names)}
+        index._n = n
+        index._version += 1
+        index._on_change(appended_from=0)
+        return index
+
+
+def _plain_ids(ids: np.ndarray) -> EncodedIds:
+    """A str array of ids (version-1 files) -> encoded, refusing duplicates (ValueError)."""
+    ids = np.asarray(ids)
+    if ids.size and ids.dtype.kind != "U":
+        raise ValueError(f"ids must be strings, got {ids.dtype}")
+    enc = EncodedIds.of(ids.astype(str, copy=False) if ids.size else [])
+    dup = first_duplicate_encoded(enc.buf, enc.off, enc.hashes)
+    if dup is not None:
+        raise ValueError(f"duplicate id {enc.decode(dup)!r}")
+    return enc
+
+
+def int_dtype(lo: int, hi: int, at_least=np.int8) -> np.dtype:
+    """The smallest signed integer dtype (not below ``at_least``) holding ``lo..hi``."""
+    for dt in (np.int8, np.int16, np.int32, np.int64):
+        if np.dtype(dt).itemsize >= np.dtype(at_least).itemsize and \
+                np.iinfo(dt).min <= lo and hi <= np.iinfo(dt).max:
+            return np.dtype(dt)
+    return np.dtype(np.int64)
+
+
+def uint_dtype(hi: int, at_least=np.uint8) -> np.dtype:
+    """The smallest unsigned integer dtype (not below ``at_least``) holding ``0..hi``."""
+    for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
+        if np.dtype(dt).itemsize >= np.dtype(at_least).itemsize and hi <= np.iinfo(dt).max:
+            return np.dtype(dt)
+    return np.dtype(np.uint64)
+
+
+def _widen(a: np.ndarray, dt: np.dtype) -> np.ndarray:
+    return a if a.dtype == dt else a.astype(dt)
 
 
 # --------------------------------------------------------------------------- registry / loading
@@ -509,7 +676,11 @@ def load_index(path: str | Path, *, backend: str | None = None, **kw) -> CodeInd
     reconnect to Milvus.
     """
     path = Path(path)
-    d = load_npz(path, ["format", "backend", "bits", "depth", "mode"], "index", IndexFileError)
+    members = NpzMembers(path, "index", IndexFileError)
+    missing = [k for k in ("format", "backend", "bits", "depth", "mode") if k not in members]
+    if missing:
+        raise IndexFileError(path, f"index file lacks key(s) {missing} (has {sorted(members.files)})")
+    d = members.load(mmap=True)
     if str(d["format"]) != INDEX_FORMAT:
         raise IndexFileError(path, f"not an stvh index (format {str(d['format'])!r})")
     version = scalar(d, "version", path, error=IndexFileError) if "version" in d else 1
@@ -542,7 +713,4 @@ def load_index(path: str | Path, *, backend: str | None = None, **kw) -> CodeInd
     if name == "milvus":
         raise ValueError("cannot load an in-memory index file as a Milvus index; rebuild it with backend='milvus'")
     cls = backend_class(name)
-    for key in ("ids", "codes", "activity", "group"):
-        if key not in d:
-            raise IndexFileError(path, f"index file lacks key {key!r}")
-    return cls._from_arrays(path, d, bits=bits, depth=depth, mode=mode, meta=meta, **kw)
+    return cls._from_arrays(path, d, bits=bits, depth=depth, mode=mode, meta=meta, version=version, **kw)

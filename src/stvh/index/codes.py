@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import io
 import json
+import mmap as mmap_module
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..data.atomic import atomic_path
+from .ids import EncodedIds, first_duplicate_encoded
 
 VALID_BITS = (16, 32, 64, 128)
 CODES_FORMAT = "stvh-codes"
@@ -116,11 +118,158 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
             fh.flush()
 
 
-def save_npz_atomic(path: str | Path, arrays: Mapping[str, Any]) -> None:
-    """``np.savez`` (uncompressed) to ``path`` atomically."""
+def save_npz_atomic(path: str | Path, arrays: Mapping[str, Any], *, align: int | None = None) -> None:
+    """``np.savez`` (uncompressed) to ``path`` atomically.
+
+    ``align`` (e.g. 64): pad members (``pad/<i>``, zeros, ignored by readers)
+    are put before every array of at least ``align`` bytes so that its data
+    starts at a multiple of ``align`` in the file, so that memory-mapping it
+    gives an aligned array (numpy copies unaligned arrays in searchsorted).
+    """
+    arrays = {k: np.asanyarray(v) for k, v in arrays.items()}
+    if align:
+        arrays = _aligned_layout(arrays, align)
+
     def write(fh):
-        np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
+        np.savez(fh, **arrays)
     atomic_write(path, write)
+
+
+_ZIP_LOCAL = 30 + 20      # zip local header + the zip64 extra field np.savez asks for
+
+
+def _npy_header_size(a: np.ndarray) -> int:
+    bio = io.BytesIO()
+    np.lib.format.write_array_header_1_0(bio, np.lib.format.header_data_from_array_1_0(a))
+    return bio.tell()
+
+
+def _aligned_layout(arrays: dict[str, np.ndarray], align: int) -> dict[str, np.ndarray]:
+    """``arrays`` with pad members inserted so that each large member's data is ``align``-aligned."""
+    out: dict[str, np.ndarray] = {}
+    pos = 0
+
+    def member_size(name: str, a: np.ndarray) -> int:
+        return _ZIP_LOCAL + len((name + ".npy").encode()) + _npy_header_size(a) + a.nbytes
+
+    for i, (key, a) in enumerate(arrays.items()):
+        if a.nbytes >= align and not a.dtype.hasobject:
+            start = pos + _ZIP_LOCAL + len((key + ".npy").encode()) + _npy_header_size(a)
+            if start % align:
+                pad_name = f"pad/{i}"
+                for extra in range(align):          # the pad member's own header is part of the shift
+                    pad = np.zeros(extra, np.uint8)
+                    if (start + member_size(pad_name, pad)) % align == 0:
+                        out[pad_name] = pad
+                        pos += member_size(pad_name, pad)
+                        break
+        out[key] = a
+        pos += member_size(key, a)
+    return out
+
+
+class NpzMembers:
+    """The members of an uncompressed ``.npz`` without reading their data.
+
+    The zip directory and each member's local header and ``.npy`` header are
+    parsed; :meth:`array` memory-maps a member at its offset in the file
+    (an uncompressed member's bytes are contiguous) or reads a small one.
+    Errors are ``error(path, ...)`` naming the file.
+    """
+
+    def __init__(self, path: str | Path, what: str, error: type["CodeFileError"]):
+        self.path, self.what, self.error = Path(path), what, error
+        path = self.path
+        if not path.exists():
+            raise error(path, f"{what} file not found")
+        if path.is_dir():
+            raise error(path, f"{what} path is a directory, expected an .npz file")
+        self.members: dict[str, tuple[np.dtype, tuple, bool, int]] = {}   # key -> dtype, shape, fortran, offset
+        try:
+            size = path.stat().st_size
+            with open(path, "rb") as fh:
+                if fh.read(6) == b"\x93NUMPY":
+                    raise error(path, f"not a {what} file (a bare .npy array, expected .npz)")
+                with zipfile.ZipFile(fh) as z:
+                    infos = z.infolist()
+                for info in infos:
+                    key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                    if info.compress_type != zipfile.ZIP_STORED:
+                        raise error(path, f"member {key!r} is compressed; stvh writes uncompressed .npz files")
+                    fh.seek(info.header_offset)
+                    local = fh.read(30)
+                    if len(local) < 30 or local[:4] != b"PK\x03\x04":
+                        raise zipfile.BadZipFile(f"bad local header of member {key!r}")
+                    start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") \
+                        + int.from_bytes(local[28:30], "little")
+                    fh.seek(start)
+                    version = np.lib.format.read_magic(fh)
+                    if version == (1, 0):
+                        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+                    elif version == (2, 0):
+                        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+                    else:
+                        raise ValueError(f"unsupported .npy version {version} in member {key!r}")
+                    if dtype.hasobject:
+                        raise error(path, f"not a {what} file: it holds Python objects, which stvh never writes")
+                    offset = fh.tell()
+                    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                    if offset + nbytes > min(size, start + info.compress_size):
+                        raise error(path, f"corrupt or truncated {what} file: member {key!r} is cut short")
+                    self.members[key] = (dtype, tuple(shape), bool(fortran), offset)
+        except CodeFileError:
+            raise
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, zipfile.LargeZipFile,
+                NotImplementedError, RuntimeError) as exc:
+            raise error(path, f"corrupt or unreadable {what} file ({type(exc).__name__}: {exc})") from exc
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.members
+
+    @property
+    def files(self) -> list[str]:
+        return list(self.members)
+
+    def array(self, key: str, mmap: bool = True) -> np.ndarray:
+        """Member ``key``: a read-only ``np.memmap`` (``mmap`` and at least 64 KiB) or an in-memory array."""
+        dtype, shape, fortran, offset = self.members[key]
+        n = int(np.prod(shape, dtype=np.int64))
+        try:
+            if mmap and n * dtype.itemsize >= 65536:
+                return np.memmap(self.path, dtype=dtype, mode="r", offset=offset, shape=shape,
+                                 order="F" if fortran else "C")
+            with open(self.path, "rb") as fh:
+                fh.seek(offset)
+                a = np.frombuffer(fh.read(n * dtype.itemsize), dtype=dtype, count=n).copy()
+        except (OSError, ValueError) as exc:
+            raise self.error(self.path, f"corrupt or unreadable {self.what} file ({type(exc).__name__}: {exc})") \
+                from exc
+        return a.reshape(shape, order="F" if fortran else "C")
+
+    def load(self, mmap: bool = True) -> dict[str, np.ndarray]:
+        """Every member but the ``pad/*`` ones (large ones memory-mapped when ``mmap``)."""
+        return {k: self.array(k, mmap) for k in self.members if not k.startswith("pad/")}
+
+
+def release_pages(a: np.ndarray) -> None:
+    """Drop the pages of a memory-mapped array (view) from this process's resident set (best effort).
+
+    The file's pages stay in the OS page cache; only the process's resident
+    memory falls.  No-op for arrays that are not backed by a file mapping.
+    """
+    mm = getattr(a, "_mmap", None)
+    if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap_module, "MADV_DONTNEED") or a.size == 0:
+        return
+    try:
+        base = np.frombuffer(mm, np.uint8).ctypes.data
+        start = a.ctypes.data - base
+        page = mmap_module.PAGESIZE
+        lo = start - start % page
+        hi = min(len(mm), start + a.nbytes)
+        if 0 <= lo < hi:
+            mm.madvise(mmap_module.MADV_DONTNEED, lo, hi - lo)
+    except (ValueError, OSError, TypeError):  # pragma: no cover - best effort
+        pass
 
 
 def load_npz(path: str | Path, required: Sequence[str], what: str,
@@ -171,7 +320,9 @@ def str_array(values: Sequence[str] | np.ndarray, n: int, name: str) -> np.ndarr
             a = a.astype(str)
         else:
             raise ValueError(f"{name} must hold strings, got dtype {a.dtype}")
-    return a.astype(str) if n else np.zeros(0, dtype="<U1")
+    if not n:
+        return np.zeros(0, dtype="<U1")
+    return a if a.dtype.kind == "U" else a.astype(str)     # a str (memory-mapped) array is kept, not copied
 
 
 # --------------------------------------------------------------------------- CodeSet
@@ -188,6 +339,7 @@ class CodeSet:
     split: np.ndarray | None = None       # str (M,)
     filter: np.ndarray | None = None      # float32 (K, K)
     meta: dict = field(default_factory=dict)
+    _encoded: Any = field(default=None, init=False, repr=False, compare=False)   # EncodedIds of ids
 
     def __post_init__(self):
         self.bits = check_bits(self.bits)
@@ -202,18 +354,15 @@ class CodeSet:
         self.codes = np.ascontiguousarray(codes)
         m = codes.shape[0]
         self.ids = str_array(self.ids, m, "ids")
-        if len(set(self.ids.tolist())) != m:
-            seen, dup = set(), None
-            for i in self.ids.tolist():
-                if i in seen:
-                    dup = i
-                    break
-                seen.add(i)
-            raise ValueError(f"duplicate clip id {dup!r}")
+        # ids as one byte buffer + hashes (no Python strings; reused by InMemoryIndex.add)
+        self._encoded = EncodedIds.of(self.ids, release=release_pages)
+        dup = first_duplicate_encoded(self._encoded.buf, self._encoded.off, self._encoded.hashes)
+        if dup is not None:
+            raise ValueError(f"duplicate clip id {str(self.ids[dup])!r}")
         act = np.full(m, -1, np.int64) if self.activity is None else np.asarray(self.activity)
         if act.shape != (m,) or not (np.issubdtype(act.dtype, np.integer) or act.size == 0):
             raise ValueError(f"activity must be integers of shape ({m},), got {act.dtype} {act.shape}")
-        self.activity = act.astype(np.int64)
+        self.activity = act.astype(np.int64, copy=False)
         self.group = str_array(self.group, m, "group")
         self.split = str_array(self.split, m, "split")
         if self.filter is not None:
@@ -263,12 +412,27 @@ class CodeSet:
         }
         if self.filter is not None:
             arrays["filter"] = self.filter
-        save_npz_atomic(path, arrays)
+        save_npz_atomic(path, arrays, align=64)
+
+    @property
+    def encoded_ids(self):
+        """The ids as a :class:`stvh.index.ids.EncodedIds` (byte buffer, offsets, hashes); computed once."""
+        return self._encoded
 
     @classmethod
-    def load(cls, path: str | Path) -> "CodeSet":
+    def load(cls, path: str | Path, *, mmap: bool = False) -> "CodeSet":
+        """Read a CODES file; ``mmap=True`` memory-maps its large arrays (read-only) instead of reading them.
+
+        Memory-mapped or not, the ids are checked for duplicates without
+        making Python strings (10M clips: a few seconds, bounded memory).
+        """
         path = Path(path)
-        d = load_npz(path, ["ids", "codes", "bits", "depth", "activity", "group", "split"], "CODES")
+        members = NpzMembers(path, "CODES", CodeFileError)
+        required = ["ids", "codes", "bits", "depth", "activity", "group", "split"]
+        missing = [k for k in required if k not in members]
+        if missing:
+            raise CodeFileError(path, f"CODES file lacks key(s) {missing} (has {sorted(members.files)})")
+        d = members.load(mmap=mmap)
         if "format" in d and str(d["format"]) != CODES_FORMAT:
             raise CodeFileError(path, f"not a CODES file (format {str(d['format'])!r}, expected {CODES_FORMAT!r})")
         bits = scalar(d, "bits", path)

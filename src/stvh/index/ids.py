@@ -19,7 +19,8 @@ removals and :meth:`IdTable.arrays` (what a save writes) merge it in.
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -83,26 +84,31 @@ def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
     return np.repeat(np.asarray(starts, np.int64) - (ends - lens), lens) + np.arange(total)
 
 
-def encode_ids(ids: Sequence[str] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def encode_ids(ids: Sequence[str] | np.ndarray,
+               release: Callable[[np.ndarray], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Ids -> ``(buf uint8 (B,), off int64 (n+1,))``.
 
     A numpy ``str`` (``<U``) array is converted without Python strings when
     its characters are ASCII (1M rows at a time); anything else is encoded
     one id at a time.  Lone surrogates survive (``surrogatepass``).
+    ``release(chunk)`` is called on each chunk of a str array once it is
+    read (e.g. to drop a memory-mapped file's pages from the resident set).
     """
     if isinstance(ids, np.ndarray) and ids.dtype.kind == "U" and ids.ndim == 1:
-        return _encode_unicode_array(ids)
+        return _encode_unicode_array(ids, release)
     parts = [s.encode("utf-8", "surrogatepass") for s in (ids.tolist() if isinstance(ids, np.ndarray) else ids)]
     off = np.zeros(len(parts) + 1, np.int64)
     np.cumsum([len(p) for p in parts], out=off[1:])
     return np.frombuffer(b"".join(parts), np.uint8).copy(), off
 
 
-def _encode_unicode_array(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _encode_unicode_array(ids: np.ndarray, release=None) -> tuple[np.ndarray, np.ndarray]:
     n, w = ids.shape[0], ids.dtype.itemsize // 4
     bufs, lens_all = [], []
     for s in range(0, n, _CHUNK):
-        chunk = np.ascontiguousarray(ids[s:s + _CHUNK])
+        chunk = np.array(ids[s:s + _CHUNK])               # a copy: the source's pages can be released
+        if release is not None:
+            release(ids[s:s + _CHUNK])
         if w == 0:
             lens_all.append(np.zeros(chunk.shape[0], np.int64))
             continue
@@ -121,6 +127,29 @@ def _encode_unicode_array(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     off = np.zeros(n + 1, np.int64)
     np.cumsum(lens, out=off[1:])
     return (np.concatenate(bufs) if bufs else np.zeros(0, np.uint8)), off
+
+
+@dataclass
+class EncodedIds:
+    """Ids already encoded: ``buf`` uint8 (B,), ``off`` int64 (n+1,), ``hashes`` uint64 (n,)."""
+
+    buf: np.ndarray
+    off: np.ndarray
+    hashes: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.hashes.shape[0])
+
+    @classmethod
+    def of(cls, ids: Sequence[str] | np.ndarray, release=None) -> "EncodedIds":
+        buf, off = encode_ids(ids, release)
+        return cls(buf, off, hash_ids(buf, off))
+
+    def decode(self, i: int) -> str:
+        return decode_one(self.buf, self.off, i)
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.off)
 
 
 def hash_ids(buf: np.ndarray, off: np.ndarray) -> np.ndarray:
