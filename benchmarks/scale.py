@@ -284,10 +284,9 @@ class Auto(Method):
         n = len(db)
         for s in range(0, n, CHUNK):
             part = db[s:s + CHUNK]
-            ids = np.char.add("c", np.arange(s, s + len(part)).astype(str)).tolist()
-            self.ix._append(ids, part[:, None, :], np.full(len(part), -1, np.int64), np.full(len(part), "", object))
+            self.ix.add(np.char.add("c", np.arange(s, s + len(part)).astype(str)), part)
         self.k = k
-        self.ix.search_positions(db[:1], k)          # builds whatever engine it chooses
+        self.ix.search_positions(db[:1], k)          # builds (and measures) whatever engine it chooses
         try:
             self.notes["engine"] = self.ix.engine(detail=True)
         except TypeError:
