@@ -200,3 +200,33 @@ def test_truncated_or_corrupt_version_2_files_name_the_file(tmp_path):
             np.savez(fh, **{**d, **change})
         with pytest.raises(IndexFileError, match=name.replace(".", "\\.") + ": ids/buf|ids/hash|group"):
             load_index(tmp_path / name)
+
+
+def test_cli_prints_time_and_memory(tmp_path):
+    import re
+
+    from typer.testing import CliRunner
+
+    from stvh.cli import app
+    from stvh.index.codes import CodeSet
+    from stvh.index.commands import format_stats
+
+    rng = np.random.default_rng(5)
+    cs = CodeSet(ids=np.array([f"v{i // 10}/{i}" for i in range(400)]), bits=32,
+                 codes=rng.integers(0, 256, (400, 2, 4), dtype=np.uint8), activity=np.arange(400) % 4)
+    cs.save(tmp_path / "codes.npz")
+    runner = CliRunner()
+    out = runner.invoke(app, ["index", "build", "--codes", str(tmp_path / "codes.npz"), "--out", str(tmp_path / "x.idx")])
+    assert out.exit_code == 0, out.output
+    for key in ("seconds", "seconds_read", "seconds_add", "seconds_save", "rss_mib", "peak_rss_mib"):
+        assert re.search(rf"^{key}: \d+(\.\d+)?$", out.output, re.M), key
+    out = runner.invoke(app, ["search", "--index", str(tmp_path / "x.idx"), "--clip", "v3/31", "-k", "2"])
+    assert out.exit_code == 0, out.output
+    last = out.output.strip().splitlines()[-1]
+    assert re.fullmatch(r"400 clips searched in \d+\.\d ms \(index opened in \d+\.\d ms, \d+\.\d\d s in all\); "
+                        r"memory: [\d,]+ MiB resident, peak [\d,]+ MiB", last), last
+    out = runner.invoke(app, ["search", "--index", str(tmp_path / "x.idx"), "--clip", "v3/31", "-k", "2", "--json"])
+    assert len(json.loads(out.output)) == 2                     # --json stays a plain list of rows
+    assert format_stats({"clips": 10_000_000, "seconds_search": 0.0031, "seconds_open": 0.0204, "seconds": 0.5,
+                         "rss_mib": 1234.4, "peak_rss_mib": None}) == \
+        "10,000,000 clips searched in 3.1 ms (index opened in 20.4 ms, 0.50 s in all); memory: 1,234 MiB resident, peak ?"

@@ -526,19 +526,22 @@ def search_cmd(
     k: int = typer.Option(10, "-k", "--k", help="Results per query."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON rows."),
 ):
-    """Top-k clips by Hamming distance at a focus depth."""
-    from .index.commands import format_results, search_index
+    """Top-k clips by Hamming distance at a focus depth (the text output ends with time and memory)."""
+    from .index.commands import format_results, format_stats, search_index
     from .outputs import os_error_message
 
     if (clip is None) == (codes_file is None):
         _fail("give exactly one of --clip or --codes-file")
+    stats: dict = {}
     try:  # k < 1 and a focus outside 1..depth are ValueErrors of search_index: one line, exit 2
-        rows = search_index(index, clip_id=clip, codes_file=codes_file, focus=focus, k=k)
+        rows = search_index(index, clip_id=clip, codes_file=codes_file, focus=focus, k=k, stats=stats)
     except OSError as exc:  # e.g. an index file the user may not read
         if isinstance(exc, ConnectionError):
             raise
         _fail(os_error_message(exc))
-    typer.echo(json.dumps(rows, indent=2, default=str) if as_json else format_results(rows))
+    # --json prints the rows alone (a JSON list); the text table gets one more line: time and memory
+    typer.echo(json.dumps(rows, indent=2, default=str) if as_json else format_results(rows) + "\n" +
+               format_stats(stats))
 
 
 @app.command("report")

@@ -19,8 +19,8 @@ import numpy as np
 
 from ..locks import output_lock
 from ..outputs import check_output
-from .base import CodeIndex, UnknownIdError, check_k, create_index, load_index
-from .codes import CodeFileError, CodeSet, pack_codes, unpack_codes
+from .base import CodeIndex, InMemoryIndex, UnknownIdError, check_k, create_index, load_index
+from .codes import CodeFileError, CodeSet, pack_codes, release_pages, unpack_codes
 from .storage import check_mode
 
 
@@ -63,7 +63,8 @@ def _build(codes_path: Path, out: Path, mode: str, backend: str, uri: str | None
            t0: float) -> dict[str, Any]:
     """:func:`build_index` once its output is checked and locked."""
     _require_archive(codes_path, "--codes", "a CODES file written by `stvh encode`")
-    cs = CodeSet.load(codes_path)
+    cs = CodeSet.load(codes_path, mmap=True)        # large arrays memory-mapped, ids checked without str objects
+    t_load = time.perf_counter()
     if mode == "compact" and cs.depth > 1 and cs.filter is None:
         raise CodeFileError(codes_path, "compact mode needs the filter matrix F, but this CODES file has no "
                                         "'filter' (train M-STVH with a filter, or use --mode all)")
@@ -81,8 +82,13 @@ def _build(codes_path: Path, out: Path, mode: str, backend: str, uri: str | None
         raise ValueError("--uri is only used with --backend milvus")
     index = create_index(backend, cs.bits, cs.depth, **kw)
     try:
-        index.add(cs.ids, cs.codes, activity=cs.activity, group=cs.group)
+        in_memory = isinstance(index, InMemoryIndex)
+        index.add(cs.encoded_ids if in_memory else cs.ids, cs.codes, activity=cs.activity, group=cs.group)
+        for a in (cs.ids, cs.codes, cs.activity, cs.group, cs.split):   # the index has its own copy now
+            release_pages(a)
+        t_add = time.perf_counter()
         index.save(out)
+        t_save = time.perf_counter()
         summary: dict[str, Any] = {"index": str(out), **index.describe(), **index.storage()}
         summary["bytes_on_disk"] = out.stat().st_size
         if hasattr(index, "engine"):
@@ -91,13 +97,36 @@ def _build(codes_path: Path, out: Path, mode: str, backend: str, uri: str | None
             # how well the derived foci reproduce the encoder's own codes (1.0 = identical)
             agree = []
             for f in range(1, cs.depth + 1):
-                derived = unpack_codes(index.codes_of(cs.ids.tolist(), f), cs.bits)
-                agree.append(round(float((derived == cs.signs(f)).mean()), 6))
+                derived = index.depth_codes(f - 1) if in_memory else index.codes_of(cs.ids.tolist(), f)
+                agree.append(round(float((unpack_codes(derived, cs.bits) == cs.signs(f)).mean()), 6))
             summary["derived_bit_agreement"] = agree
     finally:
         index.close()
     summary["seconds"] = round(time.perf_counter() - t0, 3)
+    summary["seconds_read"] = round(t_load - t0, 3)
+    summary["seconds_add"] = round(t_add - t_load, 3)
+    summary["seconds_save"] = round(t_save - t_add, 3)
+    summary.update(memory_mib())
     return summary
+
+
+def memory_mib() -> dict[str, float | None]:
+    """This process's resident memory now and at its peak, in MiB (``None`` where the OS does not say)."""
+    now = None
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    now = round(int(line.split()[1]) / 1024, 1)
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    peak = None
+    try:
+        import resource  # noqa: PLC0415 - POSIX only
+        peak = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)   # KiB on Linux
+    except ImportError:  # pragma: no cover - Windows
+        pass
+    return {"rss_mib": now, "peak_rss_mib": peak}
 
 
 def _read_query_codes(path: Path, index: CodeIndex, focus: int | None) -> tuple[list[str], np.ndarray]:
@@ -175,21 +204,25 @@ def _require_archive(path: Path, flag: str, what: str) -> None:
 
 
 def search_index(index_path: str | Path, *, clip_id: str | None = None, codes_file: str | Path | None = None,
-                 focus: int | None = None, k: int = 10) -> list[dict[str, Any]]:
+                 focus: int | None = None, k: int = 10, stats: dict | None = None) -> list[dict[str, Any]]:
     """Search a saved index; returns rows ``{query, focus, rank, clip, distance, activity, group}``.
 
     Exactly one of ``clip_id`` (a stored clip ``VIDEO/CLIP``; itself excluded
     from the results) or ``codes_file`` (``.npz`` CODES, ``.npy`` codes, or
     text lines of K '0'/'1') is required.  ``focus`` is 1-based, default the
     deepest (ValueError naming the index's range 1..Y otherwise); ``k >= 1``
-    (ValueError otherwise, before the index is opened).
+    (ValueError otherwise, before the index is opened).  ``stats``, when
+    given, receives ``clips``, ``seconds_open``, ``seconds_search``,
+    ``seconds`` and the process's memory (:func:`memory_mib`).
     """
+    t0 = time.perf_counter()
     k = check_k(k)
     if (clip_id is None) == (codes_file is None):
         raise ValueError("give exactly one of clip_id (--clip) or codes_file (--codes-file)")
     index_path = Path(index_path)
     _require_archive(index_path, "--index", "an index file written by `stvh index build`")
     index = load_index(index_path)
+    t_open = time.perf_counter()
     try:
         d = index.focus_index(focus)
         if clip_id is not None:
@@ -202,7 +235,10 @@ def search_index(index_path: str | Path, *, clip_id: str | None = None, codes_fi
             ids, dist = ids[:, keep][:, :k], dist[:, keep][:, :k]
         else:
             names, q = _read_query_codes(Path(codes_file), index, d + 1)
+            t_open = time.perf_counter()
             ids, dist = index.search(q, k, focus=d + 1)
+        t_search = time.perf_counter()
+        n_clips = len(index)
         flat = list(dict.fromkeys(ids.ravel().tolist()))
         act, grp = index.labels_of(flat) if flat else (np.empty(0, np.int64), np.empty(0, object))
         labels = {c: (int(a), str(g)) for c, a, g in zip(flat, act, grp)}
@@ -219,7 +255,20 @@ def search_index(index_path: str | Path, *, clip_id: str | None = None, codes_fi
             if names_of and 0 <= a < len(names_of):
                 row["activity_name"] = names_of[a]
             rows.append(row)
+    if stats is not None:
+        stats.update({"clips": n_clips, "seconds_open": round(t_open - t0, 4),
+                      "seconds_search": round(t_search - t_open, 4), "seconds": round(time.perf_counter() - t0, 4),
+                      **memory_mib()})
     return rows
+
+
+def format_stats(stats: dict) -> str:
+    """One line of :func:`search_index`'s ``stats``: clips, times and memory."""
+    def mib(v):
+        return "?" if v is None else f"{v:,.0f} MiB"
+    return (f"{stats['clips']:,} clips searched in {1000 * stats['seconds_search']:.1f} ms "
+            f"(index opened in {1000 * stats['seconds_open']:.1f} ms, {stats['seconds']:.2f} s in all); "
+            f"memory: {mib(stats['rss_mib'])} resident, peak {mib(stats['peak_rss_mib'])}")
 
 
 def format_results(rows: list[dict[str, Any]]) -> str:
