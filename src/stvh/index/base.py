@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Iterable, Sequence
 
 import numpy as np
 
-from .codes import CodeFileError, NpzMembers, check_bits, pack_codes, save_npz_atomic, scalar
+from .codes import CodeFileError, NpzMembers, advise_random, check_bits, pack_codes, save_npz_atomic, scalar
 from .ids import EncodedIds, IdTable, check_new_ids, first_duplicate_encoded
 from .storage import check_filter, check_mode, derive_packed, storage_report
 
@@ -347,7 +347,7 @@ class InMemoryIndex(CodeIndex):
             enc = EncodedIds.of(as_id_list(ids))
         if len(enc) and not enc.lengths().all():
             raise ValueError("clip ids must be non-empty strings")
-        dup, present, count = check_new_ids(self._table, enc.buf, enc.off, enc.hashes)
+        dup, present, count = check_new_ids(self._table, enc.buf, enc.off, enc.hashes, enc.order)
         if dup is not None:
             raise DuplicateIdError(f"duplicate id {dup!r} in this add() call")
         if count:
@@ -397,7 +397,7 @@ class InMemoryIndex(CodeIndex):
         if n <= _OVERLAY_CALL:
             self._table.append([enc.decode(i) for i in range(n)])
         else:
-            self._table.append_encoded(enc.buf, enc.off, enc.hashes)
+            self._table.append_encoded(enc.buf, enc.off, enc.hashes, enc.order)
         self._n = n0 + n
         self._version += 1
         self._on_change(appended_from=n0)
@@ -598,6 +598,8 @@ class InMemoryIndex(CodeIndex):
             raise IndexFileError(path, str(exc)) from exc
         index._table = table
         index._activity, index._group = d["activity"], d["group"]
+        for a in (table.buf, table.off, table.hkey, table.hpos, index._activity, index._group):
+            advise_random(a)                  # lookups touch single pages: no read-ahead around them
         index._group_names = names.tolist()
         index._group_code = {g: i for i, g in enumerate(index._group_names)}
         index._n = n

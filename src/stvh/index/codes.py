@@ -251,6 +251,20 @@ class NpzMembers:
         return {k: self.array(k, mmap) for k in self.members if not k.startswith("pad/")}
 
 
+def advise_random(a: np.ndarray) -> None:
+    """Tell the OS that a memory-mapped array is read at random places (best effort; no-op otherwise).
+
+    Without it a page fault reads ahead and, on kernels with large page-cache
+    folios, maps megabytes around the one page a lookup needs.
+    """
+    mm = getattr(a, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap_module, "MADV_RANDOM"):
+        try:
+            mm.madvise(mmap_module.MADV_RANDOM)
+        except (ValueError, OSError):  # pragma: no cover - best effort
+            pass
+
+
 def release_pages(a: np.ndarray) -> None:
     """Drop the pages of a memory-mapped array (view) from this process's resident set (best effort).
 
@@ -356,7 +370,8 @@ class CodeSet:
         self.ids = str_array(self.ids, m, "ids")
         # ids as one byte buffer + hashes (no Python strings; reused by InMemoryIndex.add)
         self._encoded = EncodedIds.of(self.ids, release=release_pages)
-        dup = first_duplicate_encoded(self._encoded.buf, self._encoded.off, self._encoded.hashes)
+        dup = first_duplicate_encoded(self._encoded.buf, self._encoded.off, self._encoded.hashes,
+                                      self._encoded.order)
         if dup is not None:
             raise ValueError(f"duplicate clip id {str(self.ids[dup])!r}")
         act = np.full(m, -1, np.int64) if self.activity is None else np.asarray(self.activity)

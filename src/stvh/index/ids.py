@@ -140,6 +140,14 @@ class EncodedIds:
     def __len__(self) -> int:
         return int(self.hashes.shape[0])
 
+    @property
+    def order(self) -> np.ndarray:
+        """``argsort(hashes, kind="stable")``, computed once."""
+        o = self.__dict__.get("_order")
+        if o is None:
+            o = self.__dict__["_order"] = np.argsort(self.hashes, kind="stable")
+        return o
+
     @classmethod
     def of(cls, ids: Sequence[str] | np.ndarray, release=None) -> "EncodedIds":
         buf, off = encode_ids(ids, release)
@@ -174,9 +182,13 @@ def segments_equal(buf_a, off_a, ia, buf_b, off_b, ib) -> np.ndarray:
     return out
 
 
-def first_duplicate_encoded(buf: np.ndarray, off: np.ndarray, h: np.ndarray) -> int | None:
-    """Index of the first id equal to an earlier one (as a set-based scan finds it), or None."""
-    order = np.argsort(h, kind="stable")                    # (hash, index)
+def first_duplicate_encoded(buf: np.ndarray, off: np.ndarray, h: np.ndarray,
+                            order: np.ndarray | None = None) -> int | None:
+    """Index of the first id equal to an earlier one (as a set-based scan finds it), or None.
+
+    ``order``: ``argsort(h, kind="stable")`` when already known.
+    """
+    order = np.argsort(h, kind="stable") if order is None else order      # (hash, index)
     hs = h[order]
     same = np.flatnonzero(hs[1:] == hs[:-1])
     if same.shape[0] == 0:
@@ -300,18 +312,27 @@ class IdTable:
         buf, off = encode_ids(ids)
         self.append_encoded(buf, off, hash_ids(buf, off))
 
-    def append_encoded(self, buf: np.ndarray, off: np.ndarray, h: np.ndarray) -> None:
-        """Append encoded ids known to be new and unique, merging them (and the overlay) into the arrays."""
+    def append_encoded(self, buf: np.ndarray, off: np.ndarray, h: np.ndarray,
+                       order: np.ndarray | None = None) -> None:
+        """Append encoded ids known to be new and unique, merging them (and the overlay) into the arrays.
+
+        ``order``: ``argsort(h, kind="stable")`` when already known.
+        """
         self.merge_overlay()
         n0, m = self.n_base, h.shape[0]
         if m == 0:
             return
+        dt = _pos_dtype(n0 + m)
+        order = np.argsort(h, kind="stable") if order is None else order
+        hs = h[order]
+        if n0 == 0:                                          # the first batch: no copies of the old arrays
+            self.buf = np.asarray(buf, np.uint8)
+            self.off = np.asarray(off, np.int64)
+            self.hkey, self.hpos = hs, order.astype(dt)
+            return
         self.buf = np.concatenate([self.buf, np.asarray(buf, np.uint8)])
         self.off = np.concatenate([np.asarray(self.off, np.int64), np.asarray(off[1:], np.int64) + int(self.off[-1])])
-        order = np.argsort(h, kind="stable")
-        hs = h[order]
         at = np.searchsorted(self.hkey, hs, "right")        # after equal old hashes: (hash, position) order kept
-        dt = _pos_dtype(n0 + m)
         self.hkey = np.insert(np.asarray(self.hkey), at, hs)
         self.hpos = np.insert(np.asarray(self.hpos, dt), at, (order + n0).astype(dt))
 
@@ -346,11 +367,11 @@ class IdTable:
         return {"buf": self.buf, "off": self.off, "hkey": self.hkey, "hpos": self.hpos}
 
 
-def check_new_ids(table: IdTable, buf: np.ndarray, off: np.ndarray,
-                  h: np.ndarray) -> tuple[str | None, list[str], int]:
+def check_new_ids(table: IdTable, buf: np.ndarray, off: np.ndarray, h: np.ndarray,
+                  order: np.ndarray | None = None) -> tuple[str | None, list[str], int]:
     """For an encoded batch of ids to add: ``(first duplicate within the batch or None,
     the first few ids already in ``table``, how many are)``."""
-    dup = first_duplicate_encoded(buf, off, h)
+    dup = first_duplicate_encoded(buf, off, h, order)
     if dup is not None:
         return decode_one(buf, off, dup), [], 0
     found = np.flatnonzero(table.find_encoded(buf, off, h) >= 0)
