@@ -31,15 +31,16 @@ Methods (one core: ``faiss.omp_set_num_threads(1)``, stvh ``threads=1``):
   radius holds >= k rows their (distance, id) order is the exact top-k.  When the next f would take the
   probes (cumulated over the radii) past n / 100, the query goes to the ``IndexBinaryFlat`` holding the
   same codes;
-* approximate, for context, on 64-bit cells (``--approx-all``: 128 too) of ``--approx-kinds``: FAISS
+* approximate, for context, on 64-bit cells (``--approx-all``: 128 too) of ``--approx-kinds`` (trained and
+  p15; ``--quick``: trained): FAISS
   ``IndexBinaryIVF`` (nlist sqrt(n), nprobe 16, trained on 50 rows a list; n <= ``--approx-max-n``, 10M)
   and two HNSW graphs, FAISS ``IndexBinaryHNSW`` (M 16, efConstruction 40, efSearch 128) and usearch
   (``b1`` Hamming, connectivity 16, expansion 40 to add, 128 to search), n <= ``--graph-max-n`` (1M: one
-  core inserts 10-20k codes a second, so 10M would take 10-20 min a graph), with recall@k: the share of
+  core inserts 7-9k codes a second into them, so 10M would take 20-25 min a graph), with recall@k: the share of
   the k results whose true distance is <= the scan's k-th distance (ties counted as hits).
 
 Timing: one query per call; each method runs beside the scan, query by query, alternating which goes
-first, ``--repeats`` times (the best time per query is kept).  ``ms`` is the median per query,
+first, ``--repeats`` times (2; once at 100M; the best time per query is kept).  ``ms`` is the median per query,
 ``x_scan`` the median over queries of method time / scan time of the same query (paired ratios, robust
 to the load of a shared machine).  ``mismatch`` counts queries whose ids or distances differ from the
 scan's (0 = exact).  ``B/clip``: index bytes / n where the index says (codes included), and the process's
@@ -493,6 +494,36 @@ def thread_figures(db, bits, k, batch) -> dict:
     return out
 
 
+def calibrate(kind: str, bits: int, n: int, nq: int, seed: int, log) -> dict:
+    """Seconds of one MIH work unit (a probed key or a checked row) in scan rows of 8 bytes.
+
+    MIH searches ``nq`` queries with an unlimited budget (no query falls back) and
+    reports its work; the scan's time per 8-byte row comes from the same queries.
+    ``stvh.index.mih.UNIT_IN_SCAN_ROWS`` is this figure.
+    """
+    from stvh.index.kernel import kernel_topk
+    from stvh.index.mih import MIHTables
+    db = draw_codes(kind, n, bits, seed)
+    q = draw_queries(kind, nq, bits, seed)
+    t = MIHTables.build(db, bits)
+    best_m = best_s = math.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        _, _, st = t.search(db, q, 50, budget=1 << 62)
+        best_m = min(best_m, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for i in range(nq):
+            kernel_topk(db, q[i:i + 1], 50)
+        best_s = min(best_s, time.perf_counter() - t0)
+    per_unit = best_m / max(st["work"], 1)
+    per_row = best_s / (nq * n * (bits // 64))
+    out = {"kind": kind, "bits": bits, "n": n, "queries": nq, "fallback": st["fallback"],
+           "work_per_query": round(st["work"] / nq), "ns_per_unit": round(per_unit * 1e9, 2),
+           "ns_per_scan_row": round(per_row * 1e9, 3), "unit_in_scan_rows": round(per_unit / per_row, 1)}
+    log(f"calibrate {kind}/{bits}/{fmt_n(n)}: {out}")
+    return out
+
+
 def run_cell(kind, bits, n, db, args, log) -> dict:
     nq = args.queries or (args.quick_queries if args.quick else {1_000_000: 200, 10_000_000: 100}.get(n, 30))
     queries = draw_queries(kind, nq, bits, args.seed)
@@ -512,7 +543,8 @@ def run_cell(kind, bits, n, db, args, log) -> dict:
             cell["methods"][name] = {"status": f"not run above {fmt_n(args.auto_max_n)} (--auto-max-n): "
                                                "the index's string ids"}
             continue
-        cell["methods"][name] = run_method(name, db, queries, bits, args.k, scan, ref, args.repeats, log)
+        reps = args.repeats if n < 50_000_000 else 1          # 100M: one pass (a query reads 0.8-1.6 GB)
+        cell["methods"][name] = run_method(name, db, queries, bits, args.k, scan, ref, reps, log)
     scans = [m["scan_ms"] for m in cell["methods"].values() if "scan_ms" in m]
     cell["scan_ms"] = round(statistics.median(scans), 4) if scans else None
     if not args.no_threads:
@@ -598,7 +630,7 @@ def main(argv=None):
     ap.add_argument("--graph-max-n", type=parse_n, default=parse_n("1M"),
                     help="largest n for the HNSW graphs, FAISS's and usearch's (default 1M)")
     ap.add_argument("--approx-kinds", nargs="+", choices=KINDS,
-                    help="code kinds of the approximate methods (default all; --quick: trained)")
+                    help="code kinds of the approximate methods (default trained p15; --quick: trained)")
     ap.add_argument("--approx-all", action="store_true", help="approximate methods on 128-bit cells too")
     ap.add_argument("--auto-max-n", type=parse_n, default=parse_n("10M"),
                     help="largest n for the user's index (its string ids cost memory; default 10M)")
@@ -606,6 +638,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--table", action="store_true", help="print the table of --out and stop")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="measure MIH's work unit in scan rows (stvh.index.mih.UNIT_IN_SCAN_ROWS) on --sizes "
+                         "(default 10M) x --bits x --kinds, store it in --out and stop")
     args = ap.parse_args(argv)
 
     if args.measure_from:
@@ -629,7 +664,7 @@ def main(argv=None):
     except OSError:
         pass
     if args.approx_kinds is None:
-        args.approx_kinds = ["trained"] if args.quick else list(KINDS)
+        args.approx_kinds = ["trained"] if args.quick else ["trained", "p15"]
     import faiss
     from stvh.index import kernel
     faiss.omp_set_num_threads(1)
@@ -650,6 +685,14 @@ def main(argv=None):
 
     def log(msg):
         print(f"[{time.perf_counter() - t_all:7.1f}s] {msg}", flush=True)
+
+    if args.calibrate:
+        rows = [calibrate(kind, bits, n, args.queries or 100, args.seed, log)
+                for n in [parse_n(s) for s in (args.sizes or ["10M"])] for bits in args.bits for kind in args.kinds]
+        results["calibration"] = {"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                  "commit": commit, "rows": rows}
+        write_json(args.out, results)
+        return
 
     for bits in args.bits:
         for kind in args.kinds:
