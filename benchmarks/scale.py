@@ -45,8 +45,10 @@ first, ``--repeats`` times (2; once at 100M; the best time per query is kept).  
 to the load of a shared machine).  ``mismatch`` counts queries whose ids or distances differ from the
 scan's (0 = exact).  ``B/clip``: index bytes / n where the index says (codes included), and the process's
 resident memory growth over the build / n (glibc is told to map every block over 128 kB, so that freed
-memory is returned and the growth is the index's).  Threads: the scan and MIH on one batch of queries with 1 and 2
-threads (best of 3).
+memory is returned and the growth is the index's).  Threads: the scan and MIH on the cell's queries as one
+batch with 1 and 2 threads (best of 3): wall-time speedup, and the process CPU time of 2 threads over 1
+(1.0 = threads add no work) and per wall second (the cores the 2 threads actually got: on a shared
+machine the speedup is capped by it).
 """
 
 from __future__ import annotations
@@ -483,14 +485,18 @@ def thread_figures(db, bits, k, batch) -> dict:
         fns["mih"] = lambda th: t.search(db, batch, k, threads=th)
     for name, fn in fns.items():
         best = {1: math.inf, 2: math.inf}
+        cpu = {1: math.inf, 2: math.inf}
         for rep in range(3):
             for th in ((1, 2) if rep % 2 == 0 else (2, 1)):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 fn(th)
                 best[th] = min(best[th], time.perf_counter() - t0)
+                cpu[th] = min(cpu[th], time.process_time() - c0)
         out[name] = {"ms_per_query_1": round(best[1] * 1e3 / len(batch), 4),
                      "ms_per_query_2": round(best[2] * 1e3 / len(batch), 4),
-                     "speedup_2": round(best[1] / best[2], 3)}
+                     "speedup_2": round(best[1] / best[2], 3),
+                     "cpu_2_over_1": round(cpu[2] / cpu[1], 3),        # extra work of 2 threads (1.0 = none)
+                     "cores_used_2": round(cpu[2] / best[2], 2)}       # CPU time / wall time with 2 threads
     return out
 
 
@@ -525,7 +531,7 @@ def calibrate(kind: str, bits: int, n: int, nq: int, seed: int, log) -> dict:
 
 
 def run_cell(kind, bits, n, db, args, log) -> dict:
-    nq = args.queries or (args.quick_queries if args.quick else {1_000_000: 200, 10_000_000: 100}.get(n, 30))
+    nq = args.queries or (args.quick_queries if args.quick else {1_000_000: 200, 10_000_000: 100}.get(n, 20))
     queries = draw_queries(kind, nq, bits, args.seed)
     scan = scan_fn(db, args.k)
     ref = scan(queries)
@@ -550,7 +556,8 @@ def run_cell(kind, bits, n, db, args, log) -> dict:
     if not args.no_threads:
         cell["threads"] = thread_figures(db, bits, args.k, queries)
         log(f"    threads (batch {cell['threads']['batch']}): " + "  ".join(
-            f"{m} x{v['speedup_2']}" for m, v in cell["threads"].items() if isinstance(v, dict)))
+            f"{m} x{v['speedup_2']} (cpu x{v['cpu_2_over_1']}, {v['cores_used_2']} cores)"
+            for m, v in cell["threads"].items() if isinstance(v, dict)))
     cell["loadavg_end"] = round(os.getloadavg()[0], 2)
     return cell
 
@@ -621,7 +628,7 @@ def main(argv=None):
     ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     ap.add_argument("--methods", nargs="+", default=list(EXACT + APPROX), choices=EXACT + APPROX)
     ap.add_argument("--only", nargs="+", metavar="KIND[/BITS[/N]]", help="run only these cells, e.g. trained/64/100M")
-    ap.add_argument("--queries", type=int, help="queries per cell (default 200 at 1M, 100 at 10M, 30 at 100M)")
+    ap.add_argument("--queries", type=int, help="queries per cell (default 200 at 1M, 100 at 10M, 20 at 100M)")
     ap.add_argument("--quick-queries", type=int, default=50, help=argparse.SUPPRESS)
     ap.add_argument("-k", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=2)
