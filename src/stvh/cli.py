@@ -204,6 +204,16 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
+ENGINE_HELP = ("local (this process) or ray (one task per video on a Ray cluster; needs "
+               '`pip install "stvh[cluster]"`; docs/scale.md). Both give the same bytes per clip.')
+ADDRESS_HELP = ("With --engine ray: the cluster (auto, HOST:6379 or ray://HOST:10001); default: a local Ray "
+                "instance started and stopped by this command.")
+WORKERS_HELP = "With --engine ray and no --address: worker processes of the local instance (default: every CPU)."
+THREADS_HELP = "With --engine ray: torch threads per worker task (each task asks Ray for as many CPUs)."
+RETRIES_HELP = ("With --engine ray: more tries for a failing video before it is left out and listed in "
+                "failed.csv (FEATS/failed.csv, CODES.failed.csv).")
+
+
 @app.command("extract", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @friendly_errors
 def extract_cmd(
@@ -232,6 +242,11 @@ def extract_cmd(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count bad clips (listed in OUT/skipped.csv) "
                                                             "instead of failing."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    engine: str = typer.Option("local", "--engine", help=ENGINE_HELP),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
+    threads: int = typer.Option(1, "--threads", min=1, help=THREADS_HELP),
+    retries: int = typer.Option(2, "--retries", min=0, help=RETRIES_HELP),
 ):
     """Stage 1: run the backbone once and cache per-person per-frame RoI features.
 
@@ -246,6 +261,7 @@ def extract_cmd(
     from .train.loop import check_device
 
     check_device(device)  # up front: "--device cuda: no CUDA device here; use --device cpu"
+    _check_engine(engine, address, device)
     check_output(out, inputs=[(data, "dataset"), (config, "config")], overwrite=True, kind="dir",
                  what="feature cache")
     if out.is_dir() and any(out.iterdir()) and not (out / "meta.json").is_file():
@@ -269,7 +285,8 @@ def extract_cmd(
         typer.echo(f"note: {note}", err=True)
     try:
         result = extract_with_config(cfg, data, out, batch_clips=batch_clips, device=device, progress=progress,
-                                     skip_bad=skip_bad)
+                                     skip_bad=skip_bad, engine=engine, address=address, workers=workers,
+                                     threads=threads, retries=retries)
     except KeyboardInterrupt:
         from .data.feature_cache import FeatureCache
         done = len(FeatureCache(out)) if (out / "meta.json").is_file() else 0
@@ -286,6 +303,29 @@ def extract_cmd(
     if skip_bad:
         _write_skipped_note(result["skipped"], out / "skipped.csv")
     typer.echo(json.dumps(result, indent=2))
+    _fail_videos(result["failed_videos"], out / "failed.csv")
+
+
+def _check_engine(engine: str, address: Optional[str], device: str) -> None:
+    """Engine flags, up front: a known engine, Ray installed, CPU workers."""
+    if engine not in ("local", "ray"):
+        _fail(f"--engine must be local or ray, got {engine!r}")
+    if engine == "local":
+        if address is not None:
+            _fail("--address needs --engine ray")
+        return
+    from .train.ray_engine import need_ray
+
+    need_ray()  # error: --engine ray needs Ray: pip install "stvh[cluster]"
+    if device not in ("cpu", "auto"):
+        _fail(f"--engine ray runs on CPU workers; use --device cpu, not --device {device}")
+
+
+def _fail_videos(failed: list, path: Path) -> None:
+    """Exit 2 after the summary when the Ray engine gave up on some videos (the others are written)."""
+    if failed:
+        _fail(f"{len(failed)} video(s) failed after their retries and were left out (listed in {path}): "
+              f"{', '.join(failed[:5])}{' ...' if len(failed) > 5 else ''}; run the same command again to retry them")
 
 
 @app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -368,6 +408,12 @@ def encode_cmd(
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip and count bad lines/clips (listed in "
                                                             "OUT.skipped.csv) instead of failing."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
+    engine: str = typer.Option("local", "--engine", help=ENGINE_HELP),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
+    threads: int = typer.Option(1, "--threads", min=1, help=THREADS_HELP),
+    retries: int = typer.Option(2, "--retries", min=0, help=RETRIES_HELP),
+    progress: bool = typer.Option(True, help="Show a progress bar (--engine ray)."),
 ):
     """Write the codes of every depth for every clip (packed bits, ids, labels).
 
@@ -378,15 +424,19 @@ def encode_cmd(
     from .train.loop import check_device
 
     check_device(device)
+    _check_engine(engine, address, device)
     _check_free(out)
     check_output_of_encode(run, out, data, features, overwrite)
     _lock(out, "stvh encode")
     result = encode(run, out, data=data, features=features, checkpoint=checkpoint, device=device,
-                    skip_bad=skip_bad, log=lambda line: typer.echo(line, err=True))
+                    skip_bad=skip_bad, log=lambda line: typer.echo(line, err=True), engine=engine, address=address,
+                    workers=workers, threads=threads, retries=retries, progress=progress)
     if skip_bad:
         from .train.encode import skipped_path
         _write_skipped_note(result["skipped"], skipped_path(out))
     typer.echo(json.dumps(result, indent=2))
+    from .train.encode import failed_path
+    _fail_videos(result["failed_videos"], failed_path(out))
 
 
 def check_output_of_encode(run: Path, out: Path, data: Optional[Path], features: Optional[Path],

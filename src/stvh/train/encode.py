@@ -144,10 +144,11 @@ class Encoder:
         if missing:
             raise ValueError(f"{len(missing)} clips have no frames (first: {missing[0]}); the run's backbone "
                              f"{self.backbone!r} needs them")
+        from .extract import video_batches
+
         ex = self.extractor()
         out: dict[str, np.ndarray] = {}
-        for start in range(0, len(clips), 4):
-            part = clips[start:start + 4]
+        for part in video_batches(clips, 4):  # within a video, as `stvh extract`: the same bytes on every engine
             out.update(zip((c.id for c in part), ex(part)))
         return out
 
@@ -157,10 +158,16 @@ class Encoder:
         all heads' predictions ``activity_all (M, depth)`` and actions ``(M, N)`` (-1 without an action head)."""
         if roi is None:
             roi = self.features(clips)
-        tensors = clips_to_tensors(clips, roi)
-        pred = predict(self.model, tensors, self.device, batch_size)
+        videos: dict[str, list[Clip]] = {}
+        for c in clips:
+            videos.setdefault(c.video, []).append(c)
+        clips = [c for v in videos.values() for c in v]  # video by video (a no-op for readers' order)
+        # predicted video by video: the model's floats depend on the batch size, so each clip gets the
+        # same batches whichever engine runs it (stvh.train.ray_engine)
+        parts = [predict(self.model, clips_to_tensors(v, roi), self.device, batch_size) for v in videos.values()]
+        pred = {k: np.concatenate([p[k] for p in parts]) for k in ("codes", "activity", "actions")}
         return {"codes": pred["codes"], "activity": pred["activity"][:, -1], "activity_all": pred["activity"],
-                "actions": pred["actions"], "tensors": tensors}
+                "actions": pred["actions"], "tensors": clips_to_tensors(clips)}
 
 
 def map_labels(dataset: ClipDataset, activities: tuple[str, ...]) -> dict[str, int]:
@@ -188,7 +195,9 @@ def map_labels(dataset: ClipDataset, activities: tuple[str, ...]) -> dict[str, i
 
 def encode(run: str | Path, out: str | Path, *, data: str | Path | None = None, features: str | Path | None = None,
            checkpoint: str = "best", device: str = "auto", batch_size: int = 64, skip_bad: bool = False,
-           log=print, before_write: Callable[[CodeSet], None] | None = None) -> dict:
+           log=print, before_write: Callable[[CodeSet], None] | None = None, engine: str = "local",
+           address: str | None = None, workers: int | None = None, threads: int = 1, retries: int = 2,
+           progress: bool = False) -> dict:
     """Write the CODES file ``out`` (and ``<out>.predictions.npz``) for every clip of the dataset.
 
     ``data`` defaults to the run's dataset. Another dataset is read with the run's
@@ -197,8 +206,13 @@ def encode(run: str | Path, out: str | Path, *, data: str | Path | None = None, 
     ``features``, its RoI features are computed from its frames on the fly.
     ``before_write(code_set)`` may refuse the codes (raise) before any file is
     written (``stvh eval`` checks both splits are there).
+
+    ``engine="ray"`` encodes one video per Ray task (:mod:`stvh.train.ray_engine`; ``address``,
+    ``workers``, ``threads``, ``retries`` as for ``stvh extract``) with the same codes as the single
+    process; a video that fails after its retries is left out of the codes and named in
+    ``<out>.failed.csv`` (summary ``failed_videos``).
     """
-    enc = Encoder(run, checkpoint, device)
+    enc = Encoder(run, checkpoint, "cpu" if engine == "ray" else device)  # Ray workers run on CPUs
     cfg, info = enc.cfg, enc.info
     own_data = data is None or Path(data).resolve() == Path(info["data"]).resolve()
     data = Path(info["data"]) if data is None else Path(data)
@@ -223,7 +237,20 @@ def encode(run: str | Path, out: str | Path, *, data: str | Path | None = None, 
     if loaded.without_features:
         log(f"note: {len(loaded.without_features)} clips have no features or frames and are not encoded "
             f"(first: {loaded.without_features[0]})")
-    pred = enc.encode_clips(dataset.clips, roi, batch_size)
+    failures: list = []
+    if engine == "ray":
+        from .ray_engine import encode_videos
+
+        kept, pred, failures = encode_videos(enc, dataset.clips, roi, batch_size=batch_size, address=address,
+                                             workers=workers, threads=threads, retries=retries, progress=progress)
+        if not kept:
+            raise ValueError(f"every video failed on Ray; first: {failures[0]}")
+        dataset.clips = kept
+        pred["tensors"] = clips_to_tensors(kept)
+    elif engine == "local":
+        pred = enc.encode_clips(dataset.clips, roi, batch_size)
+    else:
+        raise ValueError(f"--engine must be local or ray, got {engine!r}")
     tensors = pred["tensors"]
     codes = pred["codes"]  # (M, depth, K)
     depth = codes.shape[1]
@@ -250,9 +277,12 @@ def encode(run: str | Path, out: str | Path, *, data: str | Path | None = None, 
                      action_true=tensors.actions.numpy(), mask=tensors.mask.numpy())
     if skip_bad:
         write_skipped(skipped_path(out), dataset.skipped)
+    if failures or failed_path(out).exists():
+        write_skipped(failed_path(out), failures)  # rewritten by every run: what failed this time
     return {"codes": str(out), "clips": len(code_set), "bits": code_set.bits, "depth": depth,
             "filter": filt is not None, "unknown_labels": unknown,
-            "without_features": len(loaded.without_features), "skipped": len(dataset.skipped)}
+            "without_features": len(loaded.without_features), "skipped": len(dataset.skipped), "engine": engine,
+            "failed_videos": sorted(e.clip for e in failures)}
 
 
 def _load_other(cfg: dict, run_format: str | None, data: Path, features, skip_bad: bool) -> LoadedData:
@@ -273,6 +303,12 @@ def _load_other(cfg: dict, run_format: str | None, data: Path, features, skip_ba
 def predictions_path(codes_path: str | Path) -> Path:
     p = Path(codes_path)
     return p.with_name(p.name.removesuffix(".npz") + ".predictions.npz")
+
+
+def failed_path(codes_path: str | Path) -> Path:
+    """``CODES.failed.csv``: the videos the Ray engine could not encode (skipped.csv's columns)."""
+    p = Path(codes_path)
+    return p.with_name(p.name.removesuffix(".npz") + ".failed.csv")
 
 
 def skipped_path(codes_path: str | Path) -> Path:

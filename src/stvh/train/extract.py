@@ -14,6 +14,7 @@ import hashlib
 import logging
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -117,7 +118,9 @@ def extract_with_config(cfg: dict, data: str | Path, out: str | Path, **options)
 def extract(data: str | Path, backbone: str, out: str | Path, *, weights: str | None = None,
             format: str | None = None, frame_size: tuple[int, int] | None = None, batch_clips: int = 4,
             roi_size: int = 5, device: str = "cpu", seed: int = 0, progress: bool = True,
-            skip_bad: bool = False, pca: int | None = None, pca_clips: int = 24, reader: dict | None = None) -> dict:
+            skip_bad: bool = False, pca: int | None = None, pca_clips: int = 24, reader: dict | None = None,
+            engine: str = "local", address: str | None = None, workers: int | None = None, threads: int = 1,
+            retries: int = 2) -> dict:
     """Extract and cache RoI features of every clip with frames; returns a summary.
 
     ``pca=k`` stores the RoI channels projected on their top-k principal
@@ -125,6 +128,14 @@ def extract(data: str | Path, backbone: str, out: str | Path, *, weights: str | 
     :mod:`stvh.train.pca`) instead of the raw C channels. Clips without frames
     are counted (``no_frames``); with ``skip_bad`` an undecodable clip is
     skipped, counted and listed in ``OUT/skipped.csv``.
+
+    Clips are batched within their video (:func:`video_batches`), so a clip's
+    features do not depend on the engine. ``engine="ray"`` sends one task per
+    video to a Ray cluster (``address``; default a local one with ``workers``
+    processes of ``threads`` torch threads, :mod:`stvh.train.ray_engine`); this
+    process plans, fits the PCA and alone writes the cache. A video that still
+    fails after ``retries`` more tries is listed in ``OUT/failed.csv`` (summary
+    ``failed_videos``) and the other videos go on.
     """
     dataset = read_dataset(data, format, skip_bad=skip_bad, **(reader or {}))
     clips = [c for c in dataset.clips if c.frames is not None]
@@ -177,34 +188,96 @@ def extract(data: str | Path, backbone: str, out: str | Path, *, weights: str | 
     todo = [c for c in clips if c.id not in writer.done()]
     t0 = time.time()
     frames_done = extracted = re_extracted = 0
-    bar = tqdm(total=len(todo), desc="extract", unit="clip", disable=not progress)
+    failed: list[DataError] = []
+    work = [c for c in todo if c.id not in bad]  # clips the PCA fit found undecodable are counted already
+    bar = tqdm(total=len(work), desc="extract", unit="clip", disable=not progress)
+    if engine == "ray":
+        from .ray_engine import extract_videos
+        results = extract_videos(extractor, work, batch_clips=batch_clips, skip_bad=skip_bad, address=address,
+                                 workers=workers, threads=threads, retries=retries)
+    elif engine == "local":
+        results = _local_results(extractor, work, batch_clips, skip_bad)
+    else:
+        raise ValueError(f"--engine must be local or ray, got {engine!r}")
     try:
-        for start in range(0, len(todo), batch_clips):
-            group = todo[start:start + batch_clips]
-            part, frames = decoded(group)
-            if part:
-                for c, r in zip(part, extractor(part, frames)):
-                    writer.add(c.id, r, fingerprints[c.id])
-                frames_done += sum(len(f) for f in frames)
-                extracted += len(part)
-                re_extracted += sum(c.id in changed for c in part)
-            bar.update(len(group))
+        for res in results:
+            for c, r in res.features:
+                writer.add(c.id, r, fingerprints[c.id])
+            skipped.extend(res.skipped)
+            if res.failure is not None:
+                failed.append(res.failure)
+            frames_done += res.frames
+            extracted += len(res.features)
+            re_extracted += sum(c.id in changed for c, _ in res.features)
+            bar.update(res.planned)
             bar.set_postfix(clips_per_s=f"{bar.n / max(time.time() - t0, 1e-9):.2f}")
     finally:
         bar.close()
         writer.close()  # keep every finished clip, also after Ctrl-C or an error
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()  # the Ray engine shuts down the cluster it started
     stored = writer.stored_fingerprints()
     writer.update_meta(clips=len(stored), dataset_fingerprint=combine({c: str(f) for c, f in stored.items()}))
     seconds = time.time() - t0
     if skip_bad:
         write_skipped(Path(out) / "skipped.csv", skipped)
+    if failed or (Path(out) / "failed.csv").exists():
+        write_skipped(Path(out) / "failed.csv", failed)  # rewritten by every run: what failed this time
     return {"features": str(out), "backbone": backbone, "clips": len(dataset.clips), "cached": len(stored),
             "extracted": extracted, "resumed": len(clips) - len(todo), "re_extracted": re_extracted,
             "dropped": len(synced["dropped"]),
             "no_frames": len(dataset.clips) - len(clips), "seconds": round(seconds, 2),
             "clips_per_s": round(extracted / seconds, 2) if seconds > 0 and extracted else None,
             "frames_per_s": round(frames_done / seconds, 2) if seconds > 0 and extracted else None,
-            "channels": pca or extractor.module.in_channels, "skipped": len(skipped)}
+            "channels": pca or extractor.module.in_channels, "skipped": len(skipped), "engine": engine,
+            "failed_videos": sorted({e.clip for e in failed if e.clip})}
+
+
+class BatchResult(NamedTuple):
+    """What one batch (local engine) or one video (Ray engine) gave: ``planned`` clips were asked for;
+    ``features`` ``[(clip, roi (N, T, C, s, s))]``; ``skipped`` the clips ``--skip-bad`` dropped;
+    ``frames`` decoded; ``failure``: the video's error after its retries (``None``: it ran)."""
+
+    planned: int
+    features: list
+    skipped: list
+    frames: int
+    failure: DataError | None = None
+
+
+def video_batches(clips, batch_clips: int) -> list[list]:
+    """``clips`` grouped by video (first-seen order), each video cut into batches of ``batch_clips``.
+
+    The backbone's float results depend on the batch size (1 vs 4 clips differ in the last bits on one
+    thread), so both engines batch within a video: a clip's bytes are the same whichever engine ran it.
+    """
+    videos: dict[str, list] = {}
+    for c in clips:
+        videos.setdefault(c.video, []).append(c)
+    return [v[i:i + batch_clips] for v in videos.values() for i in range(0, len(v), batch_clips)]
+
+
+def extract_batch(extractor: RoIExtractor, group, skip_bad: bool) -> BatchResult:
+    """Decode and extract one batch; an undecodable clip raises, or with ``skip_bad`` is skipped."""
+    keep, frames, skipped = [], [], []
+    for c in group:
+        try:
+            frames.append(read_frames(c.frames))
+            keep.append(c)
+        except DataError as err:
+            if not skip_bad:
+                raise
+            err.clip = err.clip or c.id
+            skipped.append(err)
+    feats = list(zip(keep, extractor(keep, frames))) if keep else []
+    return BatchResult(len(group), feats, skipped, sum(len(f) for f in frames))
+
+
+def _local_results(extractor: RoIExtractor, todo, batch_clips: int, skip_bad: bool):
+    """The single-process engine: one :class:`BatchResult` per batch, in order."""
+    for group in video_batches(todo, batch_clips):
+        yield extract_batch(extractor, group, skip_bad)
 
 
 def file_sha256(path: Path) -> str:
