@@ -223,7 +223,7 @@ def measure(n: int, bits: int, work: Path, direct: bool) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--make-codes", nargs=2, metavar=("N", "OUT"))
-    ap.add_argument("--sizes", nargs="+", type=int, default=[1_000_000, 10_000_000])
+    ap.add_argument("--sizes", nargs="*", type=int, default=[1_000_000, 10_000_000])
     ap.add_argument("--bits", nargs="+", type=int, default=[64, 128])
     ap.add_argument("--depth", type=int, default=1)
     ap.add_argument("--direct", type=int, default=None, help="also measure N clips built from generated arrays")

@@ -86,13 +86,15 @@ def _build(codes_path: Path, out: Path, mode: str, backend: str, uri: str | None
         index.add(cs.encoded_ids if in_memory else cs.ids, cs.codes, activity=cs.activity, group=cs.group)
         for a in (cs.ids, cs.codes, cs.activity, cs.group, cs.split):   # the index has its own copy now
             release_pages(a)
+        # the engine is chosen before the save: what it builds to decide (MIH tables) is saved with the index
+        engine = index.engine(detail=True) if hasattr(index, "engine") else None
         t_add = time.perf_counter()
         index.save(out)
         t_save = time.perf_counter()
         summary: dict[str, Any] = {"index": str(out), **index.describe(), **index.storage()}
         summary["bytes_on_disk"] = out.stat().st_size
-        if hasattr(index, "engine"):
-            summary["engine"] = index.engine(detail=True)
+        if engine is not None:
+            summary["engine"] = engine
         if mode == "compact" and cs.depth > 1 and len(cs):
             # how well the derived foci reproduce the encoder's own codes (1.0 = identical)
             agree = []
