@@ -255,10 +255,13 @@ def main() -> None:
     keep = [r for r in old.get("rows", []) if (r["clips"], r["bits"], r["source"]) not in
             {(x["clips"], x["bits"], x["source"]) for x in rows}]
     result = {"goal": GOAL, "v1_bytes_per_clip_from_issue_15": V1_BYTES_PER_CLIP,
-              "machine": f"{os.cpu_count()} cores, {os.uname().sysname}",
+              "machine": f"{os.cpu_count()} cores, {os.uname().sysname} {os.uname().release}",
+              "measured": time.strftime("%Y-%m-%d"),
               "rows": sorted(keep + rows, key=lambda r: (r["source"], r["clips"], r["bits"]))}
+    from stvh.data.atomic import write_text_atomic
+
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(a.out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {a.out}")
 
 

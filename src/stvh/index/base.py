@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Iterable, Sequence
 
 import numpy as np
 
-from .codes import CodeFileError, NpzMembers, advise_random, check_bits, pack_codes, save_npz_atomic, scalar
+from .codes import CodeFileError, NpzMembers, advise_random, check_bits, pack_codes, read_rows, save_npz_atomic, scalar
 from .ids import EncodedIds, IdTable, check_new_ids, first_duplicate_encoded
 from .storage import check_filter, check_mode, derive_packed, storage_report
 
@@ -376,7 +376,7 @@ class InMemoryIndex(CodeIndex):
         n = grp.shape[0]
         out = np.empty(n, np.int64)
         for s in range(0, n, _LABEL_CHUNK):
-            part = grp[s:s + _LABEL_CHUNK]
+            part = read_rows(grp, s, s + _LABEL_CHUNK)            # plain reads of a memory-mapped column
             if part.shape[0] and (part == part[0]).all():
                 out[s:s + _LABEL_CHUNK] = code(str(part[0]))
                 continue

@@ -251,6 +251,25 @@ class NpzMembers:
         return {k: self.array(k, mmap) for k in self.members if not k.startswith("pad/")}
 
 
+def read_rows(a: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """A copy of rows ``start:stop`` of ``a``; read from the file when ``a`` is a whole np.memmap.
+
+    Plain reads of a memory-mapped member are several times faster than
+    faulting its pages in, and they leave the process's resident set alone.
+    """
+    stop = a.shape[0] if stop is None else min(stop, a.shape[0])
+    if isinstance(a, np.memmap) and isinstance(a.base, mmap_module.mmap) and a.flags.c_contiguous \
+            and a.ndim >= 1 and stop > start:
+        row = int(np.prod(a.shape[1:], dtype=np.int64)) * a.dtype.itemsize
+        try:
+            out = np.fromfile(a.filename, dtype=np.uint8, count=(stop - start) * row, offset=a.offset + start * row)
+        except OSError:  # pragma: no cover - fall back to the mapping
+            return np.array(a[start:stop])
+        if out.shape[0] == (stop - start) * row:
+            return out.view(a.dtype).reshape((stop - start,) + a.shape[1:])
+    return np.array(a[start:stop])
+
+
 def advise_random(a: np.ndarray) -> None:
     """Tell the OS that a memory-mapped array is read at random places (best effort; no-op otherwise).
 
@@ -324,7 +343,7 @@ def scalar(data: Mapping[str, np.ndarray], key: str, path, kind=int, error: type
 
 
 def str_array(values: Sequence[str] | np.ndarray, n: int, name: str) -> np.ndarray:
-    a = np.asarray(values if values is not None else [""] * n)
+    a = np.asanyarray(values if values is not None else [""] * n)       # a np.memmap stays one
     if n == 0 and a.size == 0:
         return np.zeros(0, dtype="<U1")
     if a.shape != (n,):
@@ -357,7 +376,7 @@ class CodeSet:
 
     def __post_init__(self):
         self.bits = check_bits(self.bits)
-        codes = np.asarray(self.codes)
+        codes = np.asanyarray(self.codes)
         if codes.dtype != np.uint8:
             raise ValueError(f"codes must be packed uint8, got {codes.dtype} (use pack_codes or CodeSet.from_signs)")
         if codes.ndim == 2:
@@ -365,16 +384,16 @@ class CodeSet:
         if codes.ndim != 3 or codes.shape[2] != self.bits // 8 or codes.shape[1] < 1:
             raise ValueError(f"codes of {self.bits} bits must have shape (M, depth, {self.bits // 8}), "
                              f"got {codes.shape}")
-        self.codes = np.ascontiguousarray(codes)
+        self.codes = codes if codes.flags.c_contiguous else np.ascontiguousarray(codes)
         m = codes.shape[0]
         self.ids = str_array(self.ids, m, "ids")
         # ids as one byte buffer + hashes (no Python strings; reused by InMemoryIndex.add)
-        self._encoded = EncodedIds.of(self.ids, release=release_pages)
+        self._encoded = EncodedIds.of(self.ids, read=read_rows)
         dup = first_duplicate_encoded(self._encoded.buf, self._encoded.off, self._encoded.hashes,
                                       self._encoded.order)
         if dup is not None:
             raise ValueError(f"duplicate clip id {str(self.ids[dup])!r}")
-        act = np.full(m, -1, np.int64) if self.activity is None else np.asarray(self.activity)
+        act = np.full(m, -1, np.int64) if self.activity is None else np.asanyarray(self.activity)
         if act.shape != (m,) or not (np.issubdtype(act.dtype, np.integer) or act.size == 0):
             raise ValueError(f"activity must be integers of shape ({m},), got {act.dtype} {act.shape}")
         self.activity = act.astype(np.int64, copy=False)

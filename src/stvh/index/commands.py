@@ -20,7 +20,7 @@ import numpy as np
 from ..locks import output_lock
 from ..outputs import check_output
 from .base import CodeIndex, InMemoryIndex, UnknownIdError, check_k, create_index, load_index
-from .codes import CodeFileError, CodeSet, pack_codes, release_pages, unpack_codes
+from .codes import CodeFileError, CodeSet, pack_codes, read_rows, release_pages, unpack_codes
 from .storage import check_mode
 
 
@@ -83,7 +83,9 @@ def _build(codes_path: Path, out: Path, mode: str, backend: str, uri: str | None
     index = create_index(backend, cs.bits, cs.depth, **kw)
     try:
         in_memory = isinstance(index, InMemoryIndex)
-        index.add(cs.encoded_ids if in_memory else cs.ids, cs.codes, activity=cs.activity, group=cs.group)
+        # codes and activity read with plain reads (faster than faulting the mapped pages in)
+        index.add(cs.encoded_ids if in_memory else cs.ids, read_rows(cs.codes), activity=read_rows(cs.activity),
+                  group=cs.group)
         for a in (cs.ids, cs.codes, cs.activity, cs.group, cs.split):   # the index has its own copy now
             release_pages(a)
         # the engine is chosen before the save: what it builds to decide (MIH tables) is saved with the index

@@ -85,39 +85,46 @@ def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
 
 
 def encode_ids(ids: Sequence[str] | np.ndarray,
-               release: Callable[[np.ndarray], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+               read: Callable[[np.ndarray, int, int], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Ids -> ``(buf uint8 (B,), off int64 (n+1,))``.
 
     A numpy ``str`` (``<U``) array is converted without Python strings when
     its characters are ASCII (1M rows at a time); anything else is encoded
     one id at a time.  Lone surrogates survive (``surrogatepass``).
-    ``release(chunk)`` is called on each chunk of a str array once it is
-    read (e.g. to drop a memory-mapped file's pages from the resident set).
+    ``read(ids, start, stop)`` returns a copy of rows ``start:stop`` of a
+    str array (e.g. :func:`stvh.index.codes.read_rows`, which reads a
+    memory-mapped file with plain reads instead of page faults).
     """
     if isinstance(ids, np.ndarray) and ids.dtype.kind == "U" and ids.ndim == 1:
-        return _encode_unicode_array(ids, release)
+        return _encode_unicode_array(ids, read)
     parts = [s.encode("utf-8", "surrogatepass") for s in (ids.tolist() if isinstance(ids, np.ndarray) else ids)]
     off = np.zeros(len(parts) + 1, np.int64)
     np.cumsum([len(p) for p in parts], out=off[1:])
     return np.frombuffer(b"".join(parts), np.uint8).copy(), off
 
 
-def _encode_unicode_array(ids: np.ndarray, release=None) -> tuple[np.ndarray, np.ndarray]:
+def _encode_unicode_array(ids: np.ndarray, read=None) -> tuple[np.ndarray, np.ndarray]:
     n, w = ids.shape[0], ids.dtype.itemsize // 4
     bufs, lens_all = [], []
     for s in range(0, n, _CHUNK):
-        chunk = np.array(ids[s:s + _CHUNK])               # a copy: the source's pages can be released
-        if release is not None:
-            release(ids[s:s + _CHUNK])
+        chunk = read(ids, s, min(n, s + _CHUNK)) if read is not None else np.ascontiguousarray(ids[s:s + _CHUNK])
         if w == 0:
             lens_all.append(np.zeros(chunk.shape[0], np.int64))
             continue
         cp = chunk.view(np.uint32).reshape(chunk.shape[0], w)       # (m, w) code points, NUL padded
         if cp.size and int(cp.max()) < 128:
             nz = cp != 0
-            lens = np.where(nz.any(1), w - np.argmax(nz[:, ::-1], axis=1), 0).astype(np.int64)
+            lens = nz.sum(1)
+            if lens.min() == w:                                     # every id fills the width
+                bufs.append(cp.astype(np.uint8).reshape(-1))
+                lens_all.append(lens.astype(np.int64))
+                continue
+            full = lens == 0
+            if not (full | nz[np.arange(cp.shape[0]), np.maximum(lens - 1, 0)]).all():   # NULs inside an id
+                lens = np.where(nz.any(1), w - np.argmax(nz[:, ::-1], axis=1), 0)
+            lens = lens.astype(np.int64)
             keep = np.arange(w) < lens[:, None]
-            bufs.append(cp[keep].astype(np.uint8))
+            bufs.append(cp.astype(np.uint8)[keep])
             lens_all.append(lens)
         else:
             b, o = encode_ids(chunk.tolist())
@@ -149,8 +156,8 @@ class EncodedIds:
         return o
 
     @classmethod
-    def of(cls, ids: Sequence[str] | np.ndarray, release=None) -> "EncodedIds":
-        buf, off = encode_ids(ids, release)
+    def of(cls, ids: Sequence[str] | np.ndarray, read=None) -> "EncodedIds":
+        buf, off = encode_ids(ids, read)
         return cls(buf, off, hash_ids(buf, off))
 
     def decode(self, i: int) -> str:
