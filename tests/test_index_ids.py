@@ -122,3 +122,12 @@ def test_random_add_remove_matches_a_list_and_dict(ops, overlay_max):
         assert np.array_equal(again.hkey, a["hkey"]) and np.array_equal(again.hpos, a["hpos"].astype(np.int64))
     finally:
         idsmod.OVERLAY_MAX = old
+
+
+def test_a_large_lookup_merges_the_overlay_first():
+    t = IdTable(*encode_ids([f"v/{i}" for i in range(10)]))
+    t.append(["n/0", "n/1"])
+    assert t.find(["n/1"]).tolist() == [11] and t._extra == ["n/0", "n/1"]      # small: the overlay answers
+    probe = [f"v/{i}" for i in range(9, -1, -1)] + ["n/0", "n/1"] + [f"x/{i}" for i in range(40)]
+    assert t.find(probe).tolist() == list(range(9, -1, -1)) + [10, 11] + [-1] * 40
+    assert t._extra == [] and t.n_base == 12

@@ -248,6 +248,8 @@ class IdTable:
     def find_encoded(self, buf: np.ndarray, off: np.ndarray, h: np.ndarray) -> np.ndarray:
         """Positions ``int64 (m,)`` of the encoded ids (``-1`` where absent)."""
         m = h.shape[0]
+        if self._extra and m > _SMALL:
+            self.merge_overlay()            # many ids to find: one vectorised pass over the arrays instead
         out = np.full(m, -1, np.int64)
         if self._extra:
             for i in range(m):
