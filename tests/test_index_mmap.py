@@ -216,7 +216,8 @@ def test_cli_prints_time_and_memory(tmp_path):
                  codes=rng.integers(0, 256, (400, 2, 4), dtype=np.uint8), activity=np.arange(400) % 4)
     cs.save(tmp_path / "codes.npz")
     runner = CliRunner()
-    out = runner.invoke(app, ["index", "build", "--codes", str(tmp_path / "codes.npz"), "--out", str(tmp_path / "x.idx")])
+    out = runner.invoke(app, ["index", "build", "--codes", str(tmp_path / "codes.npz"),
+                              "--out", str(tmp_path / "x.idx")])
     assert out.exit_code == 0, out.output
     for key in ("seconds", "seconds_read", "seconds_add", "seconds_save", "rss_mib", "peak_rss_mib"):
         assert re.search(rf"^{key}: \d+(\.\d+)?$", out.output, re.M), key
@@ -229,4 +230,5 @@ def test_cli_prints_time_and_memory(tmp_path):
     assert len(json.loads(out.output)) == 2                     # --json stays a plain list of rows
     assert format_stats({"clips": 10_000_000, "seconds_search": 0.0031, "seconds_open": 0.0204, "seconds": 0.5,
                          "rss_mib": 1234.4, "peak_rss_mib": None}) == \
-        "10,000,000 clips searched in 3.1 ms (index opened in 20.4 ms, 0.50 s in all); memory: 1,234 MiB resident, peak ?"
+        ("10,000,000 clips searched in 3.1 ms (index opened in 20.4 ms, 0.50 s in all); "
+         "memory: 1,234 MiB resident, peak ?")
