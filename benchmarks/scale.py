@@ -54,6 +54,7 @@ machine the speedup is capped by it).
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import inspect
 import json
@@ -418,6 +419,7 @@ def run_method(name, db, queries, bits, k, scan, ref, repeats, log) -> dict:
         why = mih_available()
         if why:
             return {"status": why}
+    gc.collect()                  # an earlier index held in a reference cycle must not be freed mid-build
     r0, t0 = rss(), time.perf_counter()
     try:
         meth = BUILDERS[name](db, bits, k)
@@ -465,6 +467,7 @@ def run_method(name, db, queries, bits, k, scan, ref, repeats, log) -> dict:
         row["recall"] = round(float(np.mean(hits)), 4)
     meth.close()
     del meth
+    gc.collect()
     log(f"    {name:10s} build {build_s:7.2f} s  {row['ms']:9.3f} ms/q  x{row['x_scan']:<7.3f} "
         + (f"mismatch {row['mismatch']}" if "mismatch" in row else f"recall {row['recall']:.3f}")
         + (f"  fallback {row['fallback'] / row['queries']:.0%}" if "fallback" in row else "")
