@@ -23,8 +23,11 @@
  *    lies after it, the rest of the bucket cannot enter.
  *
  * Exact, ties in position order -- the same answer as the scan in
- * _hamming.c.  A query whose work (probed keys + checked rows) exceeds its
- * budget stops and is marked (work = -1); the caller answers it by the scan.
+ * _hamming.c.  A query whose work (probed keys + checked rows) would exceed
+ * its budget stops and is marked (work = -1); the caller answers it by the
+ * scan.  Before a ring of buckets (one table, one radius) is read, its row
+ * count is summed from the directory: a ring that cannot fit in what is left
+ * of the budget sends the query to the scan before the work is spent.
  * Codes of 8 or 16 bytes (K = 64, 128); positions are uint32 (n < 2^32).
  */
 #define PY_SSIZE_T_CLEAN
@@ -38,6 +41,9 @@
 #include <string.h>
 
 #define MAX_TABLES 8
+#ifndef PREFETCH_ROWS
+#define PREFETCH_ROWS 16   /* rows of a bucket read ahead (random reads: keep several misses in flight) */
+#endif
 #define MAX_SUB_BITS 24
 
 #if defined(__GNUC__) || defined(__clang__)
@@ -132,7 +138,22 @@ static int64_t mih_one(const mih_ctx *c, const uint8_t *q, const uint32_t *qk, h
             const uint32_t *off = c->off[j], *pos = c->pos[j];
             if (r <= s) {
                 const uint32_t limit = (uint32_t)1 << s;
-                uint32_t flip = r == 0 ? 0 : (((uint32_t)1 << r) - 1);
+                const uint32_t first_flip = r == 0 ? 0 : (((uint32_t)1 << r) - 1);
+                uint32_t flip = first_flip;
+                /* look before reading: when the buckets of this ring hold more rows than the budget has
+                   left, the query goes to the scan now instead of after spending its budget */
+                int64_t ring = 0;
+                while (flip < limit) {
+                    const uint32_t key = qk[j] ^ flip;
+                    ring += (int64_t)(off[key + 1] - off[key]) + 1;
+                    if (r == 0 || work + ring > budget) break;
+                    uint32_t t = flip | (flip - 1);
+                    flip = (t + 1) | (((~t & -~t) - 1) >> (CTZ32(flip) + 1));
+                }
+                if (work + ring > budget && !(hn == k && heap[0].d <= r)) {
+                    return -1;
+                }
+                flip = first_flip;
                 while (flip < limit) {
                     const uint32_t key = qk[j] ^ flip;
                     const uint32_t b = off[key], e = off[key + 1];
@@ -142,8 +163,8 @@ static int64_t mih_one(const mih_ctx *c, const uint8_t *q, const uint32_t *qk, h
                         if (hn == k && (heap[0].d < r || (heap[0].d == r && p > heap[0].p))) {
                             break;         /* nothing later in this bucket can enter */
                         }
-                        if (idx + 8 < e) {
-                            PREFETCH(c->db + (size_t)pos[idx + 8] * (size_t)c->nbytes);
+                        if (idx + PREFETCH_ROWS < e) {
+                            PREFETCH(c->db + (size_t)pos[idx + PREFETCH_ROWS] * (size_t)c->nbytes);
                         }
                         const uint8_t *x = c->db + (size_t)p * (size_t)c->nbytes;
                         const uint64_t x0 = load64(x) ^ q0, x1 = words > 1 ? load64(x + 8) ^ q1 : 0;

@@ -7,7 +7,8 @@ focus's codes, or the decision that the scan is faster there:
   scan takes well under a millisecond and tables would only cost memory);
 * decided by measurement on the index's own codes: 32 of its rows (evenly
   spaced) are searched for their 50 nearest by both engines, and the tables
-  are kept when they answer in under :data:`KEEP_IF` of the scan's time --
+  are kept when they answer in under :data:`KEEP_IF` of the scan's time and
+  send at most a quarter of the queries to the scan (their budget) --
   the "estimate of its own neighbour radius" of issue 15: codes whose
   neighbours are far (uniform codes, loose clusters) make MIH probe more than
   it saves, and the index then scans.  Both engines are exact, so the choice
@@ -86,9 +87,9 @@ class MIHMixin:
         kernel.kernel_topk(db, q, k)
         t_scan = time.perf_counter() - t0
         t0 = time.perf_counter()
-        tables.search(db, q, k)
+        _, _, stats = tables.search(db, q, k)
         t_mih = time.perf_counter() - t0
-        return t_mih < KEEP_IF * t_scan
+        return stats["fallback"] <= SAMPLE_QUERIES // 4 and t_mih < KEEP_IF * t_scan
 
     def mih_engine(self, d: int | None = None) -> bool:
         """Does a search at depth index ``d`` (default deepest) use multi-index hashing now?"""
