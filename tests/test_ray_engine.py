@@ -191,3 +191,22 @@ def test_engine_flags_are_checked(tmp_path):
     assert res.exit_code == 2 and res.output.strip() == "error: --engine must be local or ray, got 'spark'"
     res = runner.invoke(app, ["extract", "--data", str(tmp_path), "--out", str(tmp_path / "f"), "--address", "auto"])
     assert res.exit_code == 2 and res.output.strip() == "error: --address needs --engine ray"
+
+
+def test_an_address_where_no_head_answers_is_one_line_before_anything_is_written(tmp_path):
+    pytest.importorskip("ray", reason='Ray is not installed (pip install "stvh[cluster]")')
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on: bound, never listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        (tmp_path / "d").mkdir()
+        res = runner.invoke(app, ["extract", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "f"), "--engine",
+                                  "ray", "--address", f"127.0.0.1:{port}"])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().startswith(f"error: --address 127.0.0.1:{port}: no Ray head answers there (")
+    assert not (tmp_path / "f").exists()
+    res = runner.invoke(app, ["encode", "--run", str(tmp_path), "--out", str(tmp_path / "c.npz"), "--engine", "ray",
+                              "--address", "head:port"])
+    assert res.exit_code == 2 and res.output.strip() == ("error: --address head:port: expected auto, HOST:PORT or "
+                                                         "ray://HOST:PORT")

@@ -283,6 +283,7 @@ def extract_cmd(
     cfg, notes = resolve_config(config, overrides, fitted_notes=False)
     for note in notes:
         typer.echo(f"note: {note}", err=True)
+    _connect(engine, address, workers, threads)
     try:
         result = extract_with_config(cfg, data, out, batch_clips=batch_clips, device=device, progress=progress,
                                      skip_bad=skip_bad, engine=engine, address=address, workers=workers,
@@ -319,6 +320,13 @@ def _check_engine(engine: str, address: Optional[str], device: str) -> None:
     need_ray()  # error: --engine ray needs Ray: pip install "stvh[cluster]"
     if device not in ("cpu", "auto"):
         _fail(f"--engine ray runs on CPU workers; use --device cpu, not --device {device}")
+
+
+def _connect(engine: str, address: Optional[str], workers: Optional[int], threads: int) -> None:
+    """With --engine ray, join (or start) Ray for the rest of the command, before anything is written."""
+    if engine == "ray":
+        from .train.ray_engine import cluster
+        _HELD[-1].enter_context(cluster(address, workers, threads))
 
 
 def _fail_videos(failed: list, path: Path) -> None:
@@ -428,6 +436,7 @@ def encode_cmd(
     _check_free(out)
     check_output_of_encode(run, out, data, features, overwrite)
     _lock(out, "stvh encode")
+    _connect(engine, address, workers, threads)
     result = encode(run, out, data=data, features=features, checkpoint=checkpoint, device=device,
                     skip_bad=skip_bad, log=lambda line: typer.echo(line, err=True), engine=engine, address=address,
                     workers=workers, threads=threads, retries=retries, progress=progress)

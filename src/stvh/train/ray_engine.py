@@ -55,6 +55,8 @@ def cluster(address: str | None, workers: int | None, threads: int):
     new local instance of ``workers`` x ``threads`` CPUs (default: every CPU) shut down afterwards.
     An instance this process already started (the tests) is used as it is."""
     ray = need_ray()
+    if address is not None:
+        _probe(address)
     if ray.is_initialized():
         yield ray
         return
@@ -73,6 +75,23 @@ def cluster(address: str | None, workers: int | None, threads: int):
         yield ray
     finally:
         ray.shutdown()
+
+
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """ConnectionError at once when nothing listens at ``HOST:PORT`` (``ray.init`` would retry for minutes);
+    ``auto`` and ``ray://`` addresses are left to Ray, which fails fast on its own."""
+    import socket
+
+    if address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except ValueError:
+        raise ConnectionError(f"--address {address}: expected auto, HOST:PORT or ray://HOST:PORT") from None
+    except OSError as exc:
+        raise ConnectionError(f"--address {address}: no Ray head answers there ({exc.strerror or exc}); start "
+                              "one with `ray start --head` or fix --address") from None
 
 
 def run_tasks(ray, submit: Callable[[object], object], items: Iterable, *, retries: int,
