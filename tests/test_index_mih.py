@@ -239,3 +239,28 @@ def test_auto_backend_measures_and_falls_back_to_the_scan(monkeypatch):
 def test_mih_backend_refuses_short_codes():
     with pytest.raises(ValueError, match="64- or 128-bit"):
         create_index("mih", 32, 1)
+
+
+@pytest.mark.parametrize("backend", ["mih", "faiss"])
+def test_tables_saved_with_the_index_are_mapped_back_not_rebuilt(backend, tmp_path, monkeypatch):
+    from stvh.index import load_index, mih_backend
+    monkeypatch.setattr(mih_backend, "MIN_ROWS", 1000)
+    monkeypatch.setattr(mih_backend, "KEEP_IF", 1e9)           # keep the tables whatever the timing says
+    db = trained_like(6000, 64, seed=21)
+    idx = create_index(backend, 64, 2)
+    idx.add([f"m/{i}" for i in range(len(db))], np.stack([db, db[::-1]], axis=1))
+    q = trained_like(9, 64, seed=22)
+    before = [idx.search(q, 25, focus=f) for f in (1, 2)]      # builds the tables of both foci
+    idx.save(tmp_path / "i.npz")
+    built = []
+    monkeypatch.setattr(M.MIHTables, "build", classmethod(lambda cls, *a, **k: built.append(1)))
+    again = load_index(tmp_path / "i.npz")
+    after = [again.search(q, 25, focus=f) for f in (1, 2)]
+    assert built == []                                          # both foci answered from the saved tables
+    assert all(isinstance(again._mih_cache()[d][0], M.MIHTables) for d in (0, 1))
+    for (a, da), (b, db_) in zip(before, after):
+        assert np.array_equal(a, b) and np.array_equal(da, db_)
+    ref = create_index("numpy", 64, 2)
+    ref.add(again.ids, np.stack([db, db[::-1]], axis=1))
+    r = ref.search(q, 25, focus=2)
+    assert np.array_equal(r[0], after[1][0]) and np.array_equal(r[1], after[1][1])
