@@ -246,6 +246,7 @@ def test_tables_saved_with_the_index_are_mapped_back_not_rebuilt(backend, tmp_pa
     from stvh.index import load_index, mih_backend
     monkeypatch.setattr(mih_backend, "MIN_ROWS", 1000)
     monkeypatch.setattr(mih_backend, "KEEP_IF", 1e9)           # keep the tables whatever the timing says
+    monkeypatch.setattr(M, "FALLBACK_SHARE", 100.0)             # and a budget no sample query runs out of
     db = trained_like(6000, 64, seed=21)
     idx = create_index(backend, 64, 2)
     idx.add([f"m/{i}" for i in range(len(db))], np.stack([db, db[::-1]], axis=1))
