@@ -583,39 +583,43 @@ def selected(only: list[str] | None, kind: str, bits: int, n: int) -> bool:
     return any(all(a == b for a, b in zip(sel.lower().split("/"), key)) for sel in only)
 
 
+def fmt_ms(ms: float) -> str:
+    return f"{ms:.0f}" if ms >= 100 else (f"{ms:.1f}" if ms >= 10 else f"{ms:.3g}")
+
+
 def table(results: dict) -> str:
     """Markdown: one row per cell; ms per query and (x scan) per method; mismatches / recall."""
     cols = ["scan", "mih", "auto", "faiss-flat", "faiss-mh", "faiss-hnsw", "faiss-ivf", "usearch"]
     head = ("| clips | bits | codes | k-th dist | " + " | ".join(cols)
-            + " | exact (mismatches) | recall@k | B/clip mih / faiss-mh (RSS) | 2 threads scan / mih |")
+            + " | exact (mismatches) | recall@k | B/clip: mih (RSS) / faiss-mh RSS | 2 threads: scan / mih (cores got) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     order = {k: i for i, k in enumerate(KINDS)}
     cells = sorted(results["cells"].values(), key=lambda c: (c["n"], c["bits"], order[c["kind"]]))
     for c in cells:
         m = c["methods"]
         row = [fmt_n(c["n"]), str(c["bits"]), c["kind"], f"{c['kth_distance']['median']:g}",
-               f"{c['scan_ms']:.3g} ms" if c.get("scan_ms") else "–"]
+               f"{fmt_ms(c['scan_ms'])} ms" if c.get("scan_ms") else "–"]
         for col in cols[1:]:
             r = m.get(col)
             if r is None:
                 row.append("–")
             elif r.get("status") != "ok":
-                row.append("n/a")
+                row.append("n/a" if r.get("status", "").startswith("not available") else "–")
             else:
                 extra = f", fb {r['fallback'] / r['queries']:.0%}" if r.get("fallback") else ""
-                row.append(f"{r['ms']:.3g} ms (x{r['x_scan']:.2g}{extra})")
-        row.append(", ".join(f"{k} {v['mismatch']}" for k, v in m.items() if "mismatch" in v) or "–")
+                row.append(f"{fmt_ms(r['ms'])} ms (x{r['x_scan']:.2g}{extra})")
+        mis = {k: v["mismatch"] for k, v in m.items() if "mismatch" in v}
+        row.append((f"{sum(mis.values())} ({len(mis)} methods)" if not any(mis.values()) else
+                    ", ".join(f"{k} {v}" for k, v in mis.items() if v)) if mis else "–")
         row.append(", ".join(f"{k.replace('faiss-', '')} {v['recall']:.2f}" for k, v in m.items() if "recall" in v) or "–")
-        mem = []
-        for name in ("mih", "faiss-mh"):
-            r = m.get(name, {})
-            if r.get("status") == "ok":
-                mem.append(f"{r['bytes_per_clip'] if r.get('bytes_per_clip') is not None else '?'} ({r['rss_per_clip']:.0f})")
-            else:
-                mem.append("–")
-        row.append(" / ".join(mem))
+        mi, mh = m.get("mih", {}), m.get("faiss-mh", {})
+        rss_txt = (lambda r: f"{r['rss_per_clip']:.0f}" if r.get("rss_per_clip") else "?")
+        row.append((f"{mi['bytes_per_clip']:.1f} ({rss_txt(mi)})" if mi.get("bytes_per_clip") else "–")
+                   + " / " + (rss_txt(mh) if mh.get("status") == "ok" else "–"))
         th = c.get("threads", {})
-        row.append(" / ".join(f"x{th[x]['speedup_2']:.2f}" if x in th else "–" for x in ("scan", "mih")))
+        cores = th.get("scan", {}).get("cores_used_2")
+        row.append(" / ".join(f"x{th[x]['speedup_2']:.2f}" if x in th else "–" for x in ("scan", "mih"))
+                   + (f" ({cores:.1f})" if cores else ""))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
