@@ -4,6 +4,7 @@
     python benchmarks/scale.py --quick                              # 1M clips, 64 + 128 bits, every code kind
     nice -n 5 python benchmarks/scale.py                            # 1M, 10M, 100M (about an hour)
     python benchmarks/scale.py --only trained/64/100M p15/64        # rerun some cells (kind[/bits[/n]])
+    python benchmarks/scale.py --methods mih auto                   # rerun some methods (kept: the others')
     python benchmarks/scale.py --table                              # print the markdown table of the results
 
 Code kinds (every draw is seeded; a 1M or 10M cell is the prefix of the 100M draw):
@@ -720,6 +721,11 @@ def main(argv=None):
                 cell = run_cell(kind, bits, n, db_all[:n], args, log)
                 cell["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
                 cell["commit"] = commit
+                for row in cell["methods"].values():
+                    row.update(measured=cell["measured"], commit=commit)
+                old = results["cells"].get(cell_key(kind, bits, n))
+                if old and all(old.get(f) == cell[f] for f in ("queries", "k", "seed")):
+                    cell["methods"] = {**old["methods"], **cell["methods"]}     # a rerun of some methods
                 results["cells"][cell_key(kind, bits, n)] = cell
                 write_json(args.out, results)
             del db_all
