@@ -549,6 +549,9 @@ def run_cell(kind, bits, n, db, args, log) -> dict:
     for name in args.methods:
         if name in APPROX and not (approx_ok and n <= (args.graph_max_n if name in GRAPHS else args.approx_max_n)):
             continue
+        if name == "faiss-mh" and args.mh_max_n and n > args.mh_max_n:
+            cell["methods"][name] = {"status": f"not run above {fmt_n(args.mh_max_n)} (--mh-max-n)"}
+            continue
         if name == "auto" and n > args.auto_max_n:
             cell["methods"][name] = {"status": f"not run above {fmt_n(args.auto_max_n)} (--auto-max-n): "
                                                "the index's string ids"}
@@ -649,6 +652,7 @@ def main(argv=None):
     ap.add_argument("--approx-all", action="store_true", help="approximate methods on 128-bit cells too")
     ap.add_argument("--auto-max-n", type=parse_n, default=parse_n("10M"),
                     help="largest n for the user's index (its string ids cost memory; default 10M)")
+    ap.add_argument("--mh-max-n", type=parse_n, help="largest n for faiss-mh (default: every n)")
     ap.add_argument("--no-threads", action="store_true", help="skip the 1-vs-2-thread batch figures")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=OUT)
