@@ -191,13 +191,14 @@ def test_extract_ctrl_c_keeps_finished_clips(tiny_synth, tmp_path, monkeypatch):
 
     monkeypatch.setattr(ex.RoIExtractor, "__call__", interrupted)
     out = tmp_path / "f"
+    # raw channels: with PCA, tiny_synth's clips all make the PCA sample and are written after its fit
     result = invoke("extract", "--data", tiny_synth, "--backbone", "mobilenet_v3_small", "--out", out,
-                    "--no-progress")
+                    "--no-progress", "extract.pca=null")
     assert result.exit_code == 130 and "4 clips are cached" in result.output and "run the same command again" in \
         result.output
     monkeypatch.setattr(ex.RoIExtractor, "__call__", real)
     result = invoke("extract", "--data", tiny_synth, "--backbone", "mobilenet_v3_small", "--out", out,
-                    "--no-progress")
+                    "--no-progress", "extract.pca=null")
     assert result.exit_code == 0 and json.loads(result.output[result.output.index("{"):result.output.rindex("}") + 1])[
         "resumed"] == 4
 

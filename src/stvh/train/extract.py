@@ -11,7 +11,10 @@ are extracted again, and the cache of another dataset is refused.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -28,9 +31,11 @@ from ..data.formats import read_dataset
 from ..data.frames import read_frames
 from ..data.skipped import write_skipped
 from ..models.visual import VisualModule, efficientnet_lite0_weights_path
-from .pca import fit_pca, load_pca, project, save_pca
+from .pca import fit_pca, fit_rows, load_pca, project, save_pca
 
 log = logging.getLogger(__name__)
+# Raw RoI features of the PCA sample's batches kept in memory until the fit (beyond: spilled to OUT/.pca-sample-*)
+PCA_KEEP_BYTES = 512 << 20
 
 
 def weights_identity(backbone: str, weights: str | None, seed: int) -> str:
@@ -125,7 +130,9 @@ def extract(data: str | Path, backbone: str, out: str | Path, *, weights: str | 
 
     ``pca=k`` stores the RoI channels projected on their top-k principal
     directions (fitted on ``pca_clips`` training-split clips; see
-    :mod:`stvh.train.pca`) instead of the raw C channels. Clips without frames
+    :mod:`stvh.train.pca`) instead of the raw C channels. The backbone runs
+    once per clip: the sample's batches are kept raw (:func:`_pca_projection`)
+    and written projected once the fit is done. Clips without frames
     are counted (``no_frames``); with ``skip_bad`` an undecodable clip is
     skipped, counted and listed in ``OUT/skipped.csv``.
 
@@ -146,24 +153,6 @@ def extract(data: str | Path, backbone: str, out: str | Path, *, weights: str | 
     extractor = RoIExtractor(backbone, weights=weights, frame_size=frame_size, roi_size=roi_size, device=device,
                              seed=seed)
     sizes = {c.image_size for c in clips}
-    bad: set[str] = set()
-
-    def decoded(part):
-        """``(clips, frames)`` of ``part`` that decode; bad ones are skipped (skip_bad) or raise."""
-        keep, frames = [], []
-        for c in part:
-            if c.id in bad:
-                continue
-            try:
-                frames.append(read_frames(c.frames))
-                keep.append(c)
-            except DataError as err:
-                if not skip_bad:
-                    raise
-                err.clip = err.clip or c.id
-                skipped.append(err)
-                bad.add(c.id)
-        return keep, frames
 
     fingerprints = clip_fingerprints(clips, data)  # stat calls only: no frame is decoded here
     meta = {"backbone": backbone, "weights_hash": weights_identity(backbone, weights, seed),
@@ -177,28 +166,34 @@ def extract(data: str | Path, backbone: str, out: str | Path, *, weights: str | 
     if synced["unrecorded"]:
         log.warning("%s recorded no fingerprints of its inputs (made by an older stvh): its %d clips are "
                     "extracted again", out, len(synced["unrecorded"]))
+    if engine not in ("local", "ray"):
+        raise ValueError(f"--engine must be local or ray, got {engine!r}")
+    changed = set(synced["changed"])
+    todo = [c for c in clips if c.id not in writer.done()]
+    batches = video_batches(todo, batch_clips)  # the main loop's batches; the PCA sample is made of some
+    t0 = time.time()
+    first: list[BatchResult] = []  # the PCA sample's batches, extracted by the fit: written first
     if pca is not None:
         if writer.done() and not (Path(out) / "pca.npz").is_file():
             raise CacheError("pca.npz is missing, but the cached clips were projected with it; delete the "
                              "folder and extract again", path=out)
-        extractor.projection = _pca_projection(Path(out), clips, pca, pca_clips, extractor, decoded, batch_clips)
+        extractor.projection, first, batches = _pca_projection(Path(out), batches, pca, pca_clips, extractor,
+                                                               skip_bad)
         writer.update_meta(pca_explained=float(extractor.projection[2].sum()),
                            pca_sha256=file_sha256(Path(out) / "pca.npz"))
-    changed = set(synced["changed"])
-    todo = [c for c in clips if c.id not in writer.done()]
-    t0 = time.time()
     frames_done = extracted = re_extracted = 0
     failed: list[DataError] = []
-    work = [c for c in todo if c.id not in bad]  # clips the PCA fit found undecodable are counted already
-    bar = tqdm(total=len(work), desc="extract", unit="clip", disable=not progress)
+    work = [c for b in batches for c in b]
+    bar = tqdm(total=len(todo), desc="extract", unit="clip", disable=not progress)
     if engine == "ray":
         from .ray_engine import extract_videos
-        results = extract_videos(extractor, work, batch_clips=batch_clips, skip_bad=skip_bad, address=address,
-                                 workers=workers, threads=threads, retries=retries)
-    elif engine == "local":
-        results = _local_results(extractor, work, batch_clips, skip_bad)
+        # a worker batches a video's clips again (video_batches): the PCA sample took whole batches out of
+        # it, all full but perhaps the last, so the batches left are cut the same way
+        rest = extract_videos(extractor, work, batch_clips=batch_clips, skip_bad=skip_bad, address=address,
+                              workers=workers, threads=threads, retries=retries)
     else:
-        raise ValueError(f"--engine must be local or ray, got {engine!r}")
+        rest = (extract_batch(extractor, group, skip_bad) for group in batches)
+    results = itertools.chain(first, rest)
     try:
         for res in results:
             for c, r in res.features:
@@ -214,7 +209,7 @@ def extract(data: str | Path, backbone: str, out: str | Path, *, weights: str | 
     finally:
         bar.close()
         writer.close()  # keep every finished clip, also after Ctrl-C or an error
-        close = getattr(results, "close", None)
+        close = getattr(rest, "close", None)
         if close is not None:
             close()  # the Ray engine shuts down the cluster it started
     stored = writer.stored_fingerprints()
@@ -274,12 +269,6 @@ def extract_batch(extractor: RoIExtractor, group, skip_bad: bool) -> BatchResult
     return BatchResult(len(group), feats, skipped, sum(len(f) for f in frames))
 
 
-def _local_results(extractor: RoIExtractor, todo, batch_clips: int, skip_bad: bool):
-    """The single-process engine: one :class:`BatchResult` per batch, in order."""
-    for group in video_batches(todo, batch_clips):
-        yield extract_batch(extractor, group, skip_bad)
-
-
 def file_sha256(path: Path) -> str:
     """``sha256:<16 hex digits>`` of a file's bytes."""
     digest = hashlib.sha256()
@@ -289,28 +278,93 @@ def file_sha256(path: Path) -> str:
     return "sha256:" + digest.hexdigest()[:16]
 
 
-def _pca_projection(out: Path, clips, k: int, n_clips: int, extractor: RoIExtractor, decoded, batch_clips: int):
-    """Load ``out/pca.npz`` or fit it on RoI features of real persons of training-split clips."""
+def _sample_batches(batches: list[list], n_clips: int) -> list[int]:
+    """Indices (ascending) of the batches whose training clips make the PCA sample: spread evenly over the
+    batches holding training clips (all batches when none does), until they hold ``n_clips`` of them."""
+    train = [i for i, b in enumerate(batches) if any(c.split != "test" for c in b)]
+    cands = train or list(range(len(batches)))
+    per_batch = sum(_fit_clip_count(batches[i], bool(train)) for i in cands) / max(len(cands), 1)
+    step = max(int(len(cands) // max(n_clips / max(per_batch, 1e-9), 1)), 1)
+    spread = cands[::step]
+    chosen, n = [], 0
+    for i in spread + [i for i in cands if i not in set(spread)]:
+        if n >= n_clips:
+            break
+        chosen.append(i)
+        n += _fit_clip_count(batches[i], bool(train))
+    return sorted(chosen)
+
+
+def _fit_clip_count(batch, train_only: bool) -> int:
+    return sum(c.split != "test" for c in batch) if train_only else len(batch)
+
+
+class _Kept:
+    """Raw features of the sample's batches until the fit is done: in memory up to ``limit`` bytes, beyond
+    that each clip's array in a ``.npy`` file of a temporary folder inside ``out`` (removed by :meth:`close`)."""
+
+    def __init__(self, out: Path, limit: int):
+        self.out, self.limit, self.held, self.spill = out, limit, 0, None
+
+    def keep(self, r: np.ndarray):
+        if self.held + r.nbytes <= self.limit:
+            self.held += r.nbytes
+            return r
+        if self.spill is None:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.spill = Path(tempfile.mkdtemp(prefix=".pca-sample-", dir=self.out))
+        path = self.spill / f"{len(list(self.spill.iterdir()))}.npy"
+        np.save(path, r)
+        return path
+
+    @staticmethod
+    def get(item) -> np.ndarray:
+        return np.load(item) if isinstance(item, Path) else item
+
+    def close(self) -> None:
+        if self.spill is not None:
+            shutil.rmtree(self.spill, ignore_errors=True)
+
+
+def _pca_projection(out: Path, batches: list[list], k: int, n_clips: int, extractor: RoIExtractor, skip_bad: bool,
+                    keep_bytes: int | None = None):
+    """``(projection, sample results, batches left)``: ``out/pca.npz`` loaded, or fitted on real persons of
+    ``n_clips`` training-split clips.
+
+    A fit runs the sample's whole batches (:func:`_sample_batches`) as the main loop would, keeps their raw
+    features (:class:`_Kept`, ``keep_bytes`` in memory, default :data:`PCA_KEEP_BYTES`), fits, and returns
+    them projected: each clip goes through the backbone once, with the same bytes as from the main loop.
+    """
     path = out / "pca.npz"
     if path.exists():
         mean, comps, ratio = load_pca(path)
         if comps.shape[0] != k:
             raise ValueError(f"{path} keeps {comps.shape[0]} channels, not {k}; use another --out folder")
-        return mean, comps, ratio
-    train = [c for c in clips if c.split != "test"] or clips
-    step = max(len(train) // n_clips, 1)
-    sample = train[::step][:n_clips]
-    feats = []
-    for i in range(0, len(sample), batch_clips):
-        part, frames = decoded(sample[i:i + batch_clips])
-        if not part:
-            continue
-        for c, r in zip(part, extractor.raw(part, frames) if len({c.image_size for c in part}) == 1
-                        else [extractor.raw([c], [f])[0] for c, f in zip(part, frames)]):
-            x = np.moveaxis(r[c.mask], 2, -1)  # (n, T, s, s, C)
-            feats.append(x.reshape(-1, x.shape[-1]))
-    mean, comps, ratio = fit_pca(np.concatenate(feats), k)
-    out.mkdir(parents=True, exist_ok=True)
-    save_pca(path, mean, comps, ratio)
-    log.info("PCA %d -> %d channels keeps %.1f%% of the variance", comps.shape[1], k, 100 * ratio.sum())
-    return mean, comps, ratio
+        return (mean, comps, ratio), [], batches
+    chosen = _sample_batches(batches, n_clips)
+    train_only = any(c.split != "test" for i in chosen for c in batches[i])
+    for stale in out.glob(".pca-sample-*"):  # left by a killed fit (the command holds the --out lock)
+        shutil.rmtree(stale, ignore_errors=True)
+    kept = _Kept(out, PCA_KEEP_BYTES if keep_bytes is None else keep_bytes)
+    try:
+        results, rows, n = [], [], 0
+        for i in chosen:
+            res = extract_batch(extractor, batches[i], skip_bad)  # projection None: raw, padded persons zeroed
+            for c, r in res.features:
+                if n < n_clips and (c.split != "test" or not train_only):
+                    rows.append(fit_rows(r, c.mask))
+                    n += 1
+            results.append(res._replace(features=[(c, kept.keep(r)) for c, r in res.features]))
+        if not rows:
+            raise ValueError("no clip of the PCA sample could be decoded (--pca needs frames)")
+        mean, comps, ratio = fit_pca(np.concatenate(rows), k)
+        del rows
+        out.mkdir(parents=True, exist_ok=True)
+        save_pca(path, mean, comps, ratio)
+        log.info("PCA %d -> %d channels keeps %.1f%% of the variance", comps.shape[1], k, 100 * ratio.sum())
+        projected = [res._replace(features=[(c, project(kept.get(r), mean, comps, c.mask)) for c, r in res.features])
+                     for res in results]
+    finally:
+        kept.close()
+    left = [b for i, b in enumerate(batches) if i not in set(chosen)]
+    return (mean, comps, ratio), projected, left

@@ -1,0 +1,139 @@
+"""`stvh extract --pca`: every clip goes through the backbone once (the PCA sample's features are kept, then
+projected), with the same cache bytes as when the sample had been elsewhere or the run had been resumed."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from stvh.data.feature_cache import FeatureCache
+from stvh.train import extract as ex
+
+OPTS = dict(progress=False, frame_size=(90, 160), pca=4, batch_clips=2, seed=1)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """2 videos x 6 clips of 3 frames (90x160)."""
+    from stvh.data.synth import generate
+
+    root = tmp_path_factory.mktemp("onepass")
+    generate(root / "data", matches=2, clips_per_match=6, frames=3, size=(90, 160), progress=False, seed=3)
+    return root / "data"
+
+
+@pytest.fixture(scope="module")
+def full(data, tmp_path_factory):
+    """A PCA run fitted on 2 clips (one or two batches of the sample, the others from the main loop)."""
+    out = tmp_path_factory.mktemp("full") / "feats"
+    r = ex.extract(data, "efficientnet_lite0", out, pca_clips=2, **OPTS)
+    assert (r["extracted"], r["cached"], r["channels"]) == (12, 12, 4)
+    return out
+
+
+def differing(a, b) -> list[str]:
+    """Clip ids whose cached arrays differ (dtype, shape or bytes) between caches ``a`` and ``b``."""
+    ca, cb = FeatureCache(a), FeatureCache(b)
+    assert sorted(ca.ids()) == sorted(cb.ids())
+    la, lb = ca.load(ca.ids()), cb.load(ca.ids())
+    return [i for i in la if la[i].dtype != lb[i].dtype or la[i].tobytes() != lb[i].tobytes()]
+
+
+def test_each_clip_goes_through_the_backbone_once_with_pca(data, tmp_path, monkeypatch):
+    seen: list[str] = []
+    raw = ex.RoIExtractor.raw
+
+    def counting(self, clips, frames):
+        seen.extend(c.id for c in clips)
+        return raw(self, clips, frames)
+
+    monkeypatch.setattr(ex.RoIExtractor, "raw", counting)
+    r = ex.extract(data, "efficientnet_lite0", tmp_path / "f", pca_clips=3, **OPTS)
+    ids = sorted(FeatureCache(tmp_path / "f").ids())
+    assert r["extracted"] == 12 and len(ids) == 12
+    assert sorted(seen) == ids  # each clip once: the sample's clips were not run again after the fit
+    assert FeatureCache(tmp_path / "f")[ids[0]].shape[2] == 4
+
+
+def test_sample_clips_get_the_bytes_of_the_main_loop(data, full, tmp_path):
+    """Only pca.npz of the first run: every clip through the main loop with that projection, same bytes."""
+    out = tmp_path / "f"
+    out.mkdir()
+    shutil.copy(full / "pca.npz", out / "pca.npz")
+    r = ex.extract(data, "efficientnet_lite0", out, pca_clips=2, **OPTS)
+    assert r["extracted"] == 12
+    assert differing(full, out) == []
+
+
+def test_a_killed_pca_run_resumes_to_the_same_bytes(data, full, tmp_path, monkeypatch):
+    out = tmp_path / "f"
+    # shards of 2 clips (one batch each); the run is killed when the main loop reaches its 3rd batch
+    monkeypatch.setattr(ex, "FeatureCacheWriter", functools.partial(ex.FeatureCacheWriter, shard_size=2))
+    calls = []
+    batch = ex.extract_batch
+
+    def dying(extractor, group, skip_bad):
+        if extractor.projection is not None:
+            calls.append(group)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+        return batch(extractor, group, skip_bad)
+
+    monkeypatch.setattr(ex, "extract_batch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        ex.extract(data, "efficientnet_lite0", out, pca_clips=2, **OPTS)
+    held = len(FeatureCache(out))
+    assert 4 <= held < 12 and not list(out.glob(".pca-sample-*"))
+    monkeypatch.setattr(ex, "extract_batch", batch)
+    r = ex.extract(data, "efficientnet_lite0", out, pca_clips=2, **OPTS)
+    assert (r["resumed"], r["extracted"]) == (held, 12 - held)
+    assert (out / "pca.npz").read_bytes() == (full / "pca.npz").read_bytes()
+    assert differing(full, out) == []
+
+
+def test_kept_features_spill_to_a_temporary_folder_that_is_removed(data, full, tmp_path, monkeypatch):
+    spilled = []
+    close = ex._Kept.close
+
+    def closing(self):
+        spilled.append(sorted(p.name for p in self.spill.iterdir()) if self.spill else None)
+        close(self)
+
+    monkeypatch.setattr(ex, "PCA_KEEP_BYTES", 0)  # nothing in memory: every kept clip goes to disk
+    monkeypatch.setattr(ex._Kept, "close", closing)
+    out = tmp_path / "f"
+    (out / ".pca-sample-stale").mkdir(parents=True)  # left by a killed run
+    ex.extract(data, "efficientnet_lite0", out, pca_clips=2, **OPTS)
+    assert spilled and spilled[0] and spilled[0][0] == "0.npy"
+    assert not list(out.glob(".pca-sample-*"))
+    assert differing(full, out) == []
+
+
+def test_sample_batches_spread_over_training_batches():
+    t, x = SimpleNamespace(split="train"), SimpleNamespace(split="test")
+    batches = [[t, t], [x, x], [t, x], [t, t], [t]]
+    # training batches 0, 2, 3, 4 hold 1.5 training clips each: 3 clips -> every 2nd batch: 0 and 3
+    assert ex._sample_batches(batches, 3) == [0, 3]
+    # 5 clips: 0 and 3 hold 4, then the others in order: 2
+    assert ex._sample_batches(batches, 5) == [0, 2, 3]
+    assert ex._sample_batches(batches, 1) == [0]
+    assert ex._sample_batches([[x], [x, x]], 2) == [0, 1]  # no training clip: every clip counts
+
+
+def test_fit_rows_take_real_persons_and_every_second_cell():
+    roi = np.arange(3 * 2 * 4 * 5 * 5, dtype=np.float32).reshape(3, 2, 4, 5, 5)  # (N, T, C, s, s)
+    mask = np.array([True, False, True])  # (N,): person 1 is padding
+    rows = ex.fit_rows(roi, mask)
+    assert rows.shape == (2 * 2 * 9, 4)
+    # first row: person 0, frame 0, cell (0, 0): channel values 0, 25, 50, 75
+    assert rows[0].tolist() == [0, 25, 50, 75]
+    # second row: cell (0, 2)
+    assert rows[1].tolist() == [2, 27, 52, 77]
+    # the last row: person 2, frame 1, cell (4, 4)
+    last = roi[2, 1, :, 4, 4]
+    assert rows[-1].tolist() == last.tolist()
+    assert not np.isin(roi[1], rows).any()
