@@ -76,12 +76,12 @@ def test_a_killed_pca_run_resumes_to_the_same_bytes(data, full, tmp_path, monkey
     calls = []
     batch = ex.extract_batch
 
-    def dying(extractor, group, skip_bad):
+    def dying(extractor, group, skip_bad, decoded=None):
         if extractor.projection is not None:
             calls.append(group)
             if len(calls) == 3:
                 raise KeyboardInterrupt
-        return batch(extractor, group, skip_bad)
+        return batch(extractor, group, skip_bad, decoded)
 
     monkeypatch.setattr(ex, "extract_batch", dying)
     with pytest.raises(KeyboardInterrupt):
@@ -137,3 +137,77 @@ def test_fit_rows_take_real_persons_and_every_second_cell():
     last = roi[2, 1, :, 4, 4]
     assert rows[-1].tolist() == last.tolist()
     assert not np.isin(roi[1], rows).any()
+
+
+def test_the_next_batch_is_decoded_while_the_backbone_runs(monkeypatch):
+    import threading
+
+    from stvh.data.errors import DataError
+
+    decoded_1 = threading.Event()
+    events = []
+
+    def read_frames(path):
+        if path == "bad":
+            raise DataError("unreadable frame", path=path)
+        events.append(("decode", path, threading.current_thread().name.startswith("stvh-decode")))
+        if path == "b1":
+            decoded_1.set()
+        return np.zeros((2, 1, 1, 3), np.uint8)
+
+    def backbone(clips, frames):
+        # batch 0 waits until batch 1 was decoded: without the read-ahead thread this would time out
+        assert clips[0].frames != "b0" or decoded_1.wait(10)
+        events.append(("extract", clips[0].frames, False))
+        return [np.zeros(1) for _ in clips]
+
+    monkeypatch.setattr(ex, "read_frames", read_frames)
+    clip = lambda f: SimpleNamespace(id=f, frames=f)  # noqa: E731
+    batches = [[clip("b0")], [clip("b1")], [clip("bad")], [clip("b3")]]
+    got = ex.run_batches(backbone, batches, skip_bad=False)
+    assert [r.features[0][0].id for r in (next(got), next(got))] == ["b0", "b1"]
+    with pytest.raises(DataError, match="unreadable frame"):
+        next(got)  # the bad batch's error, in its turn
+    assert events == [("decode", "b0", True), ("decode", "b1", True), ("extract", "b0", False),
+                      ("extract", "b1", False)]
+    skipped = list(ex.run_batches(backbone, batches, skip_bad=True))
+    assert [len(r.features) for r in skipped] == [1, 1, 0, 1] and len(skipped[2].skipped) == 1
+
+
+def test_storage_dtype_keeps_float32_exactly_when_float16_would_lose_values():
+    from stvh.data.feature_cache import to_storage_dtype
+
+    base = np.linspace(-3, 6, 200, dtype=np.float32)
+    assert to_storage_dtype(base).dtype == np.float16
+    for bad in (70000.0, -65520.0, np.nan, np.inf):
+        x = base.copy()
+        x[7] = bad
+        assert to_storage_dtype(x).dtype == np.float32, bad
+    x = base.copy()
+    x[7] = -65519.0  # rounds to -65504 in float16: kept in float16
+    assert to_storage_dtype(x).dtype == np.float16
+    tiny = base.copy()
+    tiny[:3] = 1e-9  # 3 of 200 nonzero values underflow: more than 1 %
+    assert to_storage_dtype(tiny).dtype == np.float32
+    tiny[1:3] = 1.0  # 1 of 200: float16
+    assert to_storage_dtype(tiny).dtype == np.float16
+    assert to_storage_dtype(np.zeros((0, 3), np.float32)).dtype == np.float16
+
+
+def test_new_lzf_shards_and_old_gzip_shards_read_together(tmp_path):
+    import h5py
+
+    from stvh.data.feature_cache import FeatureCacheWriter
+
+    meta = {"backbone": "b", "weights_hash": "w", "frame_size": "native", "roi_size": 5, "channels": 3}
+    a = np.arange(2 * 3 * 3 * 5 * 5, dtype=np.float16).reshape(2, 3, 3, 5, 5)
+    with FeatureCacheWriter(tmp_path / "f", meta, shard_size=1) as w:
+        w.add("v/0", a)
+        w.add("v/1", a + 1)
+    old = tmp_path / "f" / "shard-00000.h5"
+    with h5py.File(old, "r") as fh:
+        assert fh["v|0"].compression == "lzf" and fh["v|0"].shuffle
+    with h5py.File(old, "w") as fh:  # as an older stvh wrote it
+        fh.create_dataset("v|0", data=a * 2, chunks=a.shape, compression="gzip", compression_opts=1, shuffle=True)
+    got = FeatureCache(tmp_path / "f").load(["v/0", "v/1"])
+    assert got["v/0"].tobytes() == (a * 2).tobytes() and got["v/1"].tobytes() == (a + 1).tobytes()

@@ -16,6 +16,7 @@ import logging
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -192,7 +193,7 @@ def extract(data: str | Path, backbone: str, out: str | Path, *, weights: str | 
         rest = extract_videos(extractor, work, batch_clips=batch_clips, skip_bad=skip_bad, address=address,
                               workers=workers, threads=threads, retries=retries)
     else:
-        rest = (extract_batch(extractor, group, skip_bad) for group in batches)
+        rest = run_batches(extractor, batches, skip_bad)
     results = itertools.chain(first, rest)
     try:
         for res in results:
@@ -253,8 +254,9 @@ def video_batches(clips, batch_clips: int) -> list[list]:
     return [v[i:i + batch_clips] for v in videos.values() for i in range(0, len(v), batch_clips)]
 
 
-def extract_batch(extractor: RoIExtractor, group, skip_bad: bool) -> BatchResult:
-    """Decode and extract one batch; an undecodable clip raises, or with ``skip_bad`` is skipped."""
+def decode_batch(group, skip_bad: bool) -> tuple[list, list[np.ndarray], list[DataError]]:
+    """``(clips kept, their frames (T, H, W, 3), skipped errors)``: an undecodable clip raises, or with
+    ``skip_bad`` is skipped."""
     keep, frames, skipped = [], [], []
     for c in group:
         try:
@@ -265,8 +267,28 @@ def extract_batch(extractor: RoIExtractor, group, skip_bad: bool) -> BatchResult
                 raise
             err.clip = err.clip or c.id
             skipped.append(err)
+    return keep, frames, skipped
+
+
+def extract_batch(extractor: RoIExtractor, group, skip_bad: bool, decoded=None) -> BatchResult:
+    """Decode (unless ``decoded``, :func:`decode_batch`'s result, is given) and extract one batch."""
+    keep, frames, skipped = decode_batch(group, skip_bad) if decoded is None else decoded
     feats = list(zip(keep, extractor(keep, frames))) if keep else []
     return BatchResult(len(group), feats, skipped, sum(len(f) for f in frames))
+
+
+def run_batches(extractor: RoIExtractor, batches: list[list], skip_bad: bool):
+    """:func:`extract_batch` of each batch in order, the next batch's frames decoded in a thread meanwhile
+    (JPEG decoding releases the GIL: on a second core it hides behind the backbone)."""
+    if not batches:
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="stvh-decode") as pool:
+        ahead = pool.submit(decode_batch, batches[0], skip_bad)
+        for i, group in enumerate(batches):
+            decoded = ahead.result()  # a decoding error is raised here, in order
+            if i + 1 < len(batches):
+                ahead = pool.submit(decode_batch, batches[i + 1], skip_bad)
+            yield extract_batch(extractor, group, skip_bad, decoded)
 
 
 def file_sha256(path: Path) -> str:
@@ -348,8 +370,7 @@ def _pca_projection(out: Path, batches: list[list], k: int, n_clips: int, extrac
     kept = _Kept(out, PCA_KEEP_BYTES if keep_bytes is None else keep_bytes)
     try:
         results, rows, n = [], [], 0
-        for i in chosen:
-            res = extract_batch(extractor, batches[i], skip_bad)  # projection None: raw, padded persons zeroed
+        for res in run_batches(extractor, [batches[i] for i in chosen], skip_bad):  # raw, padding zeroed
             for c, r in res.features:
                 if n < n_clips and (c.split != "test" or not train_only):
                     rows.append(fit_rows(r, c.mask))
