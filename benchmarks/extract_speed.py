@@ -11,11 +11,12 @@ Timed, per backbone:
 
 * ``extract`` - ``stvh.train.extract.extract(data, backbone, out)`` end to end
   (reading the annotations, building the backbone, JPEG decoding, backbone,
-  RoIAlign, cache write with gzip float16 shards), once with the raw channels
-  and once with ``pca=64`` (which also runs the backbone over the PCA sample -
-  up to 24 training clips - and fits the PCA).  ``wall`` is the whole call;
-  ``loop`` is the extraction loop alone as ``extract`` reports it (no
-  dataset reading, backbone building or PCA fit).
+  RoIAlign, cache write with LZF float16 shards), once with the raw channels
+  and once with ``pca=64`` (which also fits the PCA on the features of its
+  sample - whole batches, up to 24 training clips - which it keeps and writes:
+  the backbone runs once per clip).  ``wall`` is the whole call; ``loop`` is
+  the extraction as ``extract`` reports it (no dataset reading or backbone
+  building; the PCA sample and fit are in it).
 * ``bare`` (the baseline) - ``build_backbone(name)`` forward only, eval mode,
   no grad, over the same frames already decoded and in memory as float
   tensors, in the same batches as ``extract`` (``batch_clips`` = 4 clips,

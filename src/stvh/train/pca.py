@@ -56,7 +56,7 @@ def fit_rows(roi: np.ndarray, mask: np.ndarray, cell_step: int = 2) -> np.ndarra
 
 def project(roi: np.ndarray, mean: np.ndarray, comps: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """``roi (N, T, C, s, s)`` → ``(N, T, k, s, s)``; padded persons (``mask`` False) stay zero."""
-    x = np.moveaxis(roi.astype(np.float32), 2, -1) - mean  # (N, T, s, s, C)
+    x = np.moveaxis(roi.astype(np.float32, copy=False), 2, -1) - mean  # (N, T, s, s, C); one copy
     out = np.moveaxis(x @ comps.T, -1, 2)  # (N, T, k, s, s)
     if mask is not None:
         out[~mask] = 0

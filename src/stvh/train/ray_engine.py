@@ -1,7 +1,8 @@
 """The Ray engine of ``stvh extract`` and ``stvh encode`` (``--engine ray``): one task per video.
 
 The driver (the ``stvh`` process) plans the work as the single-process engine
-does (which clips the cache lacks, the PCA fit), puts the model in Ray's object
+does (which clips the cache lacks, the PCA fit, whose sample batches it extracts and
+writes itself), puts the model in Ray's object
 store once, and sends one task per video; a worker runs the same per-video code
 as the single process (:func:`stvh.train.extract.extract_batch`,
 :meth:`stvh.train.encode.Encoder.encode_clips`) with ``threads`` torch threads
