@@ -211,3 +211,19 @@ def test_new_lzf_shards_and_old_gzip_shards_read_together(tmp_path):
         fh.create_dataset("v|0", data=a * 2, chunks=a.shape, compression="gzip", compression_opts=1, shuffle=True)
     got = FeatureCache(tmp_path / "f").load(["v/0", "v/1"])
     assert got["v/0"].tobytes() == (a * 2).tobytes() and got["v/1"].tobytes() == (a + 1).tobytes()
+
+
+def test_project_hand_computed():
+    from stvh.train.pca import project
+
+    roi = np.zeros((2, 1, 2, 1, 2), np.float32)  # (N, T, C, s, s): 2 persons, 2 channels, 2 cells
+    roi[0, 0, :, 0, 0] = [3, 1]
+    roi[0, 0, :, 0, 1] = [1, 5]
+    roi[1] = 7
+    mean = np.array([1, 1], np.float32)
+    comps = np.array([[1, 0], [0.5, -1]], np.float32)  # (k, C)
+    out = project(roi, mean, comps, np.array([True, False]))
+    assert out.shape == (2, 1, 2, 1, 2)
+    # cell (0,0): x - mean = (2, 0) -> (2, 1); cell (0,1): (0, 4) -> (0, -4); person 1 is padding: 0
+    assert out[0, 0, :, 0, :].tolist() == [[2, 0], [1, -4]]
+    assert not out[1].any()
