@@ -227,3 +227,10 @@ def test_project_hand_computed():
     # cell (0,0): x - mean = (2, 0) -> (2, 1); cell (0,1): (0, 4) -> (0, -4); person 1 is padding: 0
     assert out[0, 0, :, 0, :].tolist() == [[2, 0], [1, -4]]
     assert not out[1].any()
+
+
+def test_pca_wider_than_the_backbone_is_refused_before_any_work(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(ex.RoIExtractor, "raw", lambda *a: pytest.fail("the backbone ran"))
+    with pytest.raises(ValueError, match=r"--pca 2000: efficientnet_lite0 gives 1280 channels; keep 1 to 1280"):
+        ex.extract(data, "efficientnet_lite0", tmp_path / "f", **{**OPTS, "pca": 2000})
+    assert not (tmp_path / "f").exists()

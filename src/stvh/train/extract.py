@@ -154,6 +154,9 @@ def extract(data: str | Path, backbone: str, out: str | Path, *, weights: str | 
     extractor = RoIExtractor(backbone, weights=weights, frame_size=frame_size, roi_size=roi_size, device=device,
                              seed=seed)
     sizes = {c.image_size for c in clips}
+    if pca is not None and not 0 < pca <= extractor.module.in_channels:  # before the sample's backbone work
+        raise ValueError(f"--pca {pca}: {backbone} gives {extractor.module.in_channels} channels; keep 1 to "
+                         f"{extractor.module.in_channels} of them (extract.pca in a config)")
 
     fingerprints = clip_fingerprints(clips, data)  # stat calls only: no frame is decoded here
     meta = {"backbone": backbone, "weights_hash": weights_identity(backbone, weights, seed),
