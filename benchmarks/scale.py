@@ -118,7 +118,8 @@ def stats_summary(s: dict) -> dict:
     raw = np.array([np.array(c["flips"]) / max(c["held_out"], 1) for c in s["classes"]])
     return {"classes": len(maj), "mean_rate_raw": round(float(raw.mean()), 4),
             "mean_rate_jeffreys": round(float(rates.mean()), 4),
-            "bits_never_flipped": int((raw == 0).sum()), "expected_flips_per_clip": round(float(rates.sum(1).mean()), 2),
+            "bits_never_flipped": int((raw == 0).sum()),
+            "expected_flips_per_clip": round(float(rates.sum(1).mean()), 2),
             "min_distance_between_majorities": int(dist.min())}
 
 
@@ -595,7 +596,8 @@ def table(results: dict) -> str:
     """Markdown: one row per cell; ms per query and (x scan) per method; mismatches / recall."""
     cols = ["scan", "mih", "auto", "faiss-flat", "faiss-mh", "faiss-hnsw", "faiss-ivf", "usearch"]
     head = ("| clips | bits | codes | k-th dist | " + " | ".join(cols)
-            + " | exact (mismatches) | recall@k | B/clip: mih (RSS) / faiss-mh RSS | 2 threads: scan / mih (cores got) |")
+            + " | exact (mismatches) | recall@k | B/clip: mih (RSS) / faiss-mh RSS"
+            + " | 2 threads: scan / mih (cores got) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     order = {k: i for i, k in enumerate(KINDS)}
     cells = sorted(results["cells"].values(), key=lambda c: (c["n"], c["bits"], order[c["kind"]]))
@@ -615,7 +617,8 @@ def table(results: dict) -> str:
         mis = {k: v["mismatch"] for k, v in m.items() if "mismatch" in v}
         row.append((f"{sum(mis.values())} ({len(mis)} methods)" if not any(mis.values()) else
                     ", ".join(f"{k} {v}" for k, v in mis.items() if v)) if mis else "–")
-        row.append(", ".join(f"{k.replace('faiss-', '')} {v['recall']:.2f}" for k, v in m.items() if "recall" in v) or "–")
+        rec = [f"{k.replace('faiss-', '')} {v['recall']:.2f}" for k, v in m.items() if "recall" in v]
+        row.append(", ".join(rec) or "–")
         mi, mh = m.get("mih", {}), m.get("faiss-mh", {})
         rss_txt = (lambda r: f"{r['rss_per_clip']:.0f}" if r.get("rss_per_clip") else "?")
         row.append((f"{mi['bytes_per_clip']:.1f} ({rss_txt(mi)})" if mi.get("bytes_per_clip") else "–")
