@@ -127,10 +127,10 @@ def load_stats(bits: int) -> dict:
     try:
         all_stats = json.loads(STATS.read_text())
     except FileNotFoundError:
-        sys.exit(f"error: {STATS} is missing: run benchmarks/scale.py --measure-from CODES.npz first")
+        fail(f"{STATS} is missing: run benchmarks/scale.py --measure-from CODES.npz first")
     s = all_stats.get(str(bits))
     if s is None:
-        sys.exit(f"error: {STATS} has no {bits}-bit statistics: run benchmarks/scale.py --measure-from "
+        fail(f"{STATS} has no {bits}-bit statistics: run benchmarks/scale.py --measure-from "
                  f"with a {bits}-bit CODES file")
     return s
 
@@ -226,9 +226,22 @@ def fmt_n(n: int) -> str:
 
 
 def parse_n(s: str) -> int:
-    s = s.strip().lower()
-    mult = {"k": 1000, "m": 1_000_000}.get(s[-1], 1)
-    return int(float(s[:-1] if mult > 1 else s) * mult)
+    """``"200k"``, ``"10M"``, ``"1000"`` -> a positive count (argparse reports a ValueError as a bad value)."""
+    t = s.strip().lower()
+    mult = {"k": 1000, "m": 1_000_000}.get(t[-1:], 1)
+    n = int(float(t[:-1] if mult > 1 else t) * mult)
+    if n < 1:
+        raise ValueError(s)
+    return n
+
+
+parse_n.__name__ = "size"          # argparse: "invalid size value: '1X'"
+
+
+def fail(msg: str) -> None:
+    """One line ``error: ...`` on stderr, exit status 2."""
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
 
 
 # ---------------------------------------------------------------- methods
@@ -637,7 +650,7 @@ def main(argv=None):
     ap.add_argument("--measure-from", type=Path, metavar="CODES.npz",
                     help="measure the trained-code statistics from this CODES file and store them, then stop")
     ap.add_argument("--quick", action="store_true", help="1M clips only, fewer queries (about 10 min)")
-    ap.add_argument("--sizes", nargs="+", help="database sizes (default 1M 10M 100M; --quick: 1M)")
+    ap.add_argument("--sizes", nargs="+", type=parse_n, help="database sizes (default 1M 10M 100M; --quick: 1M)")
     ap.add_argument("--bits", nargs="+", type=int, default=[64, 128], choices=[64, 128])
     ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     ap.add_argument("--methods", nargs="+", default=list(EXACT + APPROX), choices=EXACT + APPROX)
@@ -666,7 +679,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     if args.measure_from:
-        s = measure_stats(args.measure_from)
+        try:
+            s = measure_stats(args.measure_from)
+        except (OSError, ValueError, KeyError) as exc:
+            fail(f"{args.measure_from}: not a CODES file with codes, bits, activity and split ({exc})")
         s["summary"] = stats_summary(s)
         try:
             all_stats = json.loads(STATS.read_text())
@@ -677,7 +693,11 @@ def main(argv=None):
         print(json.dumps(s["summary"]), f"-> {STATS} [{s['bits']} bits]")
         return
     if args.table:
-        print(table(json.loads(args.out.read_text())))
+        try:
+            shown = json.loads(args.out.read_text())
+        except (OSError, ValueError) as exc:
+            fail(f"{args.out}: no results to show ({exc})")
+        print(table(shown))
         return
 
     import ctypes
@@ -691,8 +711,8 @@ def main(argv=None):
     from stvh.index import kernel
     faiss.omp_set_num_threads(1)
     if not kernel.AVAILABLE:
-        sys.exit("error: stvh's C kernel is not built (reinstall stvh): the scan is the reference")
-    sizes = [parse_n(s) for s in (args.sizes or (["1M"] if args.quick else ["1M", "10M", "100M"]))]
+        fail("stvh's C kernel is not built (reinstall stvh): the scan is the reference")
+    sizes = args.sizes or [parse_n(s) for s in (["1M"] if args.quick else ["1M", "10M", "100M"])]
     try:
         results = json.loads(args.out.read_text())
     except FileNotFoundError:
@@ -710,7 +730,7 @@ def main(argv=None):
 
     if args.calibrate:
         rows = [calibrate(kind, bits, n, args.queries or 100, args.seed, log)
-                for n in [parse_n(s) for s in (args.sizes or ["10M"])] for bits in args.bits for kind in args.kinds]
+                for n in (args.sizes or [parse_n("10M")]) for bits in args.bits for kind in args.kinds]
         results["calibration"] = {"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                                   "commit": commit, "rows": rows}
         write_json(args.out, results)

@@ -120,3 +120,15 @@ def test_hamming_of_result_ids(scale):
     db = np.array([[0, 0], [255, 0], [1, 3]], np.uint8)
     d = scale.hamming(db, np.array([2, -1, 1]), np.array([1, 1], np.uint8))
     assert d[0] == 1 and d[1] > 128 and d[2] == 8
+
+
+def test_bad_input_is_one_error_line_with_status_2(scale, tmp_path, capsys):
+    bad = tmp_path / "codes.npz"
+    np.savez(bad, codes=np.zeros((3, 1, 8), np.uint8), bits=np.array(64), activity=np.zeros(3, int))   # no split
+    with pytest.raises(SystemExit) as exc:
+        scale.main(["--measure-from", str(bad)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and err[0].startswith(f"error: {bad}:") and "split" in err[0]
+    with pytest.raises(SystemExit) as exc:
+        scale.main(["--sizes", "1X"])
+    assert exc.value.code == 2 and "argument --sizes: invalid size value: '1X'" in capsys.readouterr().err
