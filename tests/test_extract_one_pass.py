@@ -234,3 +234,24 @@ def test_pca_wider_than_the_backbone_is_refused_before_any_work(data, tmp_path, 
     with pytest.raises(ValueError, match=r"--pca 2000: efficientnet_lite0 gives 1280 channels; keep 1 to 1280"):
         ex.extract(data, "efficientnet_lite0", tmp_path / "f", **{**OPTS, "pca": 2000})
     assert not (tmp_path / "f").exists()
+
+
+def test_projection_does_not_depend_on_numpy_blas_threads():
+    # Ray runs its workers with one BLAS thread; the driver has as many as cores: numpy's float32 matmul
+    # gave other last bits there, so `--engine ray` caches differed from the single process. The product
+    # now runs in torch on the torch thread count both engines set.
+    from threadpoolctl import threadpool_limits
+
+    from stvh.train.pca import project
+
+    rng = np.random.default_rng(0)
+    roi = rng.standard_normal((12, 10, 1280, 5, 5)).astype(np.float32)
+    mean = rng.standard_normal(1280).astype(np.float32)
+    comps = rng.standard_normal((64, 1280)).astype(np.float32)
+    with threadpool_limits(1, "blas"):
+        one = project(roi, mean, comps)
+    with threadpool_limits(2, "blas"):
+        two = project(roi, mean, comps)
+    assert one.tobytes() == two.tobytes()
+    ref = np.einsum("kc,ntcij->ntkij", comps.astype(np.float64), roi.astype(np.float64) - mean[:, None, None])
+    np.testing.assert_allclose(one, ref, rtol=1e-4, atol=1e-3)

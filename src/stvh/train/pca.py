@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 import scipy.linalg
 
 from ..data.atomic import atomic_path
@@ -60,11 +61,15 @@ def project(roi: np.ndarray, mean: np.ndarray, comps: np.ndarray, mask: np.ndarr
 
     ``comps @ (x - mean)`` per frame, in the cache's own layout: no transposed copy of the C channels (2x
     faster than moving C last; float16 values of caches made before this differ by 1 ulp in ~0.1 % of them).
+    The product runs in torch, on torch's thread count (what ``--threads`` sets for the backbone too), not
+    in numpy's BLAS: BLAS's result depends on its own thread count, which Ray sets to 1 in its workers, so
+    a cache extracted with ``--engine ray`` differed from the single process in the last bits.
     """
     x = np.asarray(roi, dtype=np.float32)
     n, t, c = x.shape[:3]
     x = x.reshape(n * t, c, -1) - mean[:, None]  # (N*T, C, s*s), one copy
-    out = np.matmul(comps, x).reshape(n, t, comps.shape[0], *roi.shape[3:])  # (N, T, k, s, s)
+    prod = torch.matmul(torch.from_numpy(np.ascontiguousarray(comps, dtype=np.float32)), torch.from_numpy(x))
+    out = prod.numpy().reshape(n, t, comps.shape[0], *roi.shape[3:])  # (N, T, k, s, s)
     if mask is not None:
         out[~mask] = 0
     return out
