@@ -265,3 +265,30 @@ def test_tables_saved_with_the_index_are_mapped_back_not_rebuilt(backend, tmp_pa
     ref.add(again.ids, np.stack([db, db[::-1]], axis=1))
     r = ref.search(q, 25, focus=2)
     assert np.array_equal(r[0], after[1][0]) and np.array_equal(r[1], after[1][1])
+
+
+def test_damaged_saved_tables_are_never_read_through_and_are_rebuilt(caplog):
+    db = trained_like(3000, 64, seed=31)
+    ids = [f"d/{i}" for i in range(len(db))]
+    idx = create_index("mih", 64, 1)
+    idx.add(ids, db)
+    q = trained_like(6, 64, seed=32)
+    want = idx.search(q, 20)
+    extra = {k: np.array(v) for k, v in idx._extra_arrays().items()}
+    extra["mih0_pos0"][:] = len(db) + 7                         # every position points past the rows
+    extra["mih0_off1"][1:-1] = len(db) + 100                     # every bucket of table 1 ends past n
+    for damaged in ("mih0_pos0", "mih0_off1"):
+        clone = create_index("mih", 64, 1)
+        clone.add(ids, db)
+        good = {k: np.array(v) for k, v in idx._extra_arrays().items()}
+        good[damaged] = extra[damaged]
+        clone._adopt_extra(good)
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            got = clone.search(q, 20)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+        assert "damaged index file" in caplog.text
+    t = M.MIHTables.build(db, 64)
+    t.positions[0][:] = len(db) + 7
+    with pytest.raises(ValueError, match="rebuild the index"):
+        t.search(db, q, 20, budget=10 ** 12)

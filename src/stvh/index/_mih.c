@@ -102,10 +102,12 @@ typedef struct {
     const uint32_t *off[MAX_TABLES];
     const uint32_t *pos[MAX_TABLES];
     Py_ssize_t k;
+    Py_ssize_t n;               /* rows in the tables */
     int64_t budget;             /* work units per query before falling back */
 } mih_ctx;
 
-/* One query.  Returns the work done, or -1 when the budget ran out. */
+/* One query.  Returns the work done, -1 when the budget ran out, -2 when a table points outside the rows
+ * (damaged tables: a directory entry beyond n or a position >= n is never read through). */
 static int64_t mih_one(const mih_ctx *c, const uint8_t *q, const uint32_t *qk, hent *heap,
                        int64_t *opos, int32_t *odist) {
     const int m = c->m, words = (int)(c->nbytes / 8);
@@ -145,6 +147,7 @@ static int64_t mih_one(const mih_ctx *c, const uint8_t *q, const uint32_t *qk, h
                 int64_t ring = 0;
                 while (flip < limit) {
                     const uint32_t key = qk[j] ^ flip;
+                    if (off[key] > off[key + 1] || (Py_ssize_t)off[key + 1] > c->n) return -2;
                     ring += (int64_t)(off[key + 1] - off[key]) + 1;
                     if (r == 0 || work + ring > budget) break;
                     uint32_t t = flip | (flip - 1);
@@ -157,13 +160,15 @@ static int64_t mih_one(const mih_ctx *c, const uint8_t *q, const uint32_t *qk, h
                 while (flip < limit) {
                     const uint32_t key = qk[j] ^ flip;
                     const uint32_t b = off[key], e = off[key + 1];
+                    if (b > e || (Py_ssize_t)e > c->n) return -2;
                     work++;
                     for (uint32_t idx = b; idx < e; idx++) {
                         const uint32_t p = pos[idx];
+                        if ((Py_ssize_t)p >= c->n) return -2;
                         if (hn == k && (heap[0].d < r || (heap[0].d == r && p > heap[0].p))) {
                             break;         /* nothing later in this bucket can enter */
                         }
-                        if (idx + PREFETCH_ROWS < e) {
+                        if (idx + PREFETCH_ROWS < e && (Py_ssize_t)pos[idx + PREFETCH_ROWS] < c->n) {
                             PREFETCH(c->db + (size_t)pos[idx + PREFETCH_ROWS] * (size_t)c->nbytes);
                         }
                         const uint8_t *x = c->db + (size_t)p * (size_t)c->nbytes;
@@ -452,6 +457,7 @@ static PyObject *search(PyObject *self, PyObject *args) {
         goto out;
     }
     c.db = (const uint8_t *)db->buf;
+    c.n = n;
     Py_buffer *qb = GET(qo, 0, "queries");
     if (qb == NULL) goto out;
     nq = qb->len / nbytes;

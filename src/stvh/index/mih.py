@@ -211,6 +211,9 @@ class MIHTables:
         budget = scan_budget(n, self.nbytes) if budget is None else int(budget)
         _mih.search(db, self.nbytes, self.sizes, self._masks, tuple(self.offsets), tuple(self.positions),
                     self.query_keys(q), q, kk, budget, int(threads), pos, dist, work)
+        if (work == -2).any():
+            raise ValueError("the multi-index hashing tables point outside the index's rows (a damaged index "
+                             "file?): rebuild the index with `stvh index build`")
         fb = work < 0
         stats["fallback"] = int(fb.sum())
         stats["work"] = int(work[~fb].sum())

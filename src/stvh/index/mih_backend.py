@@ -26,6 +26,7 @@ whose budget runs out is still answered by the scan, so results stay exact.
 
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -37,6 +38,7 @@ MIN_ROWS = 200_000
 KEEP_IF = 0.8           # keep the tables when they take < 0.8 x the scan's time on the sample queries
 SAMPLE_QUERIES = 32
 SAMPLE_K = 50
+log = logging.getLogger(__name__)
 
 
 class MIHMixin:
@@ -106,7 +108,15 @@ class MIHMixin:
         tables = self.mih_tables(d)
         if tables is None:
             return None
-        pos, dist, _ = tables.search(self.depth_codes(d), q, k, threads=self._threads)
+        try:
+            pos, dist, _ = tables.search(self.depth_codes(d), q, k, threads=self._threads)
+        except ValueError as exc:                 # damaged saved tables: say so once, rebuild, answer exactly
+            log.warning("%s; rebuilding them in memory", exc)
+            self._mih_cache().pop(d, None)
+            tables = self.mih_tables(d)
+            if tables is None:
+                return None
+            pos, dist, _ = tables.search(self.depth_codes(d), q, k, threads=self._threads)
         return pos, dist
 
     # ---- hooks of InMemoryIndex
