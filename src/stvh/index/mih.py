@@ -59,9 +59,13 @@ def plan_sizes(n: int, bits: int) -> list[int]:
     if bits not in (64, 128):
         raise ValueError(f"multi-index hashing takes 64- or 128-bit codes, got {bits}")
     target = min(MAX_SUB_BITS, max(MIN_SUB_BITS, round(math.log2(max(n, 2)))))
-    m = min(MAX_TABLES, math.ceil(bits / target))
+    return split_bits(bits, min(MAX_TABLES, math.ceil(bits / target)), target)
+
+
+def split_bits(bits: int, m: int, cap: int = MAX_SUB_BITS) -> list[int]:
+    """``bits`` over ``m`` tables as evenly as possible (the first tables one bit more), each at most ``cap``."""
     base, extra = divmod(bits, m)
-    return [min(target, base + (1 if j < extra else 0)) for j in range(m)]
+    return [min(cap, base + (1 if j < extra else 0)) for j in range(m)]
 
 
 def assign_bits(sample: np.ndarray, bits: int, sizes: list[int]) -> list[np.ndarray]:
@@ -148,8 +152,7 @@ class MIHTables:
         if sizes is None:
             sizes = plan_sizes(n, bits)
             if tables is not None:
-                base, extra = divmod(bits, tables)
-                sizes = [min(MAX_SUB_BITS, base + (1 if j < extra else 0)) for j in range(tables)]
+                sizes = split_bits(bits, tables)
         step = max(1, n // SAMPLE_ROWS)
         bit_sets = assign_bits(db[::step][:SAMPLE_ROWS], bits, list(sizes))
         lut = key_luts(bit_sets, nb)
