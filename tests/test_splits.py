@@ -14,7 +14,8 @@ from stvh.data.clip import Clip
 from stvh.data.errors import FormatError, MalformedLine
 from stvh.data.mot import read_mot
 from stvh.data.splits import canonical_split, read_splits
-from stvh.train.tensors import partition, partition_notes
+from stvh.data.splits import unit_hash
+from stvh.train.tensors import limit_per_class, partition, partition_notes
 
 runner = CliRunner()
 TINY = ["model.d=16", "model.d_v=8", "model.heads=2", "model.bits=16", "model.depth=2", "train.epochs=1",
@@ -79,6 +80,41 @@ def test_partition_takes_the_splits_as_written():
         "trains on them"]
     old = partition(clips, 0.5, seed=0, unlisted="train")  # the clip in no split ("") joins train
     assert ids(old["train"]) == ["t/0", "t/1", "t/2", "t/3", "u/0"] and ids(old["none"]) == ["m/0"]
+
+
+def test_limit_per_class_keeps_the_first_n_of_each_activity_by_seeded_hash():
+    clips = []
+    for activity, n in ((0, 5), (1, 2), (-1, 3)):
+        for i in range(n):
+            c = clip(f"a{activity}", i, "train")
+            c.activity = activity
+            clips.append(c)
+    kept, dropped = limit_per_class(clips, 3, seed=7)
+    # by hand: each activity's clips ranked by unit_hash(id, 7); activity 0 keeps its 3 lowest, 1 keeps both,
+    # unlabelled clips are all kept; the kept list keeps the input order
+    rank0 = sorted((c for c in clips if c.activity == 0), key=lambda c: unit_hash(c.id, 7))
+    expect = {c.id for c in rank0[:3]} | {c.id for c in clips if c.activity != 0}
+    assert [c.id for c in kept] == [c.id for c in clips if c.id in expect]
+    assert ids(dropped) == ids(rank0[3:]) and len(dropped) == 2
+    smaller, _ = limit_per_class(clips, 1, seed=7)  # nested: a smaller size keeps a subset
+    assert {c.id for c in smaller} <= {c.id for c in kept} and sum(c.activity == 0 for c in smaller) == 1
+    assert limit_per_class(clips, None, seed=7) == (clips, [])
+    with pytest.raises(ValueError, match="train_per_class"):
+        limit_per_class(clips, 0, seed=7)
+
+
+def test_train_per_class_trains_on_fewer_clips(tiny_synth, tmp_path):
+    from stvh.data.formats import read_dataset
+
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--data", str(tiny_synth), "--out", str(out), "--no-progress", *TINY,
+                                 "data.train_per_class=1"])
+    assert result.exit_code == 0, result.output
+    full = partition(read_dataset(tiny_synth).clips, 0.25, seed=0)["train"]
+    per_class = {c.activity for c in full}  # one clip of each activity the train part has
+    assert len(per_class) < len(full)  # the data has some activity twice, so the option drops clips
+    assert f"training on {len(per_class)} train clips, {len(full) - len(per_class)} left out" in result.output
+    assert json.loads((out / "run.json").read_text())["splits"]["train"] == len(per_class)
 
 
 def test_partition_carves_val_from_train_without_a_val_split():

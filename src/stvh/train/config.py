@@ -218,6 +218,8 @@ class DataConfig(_Section):
     val_fraction: Fraction = _field(0.15, "a number in [0, 1)")
     reader: dict[str, Any] = _field({}, "a mapping of reader options")
     require_features: Annotated[bool, Strict()] = _field(False, "true (refuse clips without cached features) or false (leave them out)")
+    train_per_class: Optional[PosInt] = _field(None, "an integer >= 1 (at most that many train clips of each "
+                                                     "activity, for learning curves) or null (all)")
     unlisted: _choice(("ignore", "train")) = _field("ignore", "ignore (clips in no split stay out of training) or "
                                                               "train (they join the train split)")
 

@@ -49,7 +49,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import dump_config
 from ..models.filter import fit_filter
 from .augment import Augment, augment_batch
-from .tensors import ClipTensors, clips_to_tensors, partition, partition_notes
+from .tensors import ClipTensors, clips_to_tensors, limit_per_class, partition, partition_notes
 
 MSTVH_LIKE = ("mstvh", "mstvh_bd", "mstvh_ed")
 
@@ -489,6 +489,7 @@ def train_run(cfg: dict, data_dir: str | Path, features: str | Path | None, out:
     parts = partition(dataset.clips, cfg["data"]["val_fraction"], seed, unlisted)
     if not parts["train"]:
         raise ValueError(no_train_split_message(data_dir, dataset))
+    parts["train"], unused = limit_per_class(parts["train"], cfg["data"].get("train_per_class"), seed)
     if not any(c.activity >= 0 for c in parts["train"]):
         raise ValueError(f"{data_dir}: no training clip has an activity label; label them (e.g. an activity "
                          "column in clips.csv) or encode this data with a model trained elsewhere "
@@ -498,6 +499,9 @@ def train_run(cfg: dict, data_dir: str | Path, features: str | Path | None, out:
 
     lcfg = loss_config(cfg)
     notes = partition_notes(parts, cfg["data"]["val_fraction"], unlisted)
+    if unused:
+        notes.append(f"data.train_per_class={cfg['data']['train_per_class']}: training on {len(parts['train'])} "
+                     f"train clips, {len(unused)} left out (validation and test parts unchanged)")
     action_head = has_action_labels(parts["train"])
     actions = list(dataset.actions) if action_head else []
     if not action_head:  # Eq. 6's L_action and Eq. 8's GCN (fed by predicted actions) have nothing to learn from

@@ -117,6 +117,28 @@ def partition(clips: list[Clip], val_fraction: float, seed: int, unlisted: str =
     return out
 
 
+def limit_per_class(train: list[Clip], per_class: int | None, seed: int) -> tuple[list[Clip], list[Clip]]:
+    """At most ``per_class`` train clips of each activity (``data.train_per_class``): ``(kept, dropped)``.
+
+    For learning curves: the clips kept of each activity are the first ``per_class``
+    in the order of a seeded hash of their id, so a smaller size keeps a subset of a
+    larger one (same seed) and the validation and test parts never change.
+    Unlabelled clips (activity < 0) are kept. ``None`` keeps every clip.
+    """
+    if per_class is None:
+        return list(train), []
+    if per_class < 1:
+        raise ValueError(f"data.train_per_class must be an integer >= 1 or null, got {per_class}")
+    by_activity: dict[int, list[Clip]] = {}
+    for c in train:
+        by_activity.setdefault(c.activity, []).append(c)
+    keep: set[str] = set()
+    for activity, members in by_activity.items():
+        ranked = sorted(members, key=lambda c: unit_hash(c.id, seed))
+        keep.update(c.id for c in (ranked if activity < 0 else ranked[:per_class]))
+    return [c for c in train if c.id in keep], [c for c in train if c.id not in keep]
+
+
 def partition_notes(parts: dict[str, list[Clip]], val_fraction: float, unlisted: str = "ignore") -> list[str]:
     """Log lines saying where validation clips come from and how many clips no split lists."""
     notes = []
