@@ -1,49 +1,59 @@
-"""Quality on the REAL Volleyball sample: M-STVH / STVH from tracks vs two baselines of the same run.
+"""Quality on the REAL Volleyball sample: M-STVH / STVH (the shipped recipe) vs two baselines, over seeds.
 
-    python benchmarks/volleyball_sample.py                      # M-STVH and STVH, 30 epochs each
-    python benchmarks/volleyball_sample.py --models mstvh --epochs 5 --out /tmp/vs.json
+    python benchmarks/volleyball_sample.py                      # M-STVH and STVH, seeds 0 1 2
+    python benchmarks/volleyball_sample.py --models mstvh --seeds 0 --epochs 5 --out /tmp/vs.json
     python benchmarks/volleyball_sample.py --tracks on          # use the tracking files where present
-    python benchmarks/volleyball_sample.py --seeds 0 1 2        # means (and std) over three seeds
 
 Data: ``<repo>/../shared/data/volleyball-sample`` (``--data``): matches 7 and 10
 (official train split, all their annotated clips; the trainer carves its
 validation part out of them) are the database, match 4 (official test split)
-gives the queries; matches 39 and 41 are left out (``data.reader.videos``).
-The sample has no frames for most clips, so the models run tracks only
-(``model.backbone=none``: per person per frame box-geometry features).
+gives the queries; matches 39 and 41 are left out (2 clips each, no tracking).
+
+Recipe: the shipped default (``src/stvh/configs/default.yaml``, what ``stvh
+train`` uses without ``--config``; ``--config`` replaces it), with only the
+overrides the sample needs: ``model.backbone=none`` (frames exist for 5 of
+the 320 clips, so no CNN features: per person per frame box geometry only),
+``data.reader={videos: [4, 7, 10], use_tracks: ...}`` and ``train.device=cpu``.
+STVH gets ``model.name=stvh model.depth=1 loss.layer_weights=null
+model.shared_bits=0 loss.filter=0`` (one code, one activity head at weight
+1, as in benchmarks/quality_grid.py).  ``--epochs`` and ``--set KEY=VALUE``
+change the recipe for both models.
 
 Tracks: match 4 has tracking files for all of its clips, matches 7 and 10 for
 2 clips each, so with ``--tracks on`` the training clips are (almost all)
 static key-frame boxes while every query moves.  The default ``--tracks off``
-reads every clip the same way (key-frame boxes on all T frames): train and
-test then come from one distribution.
+reads every clip the same way (key-frame boxes on all T frames).
 
-Figures (test split = queries, train split = database, docs/metrics.md):
-``acc`` = accuracy of the deepest activity head (``mca``), ``mpca`` = mean
-per-class accuracy, ``mAP@10`` = activity mAP@10 of the deepest code
-(relevant-count convention, ties by database order).
+Figures (``stvh eval``'s protocol, docs/metrics.md): ``acc`` = accuracy of the
+deepest activity head (mca), ``mpca`` = mean per-class accuracy, ``mAP@10`` =
+activity mAP@10 of the deepest code (test split = queries, train split =
+database), and visual mAP@10 per depth (relevant = same match) for the stored
+codes and for those derived from the deepest code by the filter matrix F.
+Visual protocol: the official split puts no test match in train, so ``stvh
+eval`` mixes all clips of matches 4, 7 and 10 and sends a seeded 30 % of each
+match's clips to the queries (the rest is the database): every match is on
+both sides, as in the paper's "mix all videos, video id as label".
 
-Baselines measured in the same run:
+Baselines measured in the same run (same query/database masks):
 
 * ``majority`` - always predicts the most frequent training activity; its
-  mAP@10 is that of constant codes (every distance 0: the ranking is the
-  database order), computed with ``stvh.eval.metrics``.
+  mAP@10 (activity and visual) is that of constant codes (every distance 0:
+  the ranking is the database order), computed with ``stvh.eval.metrics``.
 * ``boxes`` - a hand-made descriptor per clip from the 13 ``box_geometry_features``
   (no learning of features): their mean over real persons and frames, the
   standard deviation over time of their per-frame mean over persons (motion),
   and the standard deviation over persons of their per-person mean over time
   (spread of the formation) - 39 numbers, columns constant on the train split
   dropped, standardised on the train split; accuracy of a logistic regression
-  (and of a nearest-centroid classifier, ``boxes_nc``); mAP@10 of 64-bit
+  (and of a nearest-centroid classifier, ``boxes_nc``); mAP@10 of K-bit
   sign-of-random-projection codes (LSH, seeded) of the standardised descriptor.
 
-One seed is noisy on 111 queries (the binomial standard error of an accuracy
-near 0.5 is 0.047, and two seeds of the same model can differ by more than
-that): ``--seeds`` trains every model once per seed and prints means (and
-standard deviations); the LSH codes of the ``boxes`` baseline use the same
-seeds.  Every figure is printed beside its ratio to both baselines; all of it goes to
-``--out`` (default ``benchmarks/results/volleyball_sample.json``).  Exits 0
-with a message when the sample is absent.
+Every model is trained once per seed (``--seeds``, default 0 1 2); the LSH
+codes and the visual query split use the same seed.  The table gives mean ±
+sample standard deviation over the seeds, and every figure's ratio to both
+baselines; all of it goes to ``--out`` (default
+``benchmarks/results/volleyball_sample.json``).  Exits 0 with a message when
+the sample is absent.
 """
 
 from __future__ import annotations
@@ -52,6 +62,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -61,25 +72,26 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "volleyball-sample"
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "volleyball_sample.json"
 VIDEOS = ("4", "7", "10")
+# STVH as in benchmarks/quality_grid.py: one code whose activity loss has weight 1 (the shipped config's
+# layer weights fitted to depth 1 would keep only the shallowest weight, 0.1), no shared bits, no filter.
+STVH_OVERRIDES = ("model.depth=1", "loss.layer_weights=null", "model.shared_bits=0", "loss.filter=0")
+KEYS = ("acc", "mpca", "map@10", "visual@10")
+LABELS = {"majority": "majority class", "boxes": "boxes mean-pool LR+LSH", "boxes_nc": "boxes mean-pool NC+LSH",
+          "stvh": "STVH", "mstvh": "M-STVH"}
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="Volleyball sample folder (default: %(default)s)")
+    ap.add_argument("--config", default=None,
+                    help="YAML config (default: the shipped src/stvh/configs/default.yaml, as `stvh train`)")
     ap.add_argument("--models", nargs="+", default=["mstvh", "stvh"], choices=["mstvh", "stvh"],
                     help="models to train (default: %(default)s)")
     ap.add_argument("--tracks", choices=["off", "on"], default="off",
                     help="off: key-frame boxes on every frame for every clip; on: tracking files where present")
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--bits", type=int, default=64)
-    ap.add_argument("--depth", type=int, default=3, help="M-STVH depth (STVH has one)")
-    ap.add_argument("--d", type=int, default=128)
-    ap.add_argument("--d-v", type=int, default=32)
-    ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0],
-                    help="training and LSH seeds; figures are means over them (default: %(default)s)")
+    ap.add_argument("--epochs", type=int, default=None, help="train.epochs (default: the config's)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                    help="training, LSH and visual-split seeds; figures are means over them (default: %(default)s)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="extra config overrides for both models, e.g. loss.contrast=0.2")
     ap.add_argument("--runs", help="keep the run folders here (default: a temporary folder, removed)")
@@ -97,22 +109,77 @@ def sample_missing(data: Path) -> str | None:
     return None
 
 
-def make_config(args, model: str, seed: int) -> dict:
-    from stvh.train.config import load_config
-
-    overrides = [
+def sample_overrides(model: str, seed: int, tracks: str, epochs: int | None = None, extra=()) -> list[str]:
+    """``key=value`` overrides of the recipe for one model and seed on the sample (see the module docstring)."""
+    out = [
         f"seed={seed}",
         "data.format=volleyball",
         # one override for the whole reader mapping: a second data.reader.* override would be refused
         # (the default {} is replaced by the first one, which then has no other keys)
-        f"data.reader={{videos: [{', '.join(VIDEOS)}], use_tracks: {'true' if args.tracks == 'on' else 'false'}}}",
-        f"model.name={model}", "model.backbone=none", f"model.bits={args.bits}",
-        f"model.depth={args.depth if model != 'stvh' else 1}", f"model.d={args.d}", f"model.d_v={args.d_v}",
-        f"model.heads={args.heads}",
-        f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}", f"train.lr={args.lr}",
-        "train.device=cpu",
-    ] + list(args.set)
-    return load_config(None, overrides)
+        f"data.reader={{videos: [{', '.join(VIDEOS)}], use_tracks: {'true' if tracks == 'on' else 'false'}}}",
+        f"model.name={model}", "model.backbone=none", "train.device=cpu",
+    ]
+    if model == "stvh":
+        out += list(STVH_OVERRIDES)
+    if epochs is not None:
+        out.append(f"train.epochs={epochs}")
+    return out + list(extra)
+
+
+def make_config(args, model: str, seed: int) -> dict:
+    """The shipped (or ``--config``) recipe with the sample's overrides, as ``stvh train`` resolves it."""
+    from stvh.train.config import resolve_config
+
+    cfg, _ = resolve_config(args.config, sample_overrides(model, seed, args.tracks, args.epochs, args.set))
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# pure helpers: per-depth figures, aggregation over seeds
+# ---------------------------------------------------------------------------------------------
+
+
+def per_depth(metrics: dict, focus: str, bits: int, depth: int, derived: bool = False, k: int = 10) -> list[float]:
+    """mAP@k of ``focus`` (activity / visual) at depths 1..depth (stored) or 1..depth-1 (derived by F),
+    read from ``stvh eval``'s flat metrics; shallow first."""
+    suffix, last = ("/derived", depth - 1) if derived else ("", depth)
+    return [metrics[f"map@{k}/{focus}/K{bits}/depth{t}{suffix}"] for t in range(1, last + 1)]
+
+
+def mean_std(values) -> tuple:
+    """Mean and sample standard deviation (ddof 1; 0 for one value) of numbers, or element-wise of
+    equal-length lists."""
+    import numpy as np
+
+    a = np.asarray(values, dtype=float)  # (seeds,) or (seeds, depth)
+    mean = a.mean(axis=0)
+    std = a.std(axis=0, ddof=1) if len(a) > 1 else np.zeros_like(mean)
+    return (float(mean), float(std)) if a.ndim == 1 else (mean.tolist(), std.tolist())
+
+
+def summarise(per_seed: dict, seeds, methods) -> dict:
+    """``{method: {key: mean, key_std: std}}`` over ``seeds`` for every key a method has in every seed
+    (numbers or per-depth lists)."""
+    out = {}
+    for name in methods:
+        runs = [per_seed[s][name] for s in seeds]
+        keys = [k for k, v in runs[0].items() if isinstance(v, (int, float, list)) and not isinstance(v, bool)
+                and all(k in r for r in runs)]
+        out[name] = {}
+        for k in keys:
+            out[name][k], out[name][f"{k}_std"] = mean_std([r[k] for r in runs])
+    return out
+
+
+def ratio(a: float, b: float) -> float | None:
+    return round(a / b, 3) if b else None
+
+
+def pm(mean, std, digits: int = 3) -> str:
+    """``0.512 ± 0.034``; lists element-wise joined by `` / ``."""
+    if isinstance(mean, list):
+        return " / ".join(pm(m, s, digits) for m, s in zip(mean, std))
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,47 +208,55 @@ def clip_descriptor(tensors):
 
 
 def baselines(tensors, seed: int, bits: int, ks=(5, 10, 20, 50)) -> dict:
+    """Majority class / constant codes and the boxes descriptor (LR, nearest centroid, LSH codes): activity
+    figures on the official split, visual mAP@10 under ``stvh eval``'s visual protocol with this seed."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import NearestCentroid
     from sklearn.preprocessing import StandardScaler
 
+    from stvh.eval.evaluate import visual_protocol
     from stvh.eval.metrics import mca, mpca, retrieval_metrics
 
     y = tensors.activity.numpy()
     split = np.asarray(tensors.splits)
+    groups = np.asarray(tensors.groups)
     test = (split == "test") & (y >= 0)
     train = (split != "test") & (y >= 0)
+    vdb, vq, _ = visual_protocol(tensors.ids, tensors.groups, tensors.splits, seed)
     num_classes = int(y.max()) + 1
     ytr, yte = y[train], y[test]
     out = {}
 
+    def visual(codes):  # (M, bits) codes of every clip
+        return retrieval_metrics(codes[vq], groups[vq], codes[vdb], groups[vdb], ks)["map@10"]
+
     # (a) majority class; constant codes rank the database in its own order
     majority = int(np.bincount(ytr, minlength=num_classes).argmax())
     pred = np.full(len(yte), majority)
-    const_q, const_db = np.ones((len(yte), bits), np.int8), np.ones((len(ytr), bits), np.int8)
-    r = retrieval_metrics(const_q, yte, const_db, ytr, ks)
+    const = np.ones((len(y), bits), np.int8)
+    r = retrieval_metrics(const[test], yte, const[train], ytr, ks)
     out["majority"] = {"acc": mca(yte, pred), "mpca": mpca(yte, pred, num_classes), "map@10": r["map@10"],
-                       "retrieval": r, "class": majority}
+                       "visual@10": visual(const), "retrieval": r, "class": majority}
 
     # (b) boxes-only mean-pool descriptor: logistic regression / nearest centroid, LSH codes
     x = clip_descriptor(tensors)
     x = x[:, x[train].std(axis=0) > 1e-12]  # e.g. every motion feature when all boxes are static
     scaler = StandardScaler().fit(x[train])
-    xtr, xte = scaler.transform(x[train]), scaler.transform(x[test])
-    lr = LogisticRegression(max_iter=5000, C=1.0).fit(xtr, ytr)
-    nc = NearestCentroid().fit(xtr, ytr)
+    z = scaler.transform(x)
+    lr = LogisticRegression(max_iter=5000, C=1.0).fit(z[train], ytr)
+    nc = NearestCentroid().fit(z[train], ytr)
     proj = np.random.default_rng(seed).standard_normal((x.shape[1], bits))
-
-    def lsh(z):
-        return np.where(z @ proj >= 0, 1, -1).astype(np.int8)
-
-    r = retrieval_metrics(lsh(xte), yte, lsh(xtr), ytr, ks)
-    p_lr, p_nc = lr.predict(xte), nc.predict(xte)
+    codes = np.where(z @ proj >= 0, 1, -1).astype(np.int8)  # (M, bits)
+    r = retrieval_metrics(codes[test], yte, codes[train], ytr, ks)
+    p_lr, p_nc = lr.predict(z[test]), nc.predict(z[test])
+    vis = visual(codes)
     out["boxes"] = {"acc": mca(yte, p_lr), "mpca": mpca(yte, p_lr, num_classes), "map@10": r["map@10"],
-                    "retrieval": r, "descriptor_dim": int(x.shape[1])}
-    out["boxes_nc"] = {"acc": mca(yte, p_nc), "mpca": mpca(yte, p_nc, num_classes), "map@10": r["map@10"]}
-    out["_sizes"] = {"train": int(train.sum()), "test": int(test.sum()), "classes": num_classes}
+                    "visual@10": vis, "retrieval": r, "descriptor_dim": int(x.shape[1])}
+    out["boxes_nc"] = {"acc": mca(yte, p_nc), "mpca": mpca(yte, p_nc, num_classes), "map@10": r["map@10"],
+                       "visual@10": vis}
+    out["_sizes"] = {"train": int(train.sum()), "test": int(test.sum()), "classes": num_classes,
+                     "visual_queries": int(vq.sum()), "visual_database": int(vdb.sum())}
     return out
 
 
@@ -206,15 +281,60 @@ def train_and_eval(cfg: dict, data: Path, run: Path) -> dict:
     m = res["metrics"]
     depth, bits = res["details"]["depth"], res["details"]["bits"]
     deep = f"K{bits}/depth{depth}"
-    return {
+    out = {
         "acc": m["mca"], "mpca": m["mpca"], "map@10": m[f"map@10/activity/{deep}"],
+        "visual@10": m[f"map@10/visual/K{bits}/depth1"],  # the shallowest code: the visual focus
         "map@10/byk": m[f"map@10/activity/{deep}/byk"], "precision@10": m[f"precision@10/activity/{deep}"],
-        "map@10_per_depth": [m[f"map@10/activity/K{bits}/depth{t + 1}"] for t in range(depth)],
+        "map@10_per_depth": per_depth(m, "activity", bits, depth),
+        "visual@10_per_depth": per_depth(m, "visual", bits, depth),
         "acc_per_depth": [m[f"mca/depth{t + 1}"] for t in range(depth)],
-        "action_acc": m["action_acc"], "best_epoch": summary["best_epoch"] + 1,
+        "action_acc": m["action_acc"], "best_epoch": summary["best_epoch"],
         "best_val": summary["best_score"], "train_s": round(t_train, 1), "encode_eval_s": round(t_eval, 1),
-        "metrics": m,
+        "visual_protocol": res["details"]["visual_protocol"], "metrics": m,
     }
+    if depth > 1 and f"map@10/visual/K{bits}/depth1/derived" in m:
+        out["map@10_derived_per_depth"] = per_depth(m, "activity", bits, depth, derived=True)
+        out["visual@10_derived_per_depth"] = per_depth(m, "visual", bits, depth, derived=True)
+    return out
+
+
+def print_tables(summary: dict, n_seeds: int) -> dict:
+    """The main table (mean ± std, ratios to both baselines) and per-depth lines; returns the ratios."""
+    maj, box = summary["majority"], summary["boxes"]
+    print(f"\nmean ± std over {n_seeds} seed(s)")
+    print(f"{'method':<24}{'acc':>15}{'mpca':>15}{'mAP@10':>15}{'visual@10':>15}   "
+          f"{'acc/maj':>8}{'acc/box':>8}{'mAP/maj':>8}{'mAP/box':>8}{'vis/box':>8}")
+    ratios = {}
+    for name, r in summary.items():
+        q = ratios[name] = {"acc/majority": ratio(r["acc"], maj["acc"]), "acc/boxes": ratio(r["acc"], box["acc"]),
+                            "map@10/majority": ratio(r["map@10"], maj["map@10"]),
+                            "map@10/boxes": ratio(r["map@10"], box["map@10"]),
+                            "visual@10/boxes": ratio(r["visual@10"], box["visual@10"])}
+        print(f"{LABELS[name]:<24}" + "".join(f"{pm(r[k], r[k + '_std']):>15}" for k in KEYS) + "   "
+              + "".join(f"{q[k]:>8.2f}" for k in ("acc/majority", "acc/boxes", "map@10/majority", "map@10/boxes",
+                                                  "visual@10/boxes")))
+    for name in ("mstvh", "stvh"):
+        r = summary.get(name)
+        if r is None:
+            continue
+        print(f"\n{LABELS[name]} per depth (shallow -> deep), mean ± std:")
+        for key, what in (("acc_per_depth", "acc"), ("map@10_per_depth", "activity mAP@10"),
+                          ("map@10_derived_per_depth", "activity mAP@10, derived by F"),
+                          ("visual@10_per_depth", "visual mAP@10"),
+                          ("visual@10_derived_per_depth", "visual mAP@10, derived by F")):
+            if key in r:
+                print(f"  {what:<32}{pm(r[key], r[key + '_std'])}")
+    return ratios
+
+
+def git_commit(where: Path) -> str | None:
+    """The commit of the git tree holding ``where`` (``+dirty`` when its files differ from it), if any."""
+    try:
+        run = lambda *a: subprocess.run(["git", "-C", str(where), *a], capture_output=True, text=True,  # noqa: E731
+                                        check=True).stdout.strip()
+        return run("rev-parse", "HEAD") + ("+dirty" if run("status", "--porcelain", "--", ".") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def main(argv=None) -> int:
@@ -226,6 +346,7 @@ def main(argv=None) -> int:
         return 0
 
     import numpy as np
+    import stvh
     import torch
 
     from stvh.data.atomic import write_text_atomic
@@ -234,22 +355,22 @@ def main(argv=None) -> int:
 
     t_start = time.perf_counter()
     cfg0 = make_config(args, args.models[0], args.seeds[0])
+    bits = int(cfg0["model"]["bits"])
     dataset, _, _ = load_data(cfg0, data, None)
     tensors = clips_to_tensors(dataset.clips)
     groups = sorted({(c.group, c.split) for c in dataset.clips}, key=lambda g: int(g[0]))
     tracked = {s: sum(c.tracked for c in dataset.clips if c.split == s) for s in ("train", "test")}
-    per_seed: dict[int, dict] = {}
-    for seed in args.seeds:
-        per_seed[seed] = baselines(tensors, seed, args.bits)
-    sizes = per_seed[args.seeds[0]]["_sizes"]
-    for r in per_seed.values():
-        r.pop("_sizes")
+    per_seed: dict[int, dict] = {seed: baselines(tensors, seed, bits) for seed in args.seeds}
+    sizes = {seed: r.pop("_sizes") for seed, r in per_seed.items()}
+    s0 = sizes[args.seeds[0]]
     print(f"# data {data}: matches {', '.join(f'{g}({s})' for g, s in groups)}; "
-          f"{sizes['train']} database clips (train split, incl. the trainer's val part), {sizes['test']} queries; "
-          f"tracks {args.tracks} (tracked clips: train {tracked['train']}, test {tracked['test']})")
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, load {os.getloadavg()[0]:.2f}; "
-          f"seeds {' '.join(map(str, args.seeds))}")
+          f"{s0['train']} database clips (train split, incl. the trainer's val part), {s0['test']} queries; "
+          f"tracks {args.tracks} (tracked clips: train {tracked['train']}, test {tracked['test']}); "
+          f"visual: {s0['visual_queries']} queries / {s0['visual_database']} database (seed {args.seeds[0]})")
+    src, commit = Path(stvh.__file__).parent, git_commit(Path(stvh.__file__).parent)
+    print(f"# stvh from {src}, commit {commit}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
+          f"load {os.getloadavg()[0]:.2f}; seeds {' '.join(map(str, args.seeds))}")
 
     configs = {}
     tmp = None
@@ -262,62 +383,34 @@ def main(argv=None) -> int:
                 run = root / f"{name}-seed{seed}"
                 if (run / "last.pt").exists():
                     raise SystemExit(f"error: {run} already holds a run; choose another --runs folder")
-                print(f"# training {name}, seed {seed} ({args.epochs} epochs) ...", flush=True)
+                print(f"# training {name}, seed {seed} ({cfg['train']['epochs']} epochs) ...", flush=True)
                 r = per_seed[seed][name] = train_and_eval(cfg, data, run)
-                print(f"#   {name}: best epoch {r['best_epoch']} (val mAP@10 {r['best_val']:.3f}), "
-                      f"train {r['train_s']:.0f}s, encode+eval {r['encode_eval_s']:.1f}s", flush=True)
+                print(f"#   {name}: best epoch {r['best_epoch']} (val {r['best_val']:.3f}), acc {r['acc']:.3f}, "
+                      f"mAP@10 {r['map@10']:.3f}, visual@10 per depth "
+                      + " ".join(f"{v:.3f}" for v in r["visual@10_per_depth"])
+                      + f"; train {r['train_s']:.0f}s, encode+eval {r['encode_eval_s']:.1f}s", flush=True)
     finally:
         if tmp is not None:
             import shutil
             shutil.rmtree(tmp, ignore_errors=True)
 
     methods = ["majority", "boxes", "boxes_nc"] + list(args.models)
-    keys = ("acc", "mpca", "map@10")
-    summary = {}
-    for name in methods:
-        vals = {k: np.array([per_seed[s][name][k] for s in args.seeds]) for k in keys}
-        summary[name] = {k: float(v.mean()) for k, v in vals.items()}
-        summary[name].update({f"{k}_std": float(v.std()) for k, v in vals.items()})
-        if name == "mstvh":
-            for k in ("acc_per_depth", "map@10_per_depth"):
-                summary[name][k] = np.mean([per_seed[s][name][k] for s in args.seeds], axis=0).tolist()
-    maj, box = summary["majority"], summary["boxes"]
-
-    def ratio(a, b):
-        return round(a / b, 3) if b else None
-
-    many = len(args.seeds) > 1
-    print()
-    print(("mean over seeds (std)\n" if many else "")
-          + f"{'method':<24}{'acc':>7}{'mpca':>7}{'mAP@10':>8}   {'acc/maj':>8}{'acc/box':>8}"
-          f"{'mAP/maj':>8}{'mAP/box':>8}" + (f"{'acc std':>9}{'mAP std':>9}" if many else ""))
-    labels = {"majority": "majority class", "boxes": "boxes mean-pool LR+LSH", "boxes_nc": "boxes mean-pool NC+LSH",
-              "stvh": f"STVH K{args.bits}", "mstvh": f"M-STVH K{args.bits} depth{args.depth}"}
-    ratios = {}
-    for name, r in summary.items():
-        ratios[name] = {"acc/majority": ratio(r["acc"], maj["acc"]), "acc/boxes": ratio(r["acc"], box["acc"]),
-                        "map@10/majority": ratio(r["map@10"], maj["map@10"]),
-                        "map@10/boxes": ratio(r["map@10"], box["map@10"])}
-        q = ratios[name]
-        print(f"{labels[name]:<24}{r['acc']:>7.3f}{r['mpca']:>7.3f}{r['map@10']:>8.3f}   "
-              f"{q['acc/majority']:>8.2f}{q['acc/boxes']:>8.2f}{q['map@10/majority']:>8.2f}{q['map@10/boxes']:>8.2f}"
-              + (f"{r['acc_std']:>9.3f}{r['map@10_std']:>9.3f}" if many else ""))
-    n_q = sizes["test"]
+    summary = summarise(per_seed, args.seeds, methods)
+    ratios = print_tables(summary, len(args.seeds))
+    n_q = s0["test"]
     se = {name: (r["acc"] * (1 - r["acc"]) / n_q) ** 0.5 if n_q else None for name, r in summary.items()}
     print(f"(binomial standard error of one seed's acc over {n_q} queries: "
           + ", ".join(f"{k} {v:.3f}" for k, v in se.items()) + ")")
-    if "mstvh" in summary:
-        r = summary["mstvh"]
-        print("\nM-STVH per depth (shallow -> deep): acc " + " ".join(f"{v:.3f}" for v in r["acc_per_depth"])
-              + " | mAP@10 " + " ".join(f"{v:.3f}" for v in r["map@10_per_depth"]))
 
     total = time.perf_counter() - t_start
     record = {
-        "info": {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "host": platform.node(),
-                 "python": platform.python_version(), "torch": torch.__version__,
-                 "threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-                 "loadavg": os.getloadavg(), "data": str(data), "sizes": sizes, "tracked_clips": tracked,
-                 "seconds": round(total, 1)},
+        "info": {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "host": platform.node(), "commit": commit,
+                 "stvh": str(src), "python": platform.python_version(),
+                 "torch": torch.__version__, "threads": torch.get_num_threads(),
+                 "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "loadavg": os.getloadavg(),
+                 "data": str(data), "sizes": s0, "visual_sizes": {str(k): v for k, v in sizes.items()},
+                 "tracked_clips": tracked, "seconds": round(total, 1),
+                 "overrides": {m: sample_overrides(m, 0, args.tracks, args.epochs, args.set) for m in args.models}},
         "args": vars(args), "configs": configs, "summary": summary, "ratios": ratios,
         "acc_standard_error": se, "per_seed": {str(k): v for k, v in per_seed.items()},
     }
