@@ -448,6 +448,51 @@ def encode_cmd(
     _fail_videos(result["failed_videos"], failed_path(out))
 
 
+@app.command("ingest")
+@friendly_errors
+def ingest_cmd(
+    folder: Path = typer.Argument(..., metavar="DIR", help="MOT-layout folder: tracks/NAME.txt with videos/NAME.mp4 "
+                                                           "or frames/NAME/."),
+    run: Path = typer.Option(..., "--run", help="Run folder made by `stvh train` (its model encodes the clips)."),
+    index: Path = typer.Option(..., "--index", help="Index file to add to (created when missing); its ledger "
+                                                    "INDEX.ingest.json records what was ingested."),
+    settle: float = typer.Option(1.0, "--settle", help="Seconds a video's files must stay unchanged before reading."),
+    retries: int = typer.Option(3, "--retries", help="Reads of a video that fails to open before it is reported."),
+    strict: bool = typer.Option(False, "--strict", help="Exit with status 2 when a file was skipped."),
+    checkpoint: str = typer.Option("best", help="best or last."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+):
+    """Add the videos of DIR that are new or changed since the last run to an index (docs/live.md)."""
+    from .ingest import ingest_folder
+    from .outputs import check_output
+    from .train.loop import check_device
+
+    check_device(device)
+    if not settle >= 0:
+        _fail(f"--settle must be >= 0 seconds, got {settle}")
+    if retries < 1:
+        _fail(f"--retries must be >= 1, got {retries}")
+    if not folder.is_dir():
+        _fail(f"DIR {folder} is not a folder (a MOT-layout folder: tracks/NAME.txt + videos/ or frames/)")
+    _check_free(index, flag="--index")
+    check_output(index, inputs=[(folder, "footage folder"), (run, "run folder")], overwrite=True, what="index",
+                 flag="--index")
+    _lock(index, "stvh ingest", flag="--index")
+    import logging
+    logging.getLogger("stvh.ingest").addHandler(logging.NullHandler())  # the skipped files are listed below
+    result = ingest_folder(folder, run, index, settle=settle, retries=retries, checkpoint=checkpoint, device=device,
+                           progress=progress and sys.stderr.isatty())
+    typer.echo(f"ingested {result['videos']} videos ({result['clips']} clips) into {index}; it holds "
+               f"{result['total_clips']} clips")
+    if result["skipped"]:
+        typer.echo(f"skipped {len(result['skipped'])} file(s):", err=True)
+        for s in result["skipped"]:
+            typer.echo(f"  {s['file']}: {s['reason']}", err=True)
+        if strict:
+            _fail(f"{len(result['skipped'])} file(s) skipped (--strict)")
+
+
 def check_output_of_encode(run: Path, out: Path, data: Optional[Path], features: Optional[Path],
                            overwrite: bool) -> None:
     """A CODES file may live in the run folder, never over one of the run's files or any other input."""

@@ -188,6 +188,7 @@ def read_footage(footage: Footage, root: Path, options: dict) -> list[Clip]:
         except DataError as exc:
             if exc.path is not None:
                 exc.path = exc.path.replace(str(view), str(root), 1)
+            exc.message = exc.message.replace(str(view), str(root))
             raise
     return [_relocate(c, footage) for c in ds.clips]
 
@@ -302,7 +303,8 @@ class Ingester:
             file, reason = exc.file, exc.message
         elif isinstance(exc, DataError):
             file = exc.path or str(footage.tracks)
-            reason = _line(exc).removeprefix(f"{file}: ") if exc.path else _line(exc)
+            where = (f"line {exc.line}: " if exc.line else "") + (f"clip {exc.clip}: " if exc.clip else "")
+            reason = where + f"{exc.kind}: {exc.message}".splitlines()[0]
         else:
             file, reason = str(getattr(exc, "filename", None) or footage.source), _line(exc)
         self.report_bad(footage.name, fp, file, reason + (f" (after {count} tries)" if count > 1 else ""))
