@@ -11,8 +11,9 @@ import pytest
 
 from stvh.data.labels import VOLLEYBALL_ACTIONS, VOLLEYBALL_ACTIVITIES
 from stvh.data.synth import (
-    JERSEY_PALETTE, SynthConfig, _parts, annotated_boxes, court_canvas, generate, initial_layout,
-    match_activities, match_style, match_test_mask, render_clip, scene_boxes, simulate_clip,
+    JERSEY_PALETTE, SynthConfig, _parts, annotated_boxes, camera_map, court_canvas, generate, initial_layout,
+    match_activities, match_distinctness, match_style, match_test_mask, nearest_centroid_accuracy, render_clip,
+    scene_boxes, simulate_clip,
 )
 
 TINY = dict(matches=2, clips_per_match=8, frames=4, size=(90, 160), players_per_side=6, progress=False)
@@ -49,7 +50,7 @@ def tiny(tmp_path_factory) -> Path:
 def test_layout_and_files_parse(tiny):
     meta = json.loads((tiny / "dataset.json").read_text())
     assert meta["format"] == "volleyball" and meta["generator"] == "stvh.data.synth"
-    assert meta["complete"] is True and meta["seed"] == 3 and meta["version"] == 1
+    assert meta["complete"] is True and meta["seed"] == 3 and meta["version"] == 2
     assert meta["image_size"] == [H, W] and meta["window"] == [-2, 1]
     assert meta["params"]["frames"] == 4 and meta["params"]["size"] == [H, W]
     assert meta["activities"] == list(VOLLEYBALL_ACTIVITIES) and meta["actions"] == list(VOLLEYBALL_ACTIONS)
@@ -229,7 +230,8 @@ def test_key_player_wears_the_team_jersey_whatever_the_activity():
         scene.present[:] = False
         scene.present[k] = True  # render the key player alone
         frames = render_clip(scene, style, cfg.size)
-        jersey = np.clip(np.asarray(style.jerseys[scene.team[k]], float) * scene.gain, 0, 255).astype(np.uint8)
+        light = scene.gain * np.asarray(style.light, np.float32)  # the clip's gain x the match's light
+        jersey = np.clip(np.asarray(style.jerseys[scene.team[k]], float) * light, 0, 255).astype(np.uint8)
         p = _parts(scene, cfg.size)
         checked = 0
         for t in range(cfg.frames):
@@ -283,6 +285,53 @@ def test_match_styles_are_distinct_pairs():
     def pair(style):  # palette indices of the two jerseys (a jersey is a palette colour +- 10)
         return frozenset(int(np.abs(JERSEY_PALETTE - np.asarray(j)).sum(1).argmin()) for j in style.jerseys)
 
-    pairs = [pair(match_style(0, m)) for m in range(45)]
-    assert all(len(p) == 2 for p in pairs) and len(set(pairs)) == 45
+    pairs = [pair(match_style(0, m)) for m in range(120)]
+    assert all(len(p) == 2 for p in pairs) and len(set(pairs)) == 120
     assert match_style(0, 3) == match_style(0, 3) and match_style(0, 3) != match_style(1, 3)
+
+
+def test_match_styles_vary_light_camera_and_court_within_limits():
+    styles = [match_style(0, m) for m in range(200)]
+    zooms = np.array([s.camera[0] for s in styles])
+    assert 0.85 <= zooms.min() and zooms.max() <= 1.0 and zooms.std() > 0.03
+    assert all(abs(s.camera[1]) <= 0.02 and abs(s.camera[2]) <= 0.03 for s in styles)
+    warm = np.array([s.light[0] / s.light[2] for s in styles])  # colour temperature: red over blue gain
+    assert warm.min() < 0.9 and warm.max() > 1.1
+    assert len({s.court for s in styles}) == 200 and len({s.lines for s in styles}) == 4
+    assert {s.attack_lines for s in styles} == {True, False} and len({s.stand_tiers for s in styles}) == 6
+
+
+def test_camera_zooms_about_the_floor_centre_and_boxes_stay_tight():
+    fx, fy, z = camera_map((0.5, 0.1, -0.1), (100, 200))
+    assert (fx(100.0), fx(0.0), fy(72.0), fy(0.0)) == (120.0, 70.0, 62.0, 26.0) and z == 0.5
+    cfg = SynthConfig(frames=4, occlusion=0.0, missing=0.0, pan=0.0)
+    style = match_style(0, 5)
+    scene = simulate_clip(6, cfg, np.random.default_rng(1))     # l_winpoint
+    plain = scene_boxes(scene, cfg.size)
+    scene.camera = (0.86, 0.0, 0.0)
+    zoomed = scene_boxes(scene, cfg.size)
+    heights = (zoomed[..., 3] - zoomed[..., 1]) / (plain[..., 3] - plain[..., 1])
+    assert abs(np.median(heights) - 0.86) < 0.03     # persons shrink with the zoom
+    k = scene.key
+    scene.present[:] = False
+    scene.present[k] = True
+    frames = render_clip(scene, style, cfg.size)
+    scene.present[k] = False
+    empty = render_clip(scene, style, cfg.size)
+    for t in range(cfg.frames):
+        ys, xs = np.nonzero(np.any(frames[t] != empty[t], axis=-1))
+        x1, y1, x2, y2 = zoomed[t, k]
+        assert len(ys) and x1 <= xs.min() and xs.max() < x2 and y1 <= ys.min() and ys.max() < y2
+
+
+def test_nearest_centroid_accuracy_hand_example():
+    x = np.array([[0.0], [2.0], [10.0], [12.0], [1.0], [7.0], [11.5]])
+    groups = np.array([0, 0, 1, 1, 0, 0, 1])
+    train = np.array([True, True, True, True, False, False, False])
+    # centroids 1 and 11: query 1 -> 0 (right), 7 -> 1 (wrong: nearer 11 than 1), 11.5 -> 1 (right)
+    assert nearest_centroid_accuracy(x, groups, train) == pytest.approx(2 / 3)
+
+
+def test_match_distinctness_on_a_few_small_matches():
+    d = match_distinctness(0, 3, clips_per_match=4, size=(64, 112))
+    assert set(d) == {"mean_colour", "grid4"} and d["grid4"] == 1.0 and 0.0 <= d["mean_colour"] <= 1.0

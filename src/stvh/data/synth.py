@@ -42,11 +42,12 @@ from .labels import VOLLEYBALL_ACTIONS, VOLLEYBALL_ACTIVITIES
 __all__ = [
     "GENERATOR", "VERSION", "SynthConfig", "MatchStyle", "Scene", "generate", "match_style",
     "initial_layout", "match_activities", "match_test_mask", "simulate_clip", "scene_boxes",
-    "annotated_boxes", "render_clip", "court_canvas",
+    "annotated_boxes", "render_clip", "court_canvas", "camera_map", "match_distinctness",
+    "nearest_centroid_accuracy",
 ]
 
 GENERATOR = "stvh.data.synth"
-VERSION = 1
+VERSION = 2  # 2: per-match light, camera, shorts, stands tiers, attack lines; 16 jersey colours
 JPEG_QUALITY = 90
 FIRST_KEY, KEY_STEP = 1000, 100  # clip i of a match has key frame FIRST_KEY + KEY_STEP * i
 MAX_FRAMES = KEY_STEP  # windows of consecutive clips never share a frame number
@@ -56,18 +57,23 @@ _SALT_CLIP, _SALT_MATCH, _SALT_PAIRS, _SALT_ACTIVITY, _SALT_SPLIT = 11, 23, 37, 
 
 _ACTION = {name: i for i, name in enumerate(VOLLEYBALL_ACTIONS)}
 
-# Distinct jersey colours; a match wears one unordered pair (45 pairs), so
+# Distinct jersey colours; a match wears one unordered pair (120 pairs), so
 # every colour is shared by several matches but the pair identifies a match.
 JERSEY_PALETTE = np.array([
     (200, 30, 40), (30, 70, 200), (235, 210, 40), (30, 150, 60), (235, 235, 235),
     (35, 35, 40), (240, 130, 30), (120, 50, 160), (40, 190, 210), (230, 110, 170),
+    (120, 20, 40), (20, 30, 100), (150, 220, 60), (0, 120, 120), (150, 110, 70), (140, 140, 145),
 ], np.int64)
 _PAIRS = tuple(combinations(range(len(JERSEY_PALETTE)), 2))
-# Court floors: fewer than the matches, so courts are shared too.
+# Shorts: dark, white, black or navy (per team), drawn independently of the jersey.
+SHORTS_KINDS = ("dark", "white", "black", "navy")
+# Court floors: fewer than the matches, so courts are shared too (each drawn +- 25 per channel).
 COURT_PALETTE = np.array([
     (200, 140, 80), (60, 110, 170), (70, 140, 90), (180, 80, 60), (140, 140, 150), (210, 190, 140),
+    (170, 110, 60), (40, 80, 130), (110, 160, 190), (120, 60, 90), (90, 90, 95), (225, 160, 110),
 ], np.int64)
 TEXTURES = ("boards", "planks", "diagonal", "blotches", "checker")
+LINE_PALETTE = ((240, 240, 240), (245, 220, 60), (235, 120, 40), (60, 150, 230))
 SKIN_PALETTE = np.array([(240, 200, 170), (220, 170, 130), (180, 120, 80), (120, 80, 50)], np.float64)
 
 # Scene geometry, as fractions of (H, W).
@@ -160,7 +166,12 @@ class SynthConfig:
 
 @dataclass(frozen=True)
 class MatchStyle:
-    """Visual identity of a match: what visual-focus retrieval must recognise."""
+    """Visual identity of a match: what visual-focus retrieval must recognise.
+
+    ``light`` is a per-channel gain (brightness x colour temperature) on the
+    whole image; ``camera`` is ``(zoom, dx, dy)``: the image is the scene
+    scaled by ``zoom`` about (W/2, 0.72 H), then moved by ``dx`` W, ``dy`` H.
+    """
 
     court: tuple[int, int, int]
     texture: str
@@ -170,18 +181,34 @@ class MatchStyle:
     stands: tuple[int, int, int]
     jerseys: tuple[tuple[int, int, int], tuple[int, int, int]]
     texture_seed: int
+    shorts: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None  # None: darker jersey
+    attack_lines: bool = False
+    stand_tiers: int = 0       # horizontal tiers of the stands (0: speckle only)
+    speckle: float = 30.0      # crowd speckle amplitude of the stands
+    light: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    camera: tuple[float, float, float] = (1.0, 0.0, 0.0)
 
     def to_json(self) -> dict:
         return {"court": list(self.court), "jerseys": [list(j) for j in self.jerseys],
+                "shorts": [list(j) for j in self.shorts] if self.shorts else None,
                 "texture": self.texture, "period": self.period, "contrast": round(self.contrast, 3),
-                "lines": list(self.lines), "stands": list(self.stands)}
+                "lines": list(self.lines), "attack_lines": self.attack_lines, "stands": list(self.stands),
+                "stand_tiers": self.stand_tiers, "speckle": round(self.speckle, 1),
+                "light": [round(v, 3) for v in self.light], "camera": [round(v, 3) for v in self.camera]}
+
+
+def _shorts_colour(kind: str, jersey) -> tuple[int, int, int]:
+    if kind == "dark":
+        return tuple(int(v) for v in np.clip(np.asarray(jersey) * 0.45 + 15, 0, 255))
+    return {"white": (235, 235, 235), "black": (30, 30, 35), "navy": (30, 40, 90)}[kind]
 
 
 def match_style(seed: int, match: int) -> MatchStyle:
     """The style of ``match``, a pure function of ``(seed, match)``.
 
-    Jersey pairs are drawn without replacement over blocks of 45 matches, so
-    up to 45 matches never share both colours.
+    Jersey pairs are drawn without replacement over blocks of 120 matches, so
+    up to 120 matches never share both colours. Court colour, texture, lines,
+    stands, shorts, light and camera are drawn independently per match.
     """
     block, pos = divmod(match, len(_PAIRS))
     a, b = _PAIRS[np.random.default_rng([seed, block, _SALT_PAIRS]).permutation(len(_PAIRS))[pos]]
@@ -190,13 +217,30 @@ def match_style(seed: int, match: int) -> MatchStyle:
         a, b = b, a
     jerseys = tuple(tuple(int(v) for v in np.clip(JERSEY_PALETTE[i] + rng.integers(-10, 11, 3), 0, 255))
                     for i in (a, b))
-    court = np.clip(COURT_PALETTE[rng.integers(len(COURT_PALETTE))] + rng.integers(-12, 13, 3), 0, 255)
-    lines = ((240, 240, 240), (245, 220, 60))[int(rng.integers(2))]
-    return MatchStyle(
-        court=tuple(int(v) for v in court), texture=TEXTURES[int(rng.integers(len(TEXTURES)))],
-        period=int(rng.integers(4, 13)), contrast=float(rng.uniform(6, 22)), lines=lines,
-        stands=tuple(int(v) for v in rng.integers(20, 110, 3)), jerseys=jerseys,
-        texture_seed=int(rng.integers(2**31)))
+    court = np.clip(COURT_PALETTE[rng.integers(len(COURT_PALETTE))] + rng.integers(-25, 26, 3), 0, 255)
+    lines = LINE_PALETTE[int(rng.integers(len(LINE_PALETTE)))]
+    texture, period = TEXTURES[int(rng.integers(len(TEXTURES)))], int(rng.integers(4, 13))
+    contrast, stands = float(rng.uniform(6, 22)), tuple(int(v) for v in rng.integers(20, 140, 3))
+    texture_seed = int(rng.integers(2**31))
+    shorts = tuple(_shorts_colour(SHORTS_KINDS[int(rng.integers(len(SHORTS_KINDS)))], j) for j in jerseys)
+    attack_lines, tiers, speckle = bool(rng.random() < 0.5), int(rng.integers(0, 6)), float(rng.uniform(10, 40))
+    bright, warm = rng.uniform(0.85, 1.12), rng.uniform(-1, 1)   # brightness, colour temperature
+    light = (bright * (1 + 0.08 * warm), bright, bright * (1 - 0.08 * warm))
+    camera = (float(rng.uniform(0.85, 1.0)), float(rng.uniform(-0.02, 0.02)), float(rng.uniform(-0.03, 0.03)))
+    return MatchStyle(court=tuple(int(v) for v in court), texture=texture, period=period, contrast=contrast,
+                      lines=lines, stands=stands, jerseys=jerseys, texture_seed=texture_seed, shorts=shorts,
+                      attack_lines=attack_lines, stand_tiers=tiers, speckle=speckle,
+                      light=tuple(float(v) for v in light), camera=camera)
+
+
+_CAM_CY = 0.72  # the camera zooms about (W/2, 0.72 H), the middle of the floor
+
+
+def camera_map(camera: tuple[float, float, float], size: tuple[int, int]):
+    """``(fx, fy, zoom)``: scene pixel -> image pixel maps of ``camera`` (before the pan)."""
+    H, W = size
+    z, dx, dy = camera
+    return (lambda x: W / 2 + (x - W / 2) * z + dx * W), (lambda y: _CAM_CY * H + (y - _CAM_CY * H) * z + dy * H), z
 
 
 def court_canvas(style: MatchStyle, size: tuple[int, int], margin: int) -> np.ndarray:
@@ -218,22 +262,33 @@ def court_canvas(style: MatchStyle, size: tuple[int, int], margin: int) -> np.nd
         coarse = rng.uniform(-1, 1, (Hc // style.period + 2, Wc // style.period + 2))
         tex = coarse[(yy // p).astype(int), (xx // p).astype(int)]
     canvas = np.asarray(style.court, np.float32) + style.contrast * tex[..., None].astype(np.float32)
-    # stands: a darker band with a crowd-like speckle
-    ys = margin + int(round(_STANDS_Y * H))
-    canvas[:ys] = np.asarray(style.stands, np.float32) + rng.uniform(-30, 30, (ys, Wc, 1)).astype(np.float32)
-    # court lines: side lines, end lines and the centre line under the net
+    fx, fy, z = camera_map(style.camera, size)
+    X = lambda v: margin + int(round(fx(v * W)))   # noqa: E731  scene fraction of W -> canvas column
+    Y = lambda v: margin + int(round(fy(v * H)))   # noqa: E731  scene fraction of H -> canvas row
+    # stands: a darker band with a crowd-like speckle, in tiers for some matches
+    ys = max(1, Y(_STANDS_Y))
+    stands = np.asarray(style.stands, np.float32) + rng.uniform(-style.speckle, style.speckle,
+                                                                (ys, Wc, 1)).astype(np.float32)
+    if style.stand_tiers:
+        tier = (np.arange(ys) * style.stand_tiers // ys) % 2
+        stands += np.where(tier == 1, 25.0, -10.0).astype(np.float32)[:, None, None]
+    canvas[:ys] = stands
+    # court lines: side lines, end lines, the centre line under the net and (some matches) attack lines
     lc = np.asarray(style.lines, np.float32)
-    t = max(1, H // 90)
-    y_far, y_near = margin + int(0.47 * H), margin + int(0.97 * H)
-    x_end0, x_end1, x_mid = margin + int(0.03 * W), margin + int(0.97 * W), margin + W // 2
+    t = max(1, int(round(z * H / 90)))
+    y_far, y_near = Y(0.47), Y(0.97)
+    x_end0, x_end1, x_mid = X(0.03), X(0.97), X(0.5)
     canvas[y_far:y_far + t, x_end0:x_end1] = lc
     canvas[y_near:y_near + t, x_end0:x_end1] = lc
     canvas[y_far:y_near + t, x_end0:x_end0 + t] = lc
     canvas[y_far:y_near + t, x_end1 - t:x_end1] = lc
     canvas[y_far:y_near + t, x_mid - t // 2:x_mid - t // 2 + t] = lc
+    if style.attack_lines:
+        for xa in (X(0.5 - 0.47 / 3), X(0.5 + 0.47 / 3)):
+            canvas[y_far:y_near + t, xa - t // 2:xa - t // 2 + t] = lc
     # net: a meshed vertical band with a white top tape and a dark post
-    n0, n1 = margin + int(_NET_Y[0] * H), margin + int(_NET_Y[1] * H)
-    nw = max(2, W // 120)
+    n0, n1 = Y(_NET_Y[0]), Y(_NET_Y[1])
+    nw = max(2, int(round(z * W / 120)))
     mesh = np.where((np.arange(n0, n1) % 3 == 0)[:, None, None], 30.0, 200.0).astype(np.float32)
     canvas[n0:n1, x_mid - nw // 2:x_mid - nw // 2 + nw] = mesh
     canvas[n0:n0 + t + 1, x_mid - 2 * nw:x_mid + 2 * nw] = 245.0
@@ -300,6 +355,7 @@ class Scene:
     gain: float              # global brightness of the clip
     noise: np.ndarray        # (T, n, 4) Gaussian annotation noise, pixels
     order: np.ndarray        # (n_present,) annotation order of the present persons
+    camera: tuple[float, float, float] = (1.0, 0.0, 0.0)  # the match's (zoom, dx, dy), see MatchStyle
 
 
 def _ease(u: np.ndarray, a: float, b: float) -> np.ndarray:
@@ -535,14 +591,15 @@ def simulate_clip(activity: int, cfg: SynthConfig, rng: np.random.Generator) -> 
 def _parts(scene: Scene, size: tuple[int, int]) -> dict[str, np.ndarray]:
     """Integer rasterisation of every person, ``(T, n)`` arrays in image pixels (ends exclusive)."""
     H, W = size
-    cx = scene.x + scene.shift[:, :1]
-    fy = scene.y + scene.shift[:, 1:]
-    s = _depth_scale(scene.y, H)
+    fx, fy, zoom = camera_map(scene.camera, size)
+    cx = fx(scene.x) + scene.shift[:, :1]
+    fy_ = fy(scene.y) + scene.shift[:, 1:]
+    s = _depth_scale(scene.y, H) * zoom
     h = _BODY_H * H * s * scene.hs
     w = _BODY_H * _BODY_ASPECT * H * s * scene.ws
     x1 = np.rint(cx - w / 2).astype(np.int64)
     x2 = np.maximum(x1 + 2, np.rint(cx + w / 2).astype(np.int64))
-    yb = np.rint(fy - scene.z).astype(np.int64)          # feet (exclusive bottom)
+    yb = np.rint(fy_ - zoom * scene.z).astype(np.int64)  # feet (exclusive bottom)
     bh = np.maximum(4, np.rint(h).astype(np.int64))
     yt = yb - bh                                         # head top
     hh = np.maximum(1, np.rint(0.22 * bh).astype(np.int64))
@@ -600,20 +657,23 @@ def render_clip(scene: Scene, style: MatchStyle, size: tuple[int, int],
     if canvas is None:
         canvas = court_canvas(style, size, _margin(float(np.abs(scene.shift).max()) * 2))
     m = (canvas.shape[0] - H) // 2
-    g = scene.gain
+    g = scene.gain * np.asarray(style.light, np.float32)                                # (3,) light of the clip
     bg = np.clip(canvas * g, 0, 255).astype(np.uint8)
     jersey = np.clip(np.asarray(style.jerseys, float) * g, 0, 255).astype(np.uint8)     # (2, 3)
-    shorts = np.clip(np.asarray(style.jerseys, float) * 0.45 * g + 15, 0, 255).astype(np.uint8)
+    shorts_rgb = (np.asarray(style.shorts, float) if style.shorts is not None
+                  else np.asarray(style.jerseys, float) * 0.45 + 15)
+    shorts = np.clip(shorts_rgb * g, 0, 255).astype(np.uint8)
     skin = np.clip(scene.skin * g, 0, 255).astype(np.uint8)                              # (n, 3)
     occ = np.clip(scene.occluder_colour * g, 0, 255).astype(np.uint8)
     ball_c = np.clip(np.array([250, 245, 205]) * g, 0, 255).astype(np.uint8)
-    r = max(2, int(round(0.011 * W)))
+    fx, fy, zoom = camera_map(scene.camera, size)
+    r = max(2, int(round(0.011 * W * zoom)))
     ys, xs = np.mgrid[-r:r + 1, -r:r + 1]
     disc = xs * xs + ys * ys <= r * r
     p = {k: v.tolist() for k, v in _parts(scene, size).items()}  # python ints: fast scalar access
     team = scene.team.tolist()
     shift = scene.shift.tolist()
-    ball = np.rint(scene.ball).astype(np.int64).tolist()
+    ball = np.rint(np.stack([fx(scene.ball[:, 0]), fy(scene.ball[:, 1])], axis=1)).astype(np.int64).tolist()
     depth_order = np.argsort(scene.y, axis=1, kind="stable").tolist()                   # (T, n) far to near
     present = scene.present.tolist()
     occluder = scene.occluder.tolist()
@@ -657,6 +717,52 @@ def render_clip(scene: Scene, style: MatchStyle, size: tuple[int, int],
 
 def _margin(pan: float) -> int:
     return int(math.ceil(pan / 2)) + 2
+
+
+# ----------------------------------------------------------------------------- distinctness of matches
+
+def nearest_centroid_accuracy(x: np.ndarray, groups: np.ndarray, train: np.ndarray) -> float:
+    """Share of the ``~train`` rows of ``x`` ``(N, F)`` whose nearest group centroid (Euclidean, centroids of
+    the ``train`` rows) is their own group: how well a look-up of the match from ``x`` works."""
+    x, groups, train = np.asarray(x, np.float64), np.asarray(groups), np.asarray(train, bool)
+    names = np.unique(groups[train])
+    cent = np.stack([x[train & (groups == g)].mean(0) for g in names])                  # (G, F)
+    d = ((x[~train][:, None, :] - cent[None]) ** 2).sum(-1)                               # (Q, G)
+    return float((names[d.argmin(1)] == groups[~train]).mean())
+
+
+def _grid_colour(frame: np.ndarray, g: int) -> np.ndarray:
+    """Mean colour of each cell of a g x g grid over ``frame`` (H, W, 3): ``(3 g^2,)``."""
+    H, W, _ = frame.shape
+    f = frame.astype(np.float64)
+    return np.concatenate([f[i * H // g:(i + 1) * H // g, j * W // g:(j + 1) * W // g].reshape(-1, 3).mean(0)
+                           for i in range(g) for j in range(g)])
+
+
+def match_distinctness(seed: int, matches: int, clips_per_match: int = 16,
+                       size: tuple[int, int] = (180, 320)) -> dict[str, float]:
+    """How distinct ``matches`` matches look: nearest-centroid accuracy of the match from the first frame.
+
+    Half the clips of each match give its centroid, the other half are looked up. Two descriptors:
+    ``mean_colour`` (the frame's mean RGB: light and overall colour only) and ``grid4`` (mean RGB of a
+    4 x 4 grid: where the stands, court, lines and jerseys are). Renders 2 frames a clip, writes nothing.
+    """
+    cfg = SynthConfig(matches=matches, clips_per_match=clips_per_match, frames=2, size=tuple(size))
+    cfg.validate()
+    feats: dict[str, list] = {"mean_colour": [], "grid4": []}
+    for m in range(matches):
+        style = match_style(seed, m)
+        canvas = court_canvas(style, cfg.size, _margin(cfg.pan))
+        activities = match_activities(seed, m, clips_per_match)
+        for i in range(clips_per_match):
+            scene = simulate_clip(int(activities[i]), cfg, _clip_rng(seed, m, i))
+            scene.camera = style.camera
+            frame = render_clip(scene, style, cfg.size, canvas)[0]
+            feats["mean_colour"].append(_grid_colour(frame, 1))
+            feats["grid4"].append(_grid_colour(frame, 4))
+    groups = np.repeat(np.arange(matches), clips_per_match)
+    train = np.tile(np.arange(clips_per_match) < clips_per_match // 2, matches)
+    return {k: nearest_centroid_accuracy(np.stack(v), groups, train) for k, v in feats.items()}
 
 
 # ----------------------------------------------------------------------------- text formats
@@ -834,6 +940,7 @@ def generate(out: str | Path, *, matches: int = 6, clips_per_match: int = 60, fr
             key = FIRST_KEY + KEY_STEP * i
             frame_ids = [key + int(o) for o in offsets]
             scene = simulate_clip(int(activities[i]), cfg, _clip_rng(cfg.seed, m, i))
+            scene.camera = style.camera
             boxes = annotated_boxes(scene, cfg.size)               # (T, n, 4)
             lines.append(annotation_line(scene, key, boxes, cfg.key_index))
             splits["test" if test[i] else "train"].append(f"{m}/{key}")
