@@ -745,6 +745,10 @@ def serve_cmd(
                                            "--host are always taken."),
     checkpoint: str = typer.Option("best", help="best or last."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    watch: Optional[Path] = typer.Option(None, "--watch", metavar="DIR", help="Ingest new footage of this MOT-layout "
+                                         "folder into the index while serving (docs/live.md)."),
+    poll: float = typer.Option(0.5, "--poll", help="--watch: seconds between scans of DIR."),
+    settle: float = typer.Option(1.0, "--settle", help="--watch: seconds a video's files must stay unchanged."),
 ):
     """Serve the search page and the HTTP API (search by clip or upload, with a focus from visual to activity)."""
     from .serve import ServeSettings, UploadLimits, serve
@@ -758,10 +762,15 @@ def serve_cmd(
     limits = UploadLimits(max_bytes=max_upload_mb * 1024 * 1024, max_frames=max_frames, max_persons=max_persons,
                           max_frame_pixels=max(1, int(max_frame_mp * 1e6)),
                           max_upload_pixels=max(1, int(max_upload_mp * 1e6)))
+    if watch is not None:  # the index is written while serving: one writer (stvh.locks)
+        if not watch.is_dir():
+            _fail(f"--watch {watch} is not a folder (a MOT-layout folder: tracks/NAME.txt + videos/ or frames/)")
+        _lock(index, "stvh serve --watch", flag="--index")
     try:
         serve(ServeSettings(run=run, index=index, data=data, host=host, port=port, allow_writes=allow_writes,
                             uploads=uploads, checkpoint=checkpoint, device=device, limits=limits, token=token,
-                            allowed_hosts=tuple(allowed_host)), echo=typer.echo)
+                            allowed_hosts=tuple(allowed_host), watch=watch, watch_poll=poll, watch_settle=settle),
+              echo=typer.echo)
     except CheckpointError as exc:
         _fail(str(exc))
 

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,7 @@ class Ledger:
     folder: str = ""
     videos: dict[str, dict] = field(default_factory=dict)   # name -> fingerprint, clips, state, replaces, at
     bad: dict[str, dict] = field(default_factory=dict)      # name -> fingerprint, file, reason, at
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)  # page vs watcher
 
     @classmethod
     def load(cls, path: str | Path) -> "Ledger":
@@ -123,7 +125,8 @@ class Ledger:
                 from None
 
     def save(self) -> None:
-        write_text_atomic(self.path, json.dumps({"version": LEDGER_VERSION, "folder": self.folder,
+        with self.lock:
+            write_text_atomic(self.path, json.dumps({"version": LEDGER_VERSION, "folder": self.folder,
                                                  "videos": self.videos, "bad": self.bad}, indent=1) + "\n")
 
     def done(self, name: str, fp: str) -> bool:
@@ -262,7 +265,7 @@ class Ingester:
 
     def settling(self) -> list[str]:
         """Names of the videos seen but not yet ingested."""
-        return sorted(self._seen)
+        return sorted(list(self._seen))  # list(): one C call, safe while the watcher thread changes it
 
     # ------------------------------------------------------------------ reading and encoding
     def prepare(self, footage: Footage, fp: str) -> Batch | None:
@@ -312,16 +315,19 @@ class Ingester:
 
     def report_bad(self, name: str, fp: str, file: str, reason: str) -> None:
         """Record a bad video in the ledger (not retried until its files change) and log it."""
-        self.ledger.bad[name] = {"fingerprint": fp, "file": file, "reason": reason, "at": time.time()}
-        while len(self.ledger.bad) > self.max_skipped:  # the oldest reports go first
-            self.ledger.bad.pop(min(self.ledger.bad, key=lambda n: self.ledger.bad[n]["at"]))
+        with self.ledger.lock:
+            self.ledger.bad[name] = {"fingerprint": fp, "file": file, "reason": reason, "at": time.time()}
+            while len(self.ledger.bad) > self.max_skipped:  # the oldest reports go first
+                self.ledger.bad.pop(min(self.ledger.bad, key=lambda n: self.ledger.bad[n]["at"]))
+            self.ledger.save()
         self._seen.pop(name, None)
         log.warning("skipped %s: %s", file, reason)
-        self.ledger.save()
 
     def skipped(self) -> list[dict]:
         """The bad files, newest first: ``{"video", "file", "reason", "at"}``."""
-        rows = [{"video": n, **{k: v for k, v in e.items() if k != "fingerprint"}} for n, e in self.ledger.bad.items()]
+        with self.ledger.lock:
+            rows = [{"video": n, **{k: v for k, v in e.items() if k != "fingerprint"}}
+                    for n, e in self.ledger.bad.items()]
         return sorted(rows, key=lambda r: -r["at"])
 
     # ------------------------------------------------------------------ into the index
@@ -335,10 +341,12 @@ class Ingester:
                             f"clip id {clash[0]} is already in the index and was not ingested from this folder; "
                             "rename the video")
             return None
-        self.ledger.videos[batch.name] = {"fingerprint": batch.fingerprint, "clips": batch.ids, "state": "pending",
-                                          "replaces": owned, "at": time.time()}
-        self.ledger.bad.pop(batch.name, None)
-        self.ledger.save()  # before the index changes: a crash from here on re-ingests this video
+        with self.ledger.lock:
+            self.ledger.videos[batch.name] = {"fingerprint": batch.fingerprint, "clips": batch.ids,
+                                              "state": "pending", "replaces": owned, "at": time.time()}
+            self.ledger.bad.pop(batch.name, None)
+            self.ledger.save()  # before the index changes: a crash from here on re-ingests this video
+        self._seen.pop(batch.name, None)
         if owned:
             index.remove(owned)
         index.add(batch.ids, batch.codes, activity=batch.activity, group=[c.group for c in batch.clips])
@@ -347,16 +355,17 @@ class Ingester:
     def commit(self, index, path: str | Path) -> None:
         """Save ``index`` atomically, then mark every pending video done."""
         index.save(path)
-        changed = False
-        for e in self.ledger.videos.values():
-            if e["state"] == "pending":
-                e["state"], changed = "done", True
+        with self.ledger.lock:
+            pending = [e for e in self.ledger.videos.values() if e["state"] == "pending"]
+            for e in pending:
+                e["state"] = "done"
                 e.pop("replaces", None)
-        if changed:
-            self.ledger.save()
+            if pending:
+                self.ledger.save()
 
     def ingested_clips(self) -> list[str]:
-        return [i for e in self.ledger.videos.values() for i in e["clips"]]
+        with self.ledger.lock:
+            return [i for e in self.ledger.videos.values() for i in e["clips"]]
 
 
 def _line(exc: BaseException) -> str:

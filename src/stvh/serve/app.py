@@ -5,7 +5,8 @@ method   path                                   what
 =======  =====================================  ====================================================
 GET      /api/health                            liveness, clip count
 GET      /api/index                             size, bits, depth, mode, engine, storage (Eq. 18)
-GET      /api/clips                             indexed clips, paged; filters split, activity, group
+GET      /api/clips                             indexed clips, paged; filters split, activity, group, new
+GET      /api/watch                             --watch DIR: new clips, queued, waiting and skipped files
 GET      /api/clips/{id}                        labels, boxes (T, persons, 4), split
 GET      /api/clips/{id}/keyframe.jpg           key frame with boxes (cached)
 GET      /api/clips/{id}/attention.png          O-MFAT / G-MFAT maps (Fig. 11)
@@ -102,7 +103,13 @@ def create_app(service: Service) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_):
+        import asyncio
+
+        if service.watcher is not None:  # --watch DIR: ingests in a thread, adds on this loop (stvh.watch)
+            service.watcher.start(asyncio.get_running_loop())
         yield
+        if service.watcher is not None:
+            await asyncio.to_thread(service.watcher.stop)  # off the loop: the thread may wait on it
         service.close()  # uploaded queries' temporary folders
 
     app = FastAPI(title="stvh", version="1", summary="Search group-activity footage by example, at a focus from "
@@ -162,15 +169,23 @@ def create_app(service: Service) -> FastAPI:
         engine = idx.engine(detail=True) if hasattr(idx, "engine") else None
         return {**idx.describe(), "engine": engine, "storage": idx.storage(), **service.facets(),
                 "focus_names": [service.focus_name(f) for f in range(1, idx.depth + 1)],
-                "allow_writes": service.settings.allow_writes, "limits": vars(limits),
+                "allow_writes": service.settings.allow_writes, "watch": service.watcher is not None,
+                "limits": vars(limits),
                 "clip_frames": service.frames_per_clip, "clip_persons": service.n_max}
 
     @app.get("/api/clips", response_model=ClipPage, tags=["clips"])
     async def list_clips(offset: int = Query(0, ge=0), limit: int = Query(48, ge=1, le=1000),
                          split: Optional[str] = None, activity: Optional[str] = Query(None, description="name or id"),
-                         group: Optional[str] = None):
+                         group: Optional[str] = None,
+                         new: bool = Query(False, description="only clips ingested from --watch DIR since start")):
         return JSONResponse(service.list_clips(offset=offset, limit=limit, split=split, activity=activity,
-                                               group=group))
+                                               group=group, new=new))
+
+    @app.get("/api/watch", tags=["service"])
+    async def watch():
+        """``--watch DIR``: the folder, clips ingested since start, queued and waiting videos, skipped files
+        (``{"watching": false}`` without ``--watch``)."""
+        return JSONResponse(service.watch_status())
 
     @app.get("/api/clips/{clip_id:path}/keyframe.jpg", tags=["clips"], response_class=Response,
              responses={200: {"content": {"image/jpeg": {}}}})

@@ -33,6 +33,8 @@ def serve(settings: ServeSettings, echo: Callable[[str], None] = print) -> None:
     echo(f"stvh serve: {len(service.index)} clips, {service.index.bits} bits, depth {service.index.depth}; "
          f"page at http://{settings.host}:{settings.port}/ , API docs at /docs"
          + ("" if settings.allow_writes else " (read-only; --allow-writes to add/remove clips)"))
+    if settings.watch is not None:
+        echo(f"watching {settings.watch}: new footage is added to {settings.index} (docs/live.md)")
     if settings.allow_writes:
         echo(f"writes: from this page, or with the header 'Authorization: Bearer {service.token}'"
              + (" (from --token)" if settings.token else ""))

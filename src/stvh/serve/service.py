@@ -43,6 +43,7 @@ _ID_PART = r"(?!\.{1,2}(?:/|$))[^/\\\x00-\x1f\x7f]{1,128}"
 ID_RE = re.compile(rf"{_ID_PART}/{_ID_PART}")
 TOKEN_RE = re.compile(r"q[0-9a-f]{16}")
 UPLOAD_SPLIT = "upload"
+WATCH_SPLIT = "watch"  # clips ingested from --watch DIR (stvh.watch)
 
 
 class ServiceError(Exception):
@@ -72,6 +73,12 @@ class UploadedQuery:
     root: Path
 
 
+class _Pending:
+    """Stands for the index ``--watch`` creates once the run's model says its bits and depth."""
+
+    ids: list = []
+
+
 class Service:
     """Index + model + clips, loaded once (see the module doc)."""
 
@@ -81,7 +88,8 @@ class Service:
         self.settings = settings
         # guards writes beside the same-origin check (security.RequestGuard); printed at start-up
         self.token = settings.token or (secrets.token_urlsafe(24) if settings.allow_writes else None)
-        self.index = load_index(settings.index)
+        fresh = settings.watch is not None and not Path(settings.index).exists()  # --watch starts an empty index
+        self.index = _Pending() if fresh else load_index(settings.index)
         if not hasattr(self.index, "ids"):
             raise ConfigError(f"{settings.index}: stvh serve needs an in-memory index (numpy, faiss, kernel, "
                               f"short), not {self.index.backend}")
@@ -89,6 +97,10 @@ class Service:
             from ..train.encode import Encoder
             encoder = Encoder(settings.run, settings.checkpoint, settings.device)
         self.encoder = encoder
+        if fresh:
+            from ..ingest import open_index
+            self.index = open_index(Path(settings.index), encoder)
+            self.index.save(settings.index)
         if (encoder.bits, encoder.depth) != (self.index.bits, self.index.depth):
             raise ConfigError(f"run {settings.run} makes {encoder.bits}-bit codes at {encoder.depth} depths but the "
                               f"index {settings.index} holds {self.index.bits} bits at {self.index.depth} depths")
@@ -107,6 +119,11 @@ class Service:
         self.n_max = settings.clip_persons or (int(first.boxes.shape[1]) if first else 12)
         self.uploads: dict[str, Clip] = {}
         self._restore_uploads()
+        self.ingested: dict[str, Clip] = {}  # records of clips ingested from --watch DIR (pictures, details)
+        self.watcher = None
+        if settings.watch is not None:
+            from ..watch import Watcher
+            self.watcher = Watcher(self, settings.watch, poll=settings.watch_poll, settle=settings.watch_settle)
         self._codes_splits = self._splits_from_codes()
         self.rebuild_catalogue()
 
@@ -170,6 +187,8 @@ class Service:
     def split_of(self, clip_id: str) -> str:
         if clip_id in self.uploads:
             return UPLOAD_SPLIT
+        if self.watcher is not None and clip_id in self.watcher.ids:
+            return WATCH_SPLIT
         clip = self.dataset.get(clip_id)
         return clip.split if clip is not None else self._codes_splits.get(clip_id, "")
 
@@ -187,8 +206,11 @@ class Service:
         raise ServiceError(422, f"unknown activity {value!r}: one of {self.activities} or a number")
 
     def list_clips(self, *, offset: int, limit: int, split: str | None, activity: str | None,
-                   group: str | None) -> dict:
+                   group: str | None, new: bool = False) -> dict:
         rows = self.catalogue.select(split or None, self.activity_filter(activity), group or None)
+        if new:  # ingested from --watch DIR since the server started
+            fresh = self.watcher.new if self.watcher is not None else {}
+            rows = rows[np.fromiter((self.catalogue.ids[r] in fresh for r in rows), bool, len(rows))]
         page = rows[offset:offset + limit]
         cat = self.catalogue
         return {"total": int(len(rows)), "offset": offset, "limit": limit,
@@ -209,13 +231,14 @@ class Service:
             raise ServiceError(404, f"clip {clip_id!r} is not in the index")
 
     def clip_record(self, clip_id: str) -> Clip | None:
-        return self.uploads.get(clip_id) or self.dataset.get(clip_id)
+        return self.uploads.get(clip_id) or self.ingested.get(clip_id) or self.dataset.get(clip_id)
 
     def clip_detail(self, clip_id: str) -> dict:
         self.known(clip_id)
         act, grp = self.index.labels_of([clip_id])
         out = self._row(clip_id, int(act[0]), str(grp[0]), self.split_of(clip_id))
-        out["source"] = "upload" if clip_id in self.uploads else "dataset"
+        out["source"] = "upload" if clip_id in self.uploads else "watch" if self.split_of(clip_id) == WATCH_SPLIT \
+            else "dataset"
         clip = self.clip_record(clip_id)
         if clip is not None:
             real = np.flatnonzero(clip.mask)
@@ -461,7 +484,43 @@ class Service:
         return None
 
     def save_index(self) -> None:
+        if self.watcher is not None:  # the ledger's pending videos are saved with it
+            self.watcher.ingester.commit(self.index, self.settings.index)
+            return
         self.index.save(self.settings.index)
+
+    # ------------------------------------------------------------------ --watch DIR
+    def add_records(self, clips: list[Clip]) -> None:
+        """Clip records of ingested clips (their frames and boxes), for pictures and details."""
+        self.ingested.update((c.id, c) for c in clips)
+
+    async def apply_ingest(self, batch, watcher) -> list[str] | None:
+        """Add an encoded video (:class:`stvh.ingest.Batch`) to the index on the event loop's thread, under the
+        write lock, then save index and ledger from a worker thread. Returns the clip ids (``None``: refused)."""
+        from fastapi.concurrency import run_in_threadpool
+
+        async with self.write_lock:
+            replaced = watcher.ingester.ledger.owned(batch.name)
+            ids = watcher.ingester.apply(self.index, batch)
+            if ids is None:
+                return None
+            for old in replaced:
+                self.ingested.pop(old, None)
+                self.images.drop(old)
+            self.add_records(batch.clips)
+            watcher.added(ids)
+            self.rebuild_catalogue()
+            try:
+                await run_in_threadpool(self.save_index)
+            except Exception as exc:  # noqa: BLE001 - searchable now; saved with the next video
+                log.error("watch: cannot save the index %s: %s", self.settings.index, exc)
+                watcher.last_error = f"cannot save the index: {str(exc).splitlines()[0] if str(exc) else exc}"
+        return ids
+
+    def watch_status(self) -> dict:
+        if self.watcher is None:
+            return {"watching": False}
+        return self.watcher.status()
 
     def close(self) -> None:
         with self._queries_lock:

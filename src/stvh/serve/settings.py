@@ -44,6 +44,7 @@ class ServeSettings:
     ``uploads``: the folder of clips added with ``POST /api/clips`` (default
     ``<index>.uploads`` beside the index). ``clip_frames`` / ``clip_persons``:
     T and N of an uploaded clip (default: those of the dataset's clips).
+    ``watch``: a folder whose new footage is ingested into the index while serving (``stvh.watch``).
     ``token``: the write token (``--token``; ``None``: one is made at start-up
     when writes are allowed). ``allowed_hosts``: more names the ``Host`` header
     may give (``--allowed-host``; ``*`` accepts any), beside those of ``host``.
@@ -63,6 +64,9 @@ class ServeSettings:
     clip_persons: int | None = None
     token: str | None = None
     allowed_hosts: tuple[str, ...] = ()
+    watch: Path | None = None       # --watch DIR: ingest new footage into the index (stvh.watch)
+    watch_poll: float = 0.5         # seconds between scans of DIR
+    watch_settle: float = 1.0       # seconds a video's files must stay unchanged before it is read
 
     def __post_init__(self):
         if not 0 <= int(self.port) <= 65535:
@@ -71,6 +75,12 @@ class ServeSettings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
+        if self.watch is not None and not Path(self.watch).is_dir():
+            raise ConfigError(f"--watch {self.watch} is not a folder (a MOT-layout folder: tracks/NAME.txt + "
+                              "videos/ or frames/)")
+        if not (self.watch_poll > 0 and self.watch_settle >= 0):
+            raise ConfigError(f"--poll must be > 0 and --settle >= 0 seconds, got {self.watch_poll} and "
+                              f"{self.watch_settle}")
         if self.token is not None and len(self.token) < 16:
             raise ConfigError("--token must be at least 16 characters (it guards writes to the index)")
 

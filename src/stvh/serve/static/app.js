@@ -105,6 +105,9 @@ async function loadIndex() {
   fill($("f-activity"), info.activities);
   fill($("f-group"), info.groups.slice(0, 500));
   for (const node of document.querySelectorAll(".writes")) node.hidden = !info.allow_writes;
+  $("f-new-wrap").hidden = !info.watch;
+  $("watch").hidden = !info.watch;
+  if (info.watch && first) watchLoop();
   $("focus-ticks").replaceChildren(...info.focus_names.map((_, i) => el("span", { text: String(i + 1) })));
   showFocus();
 }
@@ -120,6 +123,7 @@ async function loadClips() {
   for (const [key, id] of [["split", "f-split"], ["activity", "f-activity"], ["group", "f-group"]]) {
     if ($(id).value) params.set(key, $(id).value);
   }
+  if ($("f-new").checked) params.set("new", "true");
   const page = await api(`/api/clips?${params}`);
   if (page.clips.length === 0 && state.offset > 0) {  // the last clip of the last page was deleted
     state.offset = Math.max(0, state.offset - PAGE);
@@ -149,6 +153,25 @@ function markSelected(node) {
   const on = Boolean(state.query && state.query.clip === node.dataset.clip);
   node.classList.toggle("selected", on);
   node.querySelector(".pick").setAttribute("aria-pressed", String(on));
+}
+
+// ---------------------------------------------------------------- --watch DIR
+async function watchLoop() {  // every 3 s: new footage shows up in the list and the counts, skipped files listed
+  try {
+    const w = await api("/api/watch");
+    $("watch-summary").textContent = `watched folder ${w.folder}: ${w.new_clips} new clips since start, ` +
+      `${w.queued.length} queued, ${w.skipped.length} skipped`;
+    $("watch-waiting").textContent = w.waiting.length ? `waiting: ${w.waiting.map((x) => x.reason).join("; ")}` : "";
+    $("watch-skipped").replaceChildren(...w.skipped.map((x) => el("li", { text: `${x.file}: ${x.reason}` })));
+    if (w.new_clips !== state.newClips) {
+      const changed = state.newClips !== undefined;
+      state.newClips = w.new_clips;
+      if (changed) { await loadIndex(); await loadClips(); }
+    }
+  } catch (err) {
+    status(err.message, true);
+  }
+  setTimeout(watchLoop, 3000);
 }
 
 // ---------------------------------------------------------------- the query
@@ -357,7 +380,7 @@ function wire() {
   $("play-all").addEventListener("change", playAll);
   $("prev").addEventListener("click", () => { state.offset = Math.max(0, state.offset - PAGE); loadClips(); });
   $("next").addEventListener("click", () => { state.offset += PAGE; loadClips(); });
-  for (const id of ["f-split", "f-activity", "f-group"]) {
+  for (const id of ["f-split", "f-activity", "f-group", "f-new"]) {
     $(id).addEventListener("change", () => { state.offset = 0; loadClips(); });
   }
   $("clip-grid").addEventListener("keydown", gridKeys);
