@@ -233,12 +233,14 @@ class Ingester:
         self._seen: dict[str, tuple[str, float]] = {}          # name -> (fingerprint, first seen at it)
         self._tries: dict[str, tuple[str, int, float]] = {}    # name -> (fingerprint, failed reads, next try)
         self.waiting: dict[str, tuple[str, str]] = {}           # incomplete videos: name -> (file, reason)
+        self._now = time.monotonic()                            # the clock of the last poll
         self.max_skipped = max_skipped
 
     # ------------------------------------------------------------------ finding work
     def poll(self, now: float | None = None) -> list[tuple[Footage, str]]:
         """``(footage, fingerprint)`` of the videos to ingest now (settled, not done, not known bad)."""
         now = time.monotonic() if now is None else now
+        self._now = now
         complete, self.waiting = scan(self.root)
         ready, present = [], set()
         for f in complete:
@@ -297,7 +299,7 @@ class Ingester:
         tried = self._tries.get(footage.name)
         count = (tried[1] if tried and tried[0] == fp else 0) + 1
         if retry and count < self.retries:
-            self._tries[footage.name] = (fp, count, time.monotonic() + self.retry_wait)
+            self._tries[footage.name] = (fp, count, self._now + self.retry_wait)
             log.info("%s: cannot read it yet (%s); trying again in %.0f s", footage.name, _line(exc),
                      self.retry_wait)
             return None
