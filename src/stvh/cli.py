@@ -775,6 +775,90 @@ def serve_cmd(
         _fail(str(exc))
 
 
+@app.command("track")
+@friendly_errors
+def track_cmd(
+    videos: list[Path] = typer.Argument(..., help="Videos (.mp4/.avi/.mkv/.mov) or folders of numbered images."),
+    detector: str = typer.Option(..., "--detector", help="A person detector: FILE.onnx (YOLOv5/v8/v11 or "
+                                                         "x1,y1,x2,y2,score,class rows) or hog (OpenCV, weak)."),
+    out: Path = typer.Option(..., "--out", help="MOT dataset folder to write (videos/, tracks/, clips.csv)."),
+    layout: str = typer.Option("auto", help="Output layout: auto, yolov8, yolov5 or xyxy."),
+    person_class: Optional[int] = typer.Option(None, help="Person class index (default: 'person' in the model's "
+                                                          "names, else 0)."),
+    score: Optional[float] = typer.Option(None, help="Score threshold (default 0.25; hog: 0, an SVM margin)."),
+    iou: float = typer.Option(0.45, help="NMS IoU threshold (class-wise)."),
+    imgsz: Optional[str] = typer.Option(None, help="Model input HxW or N when the model's input is dynamic and "
+                                                    "its metadata gives no imgsz."),
+    channels: str = typer.Option("rgb", help="Channel order the model takes: rgb or bgr."),
+    mean: str = typer.Option("0,0,0", help="Per-channel mean subtracted after scaling to 0-1."),
+    std: str = typer.Option("1,1,1", help="Per-channel std divided by after the mean."),
+    letterbox: bool = typer.Option(True, help="Letterbox (keep aspect, pad 114); --no-letterbox stretches."),
+    region: Optional[str] = typer.Option(None, help="Keep boxes whose foot point is inside: x1,y1,x2,y2 or a file "
+                                                    "of polygon points (JSON [[x,y],...] or one x,y per line)."),
+    max_gap: int = typer.Option(10, help="Fill gaps of up to this many frames in a track (linear)."),
+    min_track_len: int = typer.Option(5, help="Drop tracks with fewer boxes than this."),
+    frames_per_clip: int = typer.Option(10, help="Clip window length in frames (clips.csv); never crosses a cut."),
+    scene_threshold: float = typer.Option(27.0, help="PySceneDetect ContentDetector threshold; 0 turns cuts off."),
+    min_scene_len: int = typer.Option(15, help="Fewest frames of a scene."),
+    lost_frames: int = typer.Option(30, help="Frames a lost track waits to be found again (ByteTrack)."),
+    activation: float = typer.Option(0.5, help="Lowest score that starts a track (ByteTrack)."),
+    match_iou: float = typer.Option(0.1, help="Lowest IoU of a box with a track's prediction (ByteTrack)."),
+    min_hits: int = typer.Option(2, help="Hits before a track counts (ByteTrack)."),
+    threads: int = typer.Option(0, help="onnxruntime threads (0: its default)."),
+    overwrite: bool = typer.Option(False, "--overwrite", "--force", help="Write into a non-empty --out folder (same-"
+                                                                         "named videos are replaced)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+):
+    """Detect and track people in videos with a detector you bring; write a MOT dataset (docs/live.md)."""
+    from .outputs import check_output
+    from .track import RegionMask, TrackerParams, TrackOptions, load_detector, track_video
+
+    def triple(text: str, flag: str) -> tuple[float, float, float]:
+        try:
+            a, b, c = (float(v) for v in text.split(","))
+        except ValueError:
+            raise typer.BadParameter(f"{flag} expects three numbers a,b,c, got {text!r}") from None
+        return a, b, c
+
+    size = None
+    if imgsz:
+        size = _parse_size(imgsz) if "x" in imgsz.lower() else (int(imgsz), int(imgsz)) if imgsz.isdigit() else None
+        if size is None:
+            raise typer.BadParameter(f"--imgsz expects HxW or N, got {imgsz!r}")
+    if channels not in ("rgb", "bgr"):
+        raise typer.BadParameter(f"--channels must be rgb or bgr, got {channels!r}")
+    for flag, value in (("--max-gap", max_gap), ("--min-track-len", min_track_len), ("--min-hits", min_hits)):
+        if value < (0 if flag == "--max-gap" else 1):
+            raise typer.BadParameter(f"{flag} must be >= {0 if flag == '--max-gap' else 1}, got {value}")
+    if frames_per_clip < 1:
+        raise typer.BadParameter(f"--frames-per-clip must be >= 1, got {frames_per_clip}")
+    names = [v.name if v.is_dir() else v.stem for v in videos]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        _fail(f"two inputs have the video name {twice[0]!r}; rename one (the dataset keys videos by name)")
+    for v in videos:
+        if not v.exists():
+            _fail(f"{v}: video not found")
+    mask = RegionMask.parse(region) if region else None
+    det = load_detector(detector, layout=layout, person_class=person_class, score=score, iou=iou, imgsz=size,
+                        channels=channels, mean=triple(mean, "--mean"), std=triple(std, "--std"), pad=letterbox,
+                        threads=threads)
+    check_output(out, inputs=[(v, "video") for v in videos] + [(detector, "detector") if detector != "hog" else None],
+                 overwrite=overwrite, kind="dir", what="MOT dataset")
+    _lock(out, "stvh track")
+    opts = TrackOptions(frames_per_clip=frames_per_clip, max_gap=max_gap, min_track_len=min_track_len,
+                        region=mask, scene_threshold=scene_threshold, min_scene_len=min_scene_len,
+                        tracker=TrackerParams(lost_frames=lost_frames, activation=activation, high=activation,
+                                              match_iou=match_iou, min_hits=min_hits), progress=progress)
+    summaries = []
+    for v in videos:
+        s = track_video(v, out, det, opts)
+        if not s["written"]:
+            typer.echo(f"note: {v}: nothing written ({s['why_not_written']})", err=True)
+        summaries.append(s)
+    typer.echo(json.dumps({"out": str(out), "detector": det.name, "videos": summaries}, indent=2))
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

@@ -14,8 +14,8 @@ the shape of their first output (``--layout`` forces one):
 Auto-detection: a last dimension of 6 is ``xyxy`` (a one-class YOLOv5 model needs ``--layout yolov5``),
 else a middle dimension smaller than the last is ``yolov8``, else ``yolov5``. Coordinates are pixels
 of the model input (the letterboxed image). A candidate's class is its best class score; candidates
-of the person class at or above the score threshold are kept, class-wise NMS (torchvision) removes
-overlaps, and the boxes are mapped back through the letterbox to the frame and clipped.
+of the person class at or above the score threshold are kept, class-wise NMS removes
+overlaps (OpenCV's NMSBoxesBatched), and the boxes are mapped back through the letterbox to the frame and clipped.
 
 Input: the model's static input size, else ``imgsz`` from its metadata (ultralytics writes ``imgsz``,
 ``names``, ``stride``), else ``--imgsz``. The frame is letterboxed (aspect kept, padded with 114 on
@@ -36,6 +36,7 @@ from ..data.errors import FormatError
 
 LAYOUTS = ("auto", "yolov8", "yolov5", "xyxy")
 PAD_VALUE = 114  # YOLO's letterbox grey
+HOG_WINDOW = (128, 64)  # (h, w) of OpenCV's default people detector
 
 
 class Detector(Protocol):
@@ -86,15 +87,18 @@ def letterbox(frame: np.ndarray, size: tuple[int, int], pad: bool = True) -> tup
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) -> np.ndarray:
-    """Indices kept by class-wise NMS (torchvision's ``batched_nms``), best score first."""
-    import torch
-    from torchvision.ops import batched_nms
+    """Indices kept by class-wise NMS, best score first: a box is dropped when its IoU with a kept box of its
+    class exceeds ``iou``. OpenCV's ``NMSBoxesBatched`` (torchvision's would import torch: seconds per run)."""
+    import cv2
 
     if len(boxes) == 0:
         return np.zeros(0, np.int64)
-    keep = batched_nms(torch.from_numpy(np.asarray(boxes, np.float32)), torch.from_numpy(np.asarray(scores, np.float32)),
-                       torch.from_numpy(np.asarray(classes, np.int64)), float(iou))
-    return keep.numpy()
+    b = np.asarray(boxes, np.float64)
+    xywh = np.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], axis=1)
+    keep = cv2.dnn.NMSBoxesBatched(xywh.tolist(), np.asarray(scores, np.float32).tolist(),
+                                   np.asarray(classes, np.int64).astype(int).tolist(), -np.inf, float(iou))
+    keep = np.asarray(keep, np.int64).reshape(-1)
+    return keep[np.argsort(-np.asarray(scores, np.float32)[keep], kind="stable")]
 
 
 def guess_layout(shape: Sequence[int], path: str | Path = "model") -> str:
@@ -256,7 +260,10 @@ class HogDetector:
         self.hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
 
     def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rects, weights = self.hog.detectMultiScale(np.ascontiguousarray(frame[..., ::-1]),
+        h, w = frame.shape[:2]
+        bgr = np.zeros((max(h, HOG_WINDOW[0]), max(w, HOG_WINDOW[1]), 3), np.uint8)
+        bgr[:h, :w] = frame[..., ::-1]  # a frame smaller than the 128x64 window crashes OpenCV 4.x: pad it
+        rects, weights = self.hog.detectMultiScale(bgr,
                                                    winStride=(self.win_stride, self.win_stride),
                                                    padding=(8, 8), scale=self.scale)
         if len(rects) == 0:
@@ -267,7 +274,6 @@ class HogDetector:
         ok = scores >= self.score
         boxes, scores = boxes[ok], scores[ok]
         keep = nms(boxes, scores, np.zeros(len(boxes), np.int64), self.iou)
-        h, w = frame.shape[:2]
         out = boxes[keep]
         out[:, [0, 2]] = out[:, [0, 2]].clip(0, w)
         out[:, [1, 3]] = out[:, [1, 3]].clip(0, h)
