@@ -47,6 +47,15 @@ class EdgeLogits(nn.Module):
         z = torch.tanh(self.inner(graph.unsqueeze(-1)))  # (..., L, L, hidden)
         return self.weight(z).movedim(-1, -3)  # (..., H, L, L)
 
+    def infer(self, graph: Tensor) -> Tensor:
+        """:meth:`forward` without autograd, as ``(..., L, L, H)`` (not moved): one fused multiply-add,
+        ``tanh(x) = 2 sigmoid(2x) - 1`` (equal to float32 rounding; ``torch.tanh`` costs three
+        sigmoids on CPU) and one product."""
+        a = self.inner.weight.view(-1)  # (hidden,)
+        x = torch.addcmul(self.inner.bias, graph.unsqueeze(-1), a)  # (..., L, L, hidden)
+        z = torch.sigmoid_(x.mul_(2.0)).mul_(2.0).sub_(1.0)  # tanh
+        return z @ self.weight.weight.t()  # (..., L, L, H)
+
 
 class SGAT(nn.Module):
     """SGAT of Eq. 4 over the last-but-one axis of ``f (B, S, L, d)``.
@@ -73,11 +82,45 @@ class SGAT(nn.Module):
         self.keep_attention = keep_attention
         self.last_attention: dict[str, Tensor] | None = None
 
+    def _fast(self) -> bool:
+        """Whether :meth:`infer` may stand in for the reference forward (no autograd, no dropout,
+        no attention maps kept)."""
+        return not torch.is_grad_enabled() and not self.keep_attention and not (self.training and self.drop.p > 0)
+
+    def infer(self, f: Tensor, graph: Tensor | None, support: Tensor, transposed: bool = False) -> Tensor:
+        """The forward of Eq. 4 for inference, equal to float32 rounding: one product for the
+        queries, keys and values, the graph logits and the support folded into one additive bias.
+
+        ``f (B, A, B', d)``; attends over axis 2 (``transposed=False``: ``f`` is ``(B, S, L, d)``) or
+        over axis 1 (``transposed=True``: ``f`` is ``(B, L, S, d)``, the layout G-MFAT gets, so the
+        persons x frames tensor is never transposed in memory). Returns ``f``'s layout.
+        """
+        d, H = self.d, self.heads
+        C = d // H
+        w = torch.cat([self.w2.weight, self.w3.weight, self.w1.weight])  # (3d, d): queries, keys, values
+        qkv = f @ w.t()  # (B, A, A', 3d)
+        if transposed:
+            qkv = qkv.transpose(1, 2)  # (B, S, L, 3d)
+        B, S, L = qkv.shape[:3]
+        q, k, v = (qkv[..., i * d:(i + 1) * d].unflatten(-1, (H, C)).transpose(2, 3) for i in range(3))  # (B,S,H,L,C)
+        logits = (q @ k.transpose(-1, -2)).mul_(1.0 / math.sqrt(C))  # (B, S, H, L, L)
+        if graph is not None and self.edge is not None:
+            logits += self.edge.infer(graph).movedim(-1, -3)
+        sup = support[:, :, None]  # (B, S, 1, L, L)
+        logits.masked_fill_(~sup, torch.finfo(f.dtype).min)
+        attn = torch.softmax(logits, -1).mul_(sup)  # (B, S, H, L, L)
+        out = attn @ v  # (B, S, H, L, C)
+        if transposed:
+            return out.permute(0, 3, 1, 2, 4).reshape(B, L, S, d)  # (B, L, S, d)
+        return out.transpose(2, 3).reshape(B, S, L, d)  # (B, S, L, d)
+
     def _split(self, x: Tensor) -> Tensor:
         B, S, L, _ = x.shape
         return x.view(B, S, L, self.heads, -1).transpose(2, 3)  # (B, S, H, L, C)
 
     def forward(self, f: Tensor, graph: Tensor | None, support: Tensor) -> Tensor:
+        if self._fast():
+            return self.infer(f, graph, support)
         B, S, L, d = f.shape
         q, k, v = self._split(self.w2(f)), self._split(self.w3(f)), self._split(self.w1(f))  # (B, S, H, L, C)
         logits_v = q @ k.transpose(-1, -2) / math.sqrt(d // self.heads)  # (B, S, H, L, L)
@@ -111,4 +154,6 @@ class GroupMFAT(SGAT):
     """
 
     def forward(self, f: Tensor, graph: Tensor | None, support: Tensor) -> Tensor:
+        if self._fast():
+            return self.infer(f, graph, support, transposed=True)
         return super().forward(f.transpose(1, 2), graph, support).transpose(1, 2)

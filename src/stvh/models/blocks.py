@@ -32,6 +32,32 @@ class FFN(nn.Module):
         return self.net(x)
 
 
+#: Inference runs the blocks over clips in chunks of about this many person-frames: the FFN's
+#: ``(rows, 4d)`` intermediate then stays in cache and under the allocator's mmap threshold (a fresh
+#: multi-megabyte tensor per call costs page faults); clips never mix, so the result is the same.
+CHUNK_ROWS = 1024
+
+
+def in_chunks(block: nn.Module, f: Tensor, g: Graphs, rows: int | None = None) -> Tensor:
+    """``block._forward`` over chunks of clips of ``f (B, N, T, d)`` (inference only)."""
+    B, N, T, _ = f.shape
+    rows = CHUNK_ROWS if rows is None else rows
+    step = max(1, rows // max(N * T, 1))
+    if step >= B:
+        return block._forward(f, g)
+    out = torch.empty_like(f)
+    for b0 in range(0, B, step):
+        part = Graphs(*(x[b0:b0 + step] for x in g))
+        out[b0:b0 + step] = block._forward(f[b0:b0 + step], part)
+    return out
+
+
+def _chunked(block: nn.Module) -> bool:
+    """Inference without attention maps kept (chunks would keep only the last chunk's maps)."""
+    return not torch.is_grad_enabled() and not block.training and not any(
+        getattr(m, "keep_attention", False) for m in block.modules())
+
+
 def zero_padded(x: Tensor, mask: Tensor) -> Tensor:
     """``x (B, N, T, d)`` with the rows of padded persons set to 0."""
     return torch.where(mask[:, :, None, None], x, torch.zeros_like(x))
@@ -57,6 +83,9 @@ class PVFBlock(nn.Module):
         self.ffn = FFN(d, ffn_mult, dropout)
 
     def forward(self, f: Tensor, g: Graphs) -> Tensor:
+        return in_chunks(self, f, g) if _chunked(self) else self._forward(f, g)
+
+    def _forward(self, f: Tensor, g: Graphs) -> Tensor:
         graph, sup = (g.g_t, g.sup_t) if self.axis == "temporal" else (g.g_s, g.sup_s)
         f = f + self.attn(self.norm1(f), graph, sup)  # f''  (B, N, T, d)
         f = f + self.ffn(self.norm2(f))  # f_{tau+1}  (B, N, T, d)
@@ -84,6 +113,9 @@ class MSFBlock(nn.Module):
         self.ffn = FFN(d, ffn_mult, dropout)
 
     def forward(self, f: Tensor, g: Graphs) -> Tensor:
+        return in_chunks(self, f, g) if _chunked(self) else self._forward(f, g)
+
+    def _forward(self, f: Tensor, g: Graphs) -> Tensor:
         f = f + self.o_mfat(self.norm_o(f), g.g_t, g.sup_t)  # (B, N, T, d)
         f = f + self.g_mfat(self.norm_g(f), g.g_s, g.sup_s)  # (B, N, T, d)
         f = f + self.ffn(self.norm_f(f))  # f_{tau+1}  (B, N, T, d)

@@ -520,6 +520,57 @@ class RoIEmbedding(nn.Module):
     def forward(self, roi: Tensor, mask: Tensor | None = None) -> Tensor:
         return self.embed_reduced(self.reduce_roi(roi), mask)
 
+    @torch.no_grad()
+    def infer(self, roi: Tensor, mask: Tensor, rows: int = 1024) -> tuple[Tensor, Tensor]:
+        """Inference path of :meth:`reduce_roi` + :meth:`embed_reduced`: the same function (equal to
+        float32 rounding), without gradients, in channels-last layout and in chunks of about ``rows``
+        person-frames.
+
+        roi (B, N, T, C, s, s) of any float dtype (a float16 cache is converted chunk by chunk),
+        mask (B, N) -> (f_v (B, N, T, d), pooled (B, N, T, d_v)): pooled is the spatial mean of the
+        reduced, masked RoI features (the reconstruction target).
+
+        Why it is faster: every layer is a matrix product over channels-last rows. The 1x1 reduction
+        is one ``addmm`` over (cells, C) rows instead of a convolution on 5x5 maps; its output
+        (rows ordered person, frame, y, x, channel) is already the channels-last layout of the 3-D
+        convolution, whose output is that of the 2-D convolution, whose output is flattened for ``fc``
+        with fc's columns permuted to (y, x, channel): no transposes between the layers. Chunks keep
+        the intermediates in cache and under the allocator's mmap threshold (a fresh 50 MB tensor
+        costs more in page faults than the float16 -> float32 conversion that fills it).
+        """
+        self._check(roi)
+        B, N, T, C, s, _ = roi.shape
+        dv, d = self.d_v, self.d
+        w = self.reduce.weight
+        dtype, device = w.dtype, w.device
+        w_red = w.view(dv, C).t()  # (C, d_v)
+        c2 = self.conv2d.out_channels
+        s2 = self.fc.in_features // c2
+        s2 = int(round(math.sqrt(s2)))
+        w_fc = self.fc.weight.view(d, c2, s2, s2).permute(0, 2, 3, 1).reshape(d, -1).t()  # (s2*s2*c2, d) in y, x, c
+        keep = mask.to(device=device, dtype=dtype)  # (B, N)
+        f_v = torch.empty(B, N, T, d, dtype=dtype, device=device)
+        pooled = torch.empty(B, N, T, dv, dtype=dtype, device=device)
+        step = max(1, rows // max(N * T, 1))
+        for b0 in range(0, B, step):
+            b1 = min(B, b0 + step)
+            b = b1 - b0
+            m = keep[b0:b1]  # (b, N)
+            x = torch.empty(b, N, T, s, s, C, dtype=dtype, device=device)
+            x.copy_(roi[b0:b1].permute(0, 1, 2, 4, 5, 3))  # (b, N, T, s, s, C), converted on the way
+            red = torch.addmm(self.reduce.bias, x.view(-1, C), w_red)  # (b*N*T*s*s, d_v)
+            red = red.view(b, N, -1).mul_(m[:, :, None])  # padded persons zeroed
+            pooled[b0:b1] = red.view(b, N, T, s * s, dv).mean(3)  # (b, N, T, d_v)
+            x3 = red.view(b * N, T, s, s, dv).permute(0, 4, 1, 2, 3)  # (bN, d_v, T, s, s) channels-last-3d
+            y = F.relu_(self.conv3d(x3))  # (bN, d_v, T, s, s) channels-last-3d
+            y = y.permute(0, 2, 3, 4, 1).reshape(b * N * T, s, s, dv).permute(0, 3, 1, 2)  # (bNT, d_v, s, s)
+            z = F.relu_(self.conv2d(y))  # (bNT, c2, s2, s2) channels-last
+            z = z.permute(0, 2, 3, 1).reshape(b * N * T, -1)  # (bNT, s2*s2*c2) in y, x, c
+            h = F.relu_(F.layer_norm(torch.addmm(self.fc.bias, z, w_fc), (d,), self.norm.weight, self.norm.bias,
+                                     self.norm.eps))  # (bNT, d)
+            f_v[b0:b1] = h.view(b, N, T, d) * m[:, :, None, None]
+        return f_v, pooled
+
 
 #: Names of the per-person per-frame box-geometry features (``backbone: none``), in order.
 GEOMETRY_FEATURES = (
@@ -751,11 +802,14 @@ class VisualModule(nn.Module):
                 raise ValueError(f"roi must be (B, N, T, C, s, s) = ({B}, {N}, {T}, {self.in_channels}, {s}, {s}), "
                                  f"got {tuple(roi.shape) if isinstance(roi, Tensor) else type(roi).__name__}")
         param = self.roi_embed.reduce.weight
-        roi = roi.to(device=param.device, dtype=param.dtype)
         mask = mask.to(param.device)
-        reduced = self.roi_embed.reduce_roi(roi)
-        f_v = self.roi_embed.embed_reduced(reduced, mask)
+        if torch.is_grad_enabled():  # training: the reference layers (autograd, training numerics unchanged)
+            roi = roi.to(device=param.device, dtype=param.dtype)
+            reduced = self.roi_embed.reduce_roi(roi)
+            f_v = self.roi_embed.embed_reduced(reduced, mask)
+            recon = reduced.detach().mean(dim=(-2, -1)) * mask.to(reduced.dtype).view(B, N, 1, 1)
+        else:  # inference (predict, encode): the same function, faster (RoIEmbedding.infer)
+            f_v, recon = self.roi_embed.infer(roi, mask)
         if self.box_geometry is not None:
             f_v = f_v + self.box_geometry(geo_boxes.to(param.dtype), mask, size.to(param.dtype))[0]
-        recon = reduced.detach().mean(dim=(-2, -1)) * mask.to(reduced.dtype).view(B, N, 1, 1)
         return f_v, recon

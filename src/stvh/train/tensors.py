@@ -42,8 +42,12 @@ class ClipTensors:
             "activity": self.activity[index].to(device),
             "actions": self.actions[index].to(device),
         }
-        if self.roi is not None:
-            out["roi"] = self.roi[index].to(device=device, dtype=torch.float32)
+        if self.roi is not None:  # the cache's dtype: the model converts (in chunks when encoding)
+            n = index.numel()
+            if n and bool((index[1:] - index[:-1] == 1).all()):  # a run of clips (predict): a view, no copy
+                out["roi"] = self.roi[int(index[0]):int(index[0]) + n].to(device=device)
+            else:
+                out["roi"] = self.roi[index].to(device=device)
         return out
 
 
