@@ -108,3 +108,15 @@ def test_hard_cut_found_and_windows_do_not_cross_it():
     for f in scene((20, 40, 160), 3, 0) + scene((200, 60, 30), 3, 1):
         off.add(f)
     assert off.cuts() == []
+
+
+def test_boxes_before_bytetrack_gives_an_id_are_kept():
+    tracker = Tracker(TrackerParams(min_hits=3))  # the id comes on the 3rd hit; frames 1 and 2 are kept too
+    for f in range(1, 7):
+        tracker.update(f, walker(f)[None], np.array([0.9]))
+    (track,) = tracker.tracks().values()
+    assert sorted(track) == [1, 2, 3, 4, 5, 6]
+    for f in range(1, 7):
+        np.testing.assert_allclose(track[f], walker(f), atol=1e-4)
+    with pytest.raises(ValueError, match="frames must increase"):
+        tracker.update(6, walker(6)[None], np.array([0.9]))

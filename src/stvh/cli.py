@@ -800,10 +800,10 @@ def track_cmd(
     frames_per_clip: int = typer.Option(10, help="Clip window length in frames (clips.csv); never crosses a cut."),
     scene_threshold: float = typer.Option(27.0, help="PySceneDetect ContentDetector threshold; 0 turns cuts off."),
     min_scene_len: int = typer.Option(15, help="Fewest frames of a scene."),
-    lost_frames: int = typer.Option(30, help="Frames a lost track waits to be found again (ByteTrack)."),
+    lost_frames: int = typer.Option(10, help="Frames a lost track waits to be found again (ByteTrack)."),
     activation: float = typer.Option(0.5, help="Lowest score that starts a track (ByteTrack)."),
     match_iou: float = typer.Option(0.1, help="Lowest IoU of a box with a track's prediction (ByteTrack)."),
-    min_hits: int = typer.Option(2, help="Hits before a track counts (ByteTrack)."),
+    min_hits: int = typer.Option(1, help="Hits before a track counts (ByteTrack)."),
     threads: int = typer.Option(0, help="onnxruntime threads (0: its default)."),
     overwrite: bool = typer.Option(False, "--overwrite", "--force", help="Write into a non-empty --out folder (same-"
                                                                          "named videos are replaced)."),

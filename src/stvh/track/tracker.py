@@ -22,13 +22,15 @@ Tracks = dict[int, dict[int, np.ndarray]]  # track id -> frame -> box (4,) x1y1x
 
 @dataclass(frozen=True)
 class TrackerParams:
-    """ByteTrack's settings (names of the ``trackers`` package in brackets); see docs/live.md for the tuning."""
+    """ByteTrack's settings (names of the ``trackers`` package in the comments). Defaults tuned on the
+    Volleyball sample (benchmarks/tracker_quality.py): ``min_hits`` 1 and ``lost_frames`` 10 gave the fewest
+    id switches; ``min_hits`` 2 or 3 lets a new track die when its second box is missed."""
 
-    lost_frames: int = 30       # frames a lost track is kept for re-association (lost_track_buffer at 30 fps)
+    lost_frames: int = 10       # frames a lost track is kept for re-association (lost_track_buffer at 30 fps)
     activation: float = 0.5     # a detection at or above this may start a track (track_activation_threshold)
     high: float = 0.5           # first-stage association threshold (high_conf_det_threshold)
     match_iou: float = 0.1      # smallest IoU of a match between a predicted track and a box (minimum_iou_threshold)
-    min_hits: int = 2           # hits before a track counts (minimum_consecutive_frames)
+    min_hits: int = 1           # hits before a track counts (minimum_consecutive_frames)
 
 
 class Tracker:
