@@ -507,6 +507,7 @@ def prepare(ctx: Context, name: str, seed: int, cells: list[str]) -> None:
         return
     env, times = ctx.env, {}
     if not dataset_complete(p["data"]):
+        p["extracted"].unlink(missing_ok=True)  # new data: extract again
         t = time.time()
         run_cli(synth_args(cells[0], seed, p["data"]), p["logs"] / "synth.log", env)
         times["synth_s"] = round(time.time() - t, 1)
@@ -525,8 +526,8 @@ def prepare(ctx: Context, name: str, seed: int, cells: list[str]) -> None:
         if pc["baselines"].is_file():
             continue
         t = time.time()
-        r = {**baselines(ctx, pc["data"], features, seed, train_per_class(cell)), **times,
-             "seconds": round(time.time() - t, 1)}
+        r = {**baselines(ctx, pc["data"], features, seed, train_per_class(cell)),
+             **(times if cell == todo[0] else {}), "seconds": round(time.time() - t, 1)}  # stage times once
         write_text_atomic(pc["baselines"], json.dumps(r, indent=1))
         pca = r.get("pca_sign", {})
         text.append(f"{cell}: ceiling act {r['ceiling'][f'map@{K_TOP}']:.3f} mca {r['ceiling']['mca']:.3f}"
@@ -754,7 +755,7 @@ def table(results: dict) -> str:
     axis = results.get("axis", "grid")
     if axis == "matches":
         head = ["cell", "knobs (vs demo)", "seeds", "clips (test)", "PCA-sign vis", "M-STVH act",
-                "M-STVH vis by depth", "M-STVH vis (F) by depth", "derived / stored", "M-STVH wrong side",
+                "M-STVH vis by depth", "M-STVH vis (F) by depth", "vis derived / stored", "M-STVH wrong side",
                 "BD act", "BD vis by depth", "BD wrong side", "goals met"]
         rows = [[name, c["knob_text"], str(len(c["seeds"])), f"{c['clips']['clips']} ({c['clips']['test']})",
                  _value(c, "pca_sign/visual", False), _value(c, "mstvh/activity"), _depths(c, "mstvh"),
