@@ -239,3 +239,47 @@ def test_bad_arguments_are_one_line(serve_world, footage, tmp_path, args, words)
     r = runner.invoke(app, ["ingest", *[names.get(a, a.replace("DIR", str(footage))) for a in args]])
     assert r.exit_code == 2 and r.output.count("\n") == 1 and r.output.startswith("error: "), r.output
     assert words in r.output, r.output
+
+
+def test_clip_rows_of_clips_csv_are_used_per_video(serve_world, encoder, tmp_path):
+    """With clips.csv, each video gets its own rows (the ids stvh encode gives); a bad row spoils its video only."""
+    from stvh.data.mot_export import export_mot
+
+    src = tmp_path / "mot"
+    export_mot(serve_world["data"], src, media="mixed", labels=False, splits=False)
+    lines = (src / "clips.csv").read_text().splitlines()
+    bad_line = next(i for i, ln in enumerate(lines, start=1) if ln.startswith("v1,") and i > 5)
+    lines[bad_line - 1] = lines[bad_line - 1].replace("v1,", "v1,x", 1)  # start "x1": not an integer
+    (src / "clips.csv").write_text("\n".join(lines) + "\n")
+    result = ingest_folder(src, serve_world["run"], tmp_path / "idx.npz", settle=0, encoder=encoder)
+    assert load_index(tmp_path / "idx.npz").ids == [f"v0/{s:06d}" for s in range(1, 72, 6)]  # 12 rows of 6 frames
+    assert result["skipped"] == [{"file": str(src / "clips.csv"),
+                                  "reason": f"line {bad_line}: malformed line: start/end must be integers "
+                                            f"1..1000000000 (frame numbers): {lines[bad_line - 1].split(',')!r}"}]
+
+
+class Boxes:
+    """A stand-in detector: the same three people in every frame (callable as stvh.track's detectors are)."""
+
+    name = "fixed"
+
+    def __call__(self, rgb):
+        boxes = np.array([[10, 10, 30, 60], [60, 20, 80, 70], [110, 15, 130, 65]], np.float32)
+        return boxes, np.full(3, 0.9, np.float32)
+
+
+def test_footage_without_tracks_is_tracked_with_a_detector(serve_world, footage, encoder, tmp_path):
+    src = tmp_path / "in"
+    (src / "videos").mkdir(parents=True)
+    shutil.copy(footage / "videos" / "v0.mp4", src / "videos" / "v0.mp4")  # 72 frames, no tracks
+    without = ingest_folder(src, serve_world["run"], tmp_path / "a.npz", settle=0, encoder=encoder)
+    assert without["videos"] == 0 and without["skipped"] == [
+        {"file": str(src / "videos" / "v0.mp4"), "reason": "no tracks/v0.txt (yet)"}]
+    result = ingest_folder(src, serve_world["run"], tmp_path / "b.npz", settle=0, encoder=encoder,
+                           detector=Boxes())
+    assert result["videos"] == 1 and result["skipped"] == []
+    lines = (src / "tracks" / "v0.txt").read_text().splitlines()
+    assert len(lines) == 72 * 3 and lines[0].startswith("1,") and lines[0].endswith(",10.00,10.00,20.00,50.00,1")
+    ids = load_index(tmp_path / "b.npz").ids
+    assert ids == V0  # windows of the run's 10 frames, as written to clips.csv by the tracker
+    assert (src / "clips.csv").read_text().splitlines()[1:] == [f"v0,{s},{s + 9}" for s in range(1, 62, 10)]

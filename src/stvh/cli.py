@@ -459,6 +459,10 @@ def ingest_cmd(
     settle: float = typer.Option(1.0, "--settle", help="Seconds a video's files must stay unchanged before reading."),
     retries: int = typer.Option(3, "--retries", help="Reads of a video that fails to open before it is reported."),
     strict: bool = typer.Option(False, "--strict", help="Exit with status 2 when a file was skipped."),
+    detector: Optional[str] = typer.Option(None, "--detector", help="Track footage that comes without tracks: "
+                                           "FILE.onnx or hog (stvh track's defaults; docs/live.md)."),
+    region: Optional[str] = typer.Option(None, "--region", help="--detector: keep boxes whose foot point is inside "
+                                         "x1,y1,x2,y2 or a polygon file (as stvh track)."),
     checkpoint: str = typer.Option("best", help="best or last."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -481,8 +485,9 @@ def ingest_cmd(
     _lock(index, "stvh ingest", flag="--index")
     import logging
     logging.getLogger("stvh.ingest").addHandler(logging.NullHandler())  # the skipped files are listed below
+    det, opts = _detector(detector, region)
     result = ingest_folder(folder, run, index, settle=settle, retries=retries, checkpoint=checkpoint, device=device,
-                           progress=progress and sys.stderr.isatty())
+                           progress=progress and sys.stderr.isatty(), detector=det, track_options=opts)
     typer.echo(f"ingested {result['videos']} videos ({result['clips']} clips) into {index}; it holds "
                f"{result['total_clips']} clips")
     if result["skipped"]:
@@ -491,6 +496,17 @@ def ingest_cmd(
             typer.echo(f"  {s['file']}: {s['reason']}", err=True)
         if strict:
             _fail(f"{len(result['skipped'])} file(s) skipped (--strict)")
+
+
+def _detector(spec: Optional[str], region: Optional[str]):
+    """``--detector`` / ``--region`` of ingest and serve --watch -> (detector or None, TrackOptions or None)."""
+    if spec is None:
+        if region is not None:
+            _fail("--region needs --detector (it masks the detector's boxes)")
+        return None, None
+    from .track import RegionMask, TrackOptions, load_detector
+
+    return load_detector(spec), TrackOptions(region=RegionMask.parse(region) if region else None)
 
 
 def check_output_of_encode(run: Path, out: Path, data: Optional[Path], features: Optional[Path],
@@ -749,6 +765,10 @@ def serve_cmd(
                                          "folder into the index while serving (docs/live.md)."),
     poll: float = typer.Option(0.5, "--poll", help="--watch: seconds between scans of DIR."),
     settle: float = typer.Option(1.0, "--settle", help="--watch: seconds a video's files must stay unchanged."),
+    detector: Optional[str] = typer.Option(None, "--detector", help="--watch: track footage that comes without tracks: "
+                                           "FILE.onnx or hog (stvh track's defaults; docs/live.md)."),
+    region: Optional[str] = typer.Option(None, "--region", help="--detector: keep boxes whose foot point is inside "
+                                         "x1,y1,x2,y2 or a polygon file (as stvh track)."),
 ):
     """Serve the search page and the HTTP API (search by clip or upload, with a focus from visual to activity)."""
     from .serve import ServeSettings, UploadLimits, serve
@@ -766,10 +786,13 @@ def serve_cmd(
         if not watch.is_dir():
             _fail(f"--watch {watch} is not a folder (a MOT-layout folder: tracks/NAME.txt + videos/ or frames/)")
         _lock(index, "stvh serve --watch", flag="--index")
+    elif detector is not None or region is not None:
+        _fail("--detector and --region go with --watch DIR")
     try:
         serve(ServeSettings(run=run, index=index, data=data, host=host, port=port, allow_writes=allow_writes,
                             uploads=uploads, checkpoint=checkpoint, device=device, limits=limits, token=token,
-                            allowed_hosts=tuple(allowed_host), watch=watch, watch_poll=poll, watch_settle=settle),
+                            allowed_hosts=tuple(allowed_host), watch=watch, watch_poll=poll, watch_settle=settle,
+                            detector=detector, region=region),
               echo=typer.echo)
     except CheckpointError as exc:
         _fail(str(exc))

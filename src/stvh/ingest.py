@@ -15,6 +15,7 @@ until it changes. See docs/live.md.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import json
@@ -49,21 +50,27 @@ class IngestError(Exception):
 
 @dataclass(frozen=True)
 class Footage:
-    """One video of the folder: its tracks file and its frames (a video file or a frame folder)."""
+    """One video of the folder: its tracks file (``None``: none yet, for a detector to make), its frames (a video
+    file or a frame folder) and its rows of ``clips.csv`` (header included; ``None``: cut into windows)."""
 
     name: str
-    tracks: Path
+    tracks: Path | None
     source: Path
+    clip_rows: str | None = None
+    clip_lines: tuple[int, ...] = ()   # the line numbers of those rows in clips.csv
 
     def files(self) -> list[Path]:
         """Every file the video is read from (tracks first)."""
+        tracks = [self.tracks] if self.tracks is not None else []
         if self.source.is_dir():
-            return [self.tracks, *sorted(p for p in self.source.iterdir() if p.suffix.lower() in IMAGE_EXTS)]
-        return [self.tracks, self.source]
+            return [*tracks, *sorted(p for p in self.source.iterdir() if p.suffix.lower() in IMAGE_EXTS)]
+        return [*tracks, self.source]
 
     def state(self) -> str | None:
-        """Fingerprint of the files (names, sizes, mtimes; 16 hex digits), ``None`` when one vanished meanwhile."""
+        """Fingerprint of the files (names, sizes, mtimes) and clip rows (16 hex digits), ``None`` when a file
+        vanished meanwhile."""
         h = hashlib.sha256()
+        h.update((self.clip_rows or "").encode("utf-8", "surrogateescape"))
         try:
             for p in self.files():
                 st = p.stat()
@@ -73,8 +80,9 @@ class Footage:
         return h.hexdigest()[:16]
 
 
-def scan(root: Path) -> tuple[list[Footage], dict[str, tuple[str, str]]]:
-    """Complete videos of ``root``, and the incomplete ones: ``{name: (file, what is missing)}``.
+def scan(root: Path) -> tuple[list[Footage], dict[str, tuple[str, str]], list[Footage]]:
+    """Complete videos of ``root``, the incomplete ones (``{name: (file, what is missing)}``) and the videos
+    without tracks (as :class:`Footage` with ``tracks=None``, also listed as incomplete).
 
     Names starting with '.' are ignored (copy tools write such temporaries).
     """
@@ -92,11 +100,38 @@ def scan(root: Path) -> tuple[list[Footage], dict[str, tuple[str, str]]]:
     for p in listing(root / "frames"):
         if p.is_dir():
             sources[p.name] = p  # a frame folder wins over a video, as in the reader
-    complete = [Footage(n, tracks[n], sources[n]) for n in sorted(tracks) if n in sources]
+    rows = _clip_rows(root / "clips.csv")
+    complete = [Footage(n, tracks[n], sources[n], *rows.get(n, (None, ()))) for n in sorted(tracks) if n in sources]
     missing = {n: (str(p), f"no frames/{n}/ or videos/{n}.<mp4|avi|mkv|mov> (yet)") for n, p in tracks.items()
                if n not in sources}
-    missing.update({n: (str(p), f"no tracks/{n}.txt (yet)") for n, p in sources.items() if n not in tracks})
-    return complete, missing
+    untracked = [Footage(n, None, p) for n, p in sorted(sources.items()) if n not in tracks]
+    missing.update({f.name: (str(f.source), f"no tracks/{f.name}.txt (yet)") for f in untracked})
+    return complete, missing, untracked
+
+
+def _clip_rows(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """``{video: (its rows of clips.csv with the header, their line numbers)}``; ``{}`` without a readable file with a video column
+    (the reader then cuts windows; a malformed row is reported when that video is read)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+        lines = text.splitlines()
+        header = next(csv.reader([lines[0]]))
+    except (OSError, ValueError, IndexError, StopIteration, csv.Error):
+        return {}
+    names = [h.strip().lower() for h in header]
+    if "video" not in names:
+        return {}
+    col = names.index("video")
+    out: dict[str, list[tuple[int, str]]] = {}
+    for number, line in enumerate(lines[1:], start=2):
+        try:
+            fields = next(csv.reader([line]))
+        except (csv.Error, StopIteration):
+            continue
+        if len(fields) > col and fields[col].strip():
+            out.setdefault(fields[col].strip(), []).append((number, line))
+    return {v: ("\n".join([lines[0], *(t for _, t in rows)]) + "\n", tuple(n for n, _ in rows))
+            for v, rows in out.items()}
 
 
 @dataclass
@@ -183,6 +218,8 @@ def read_footage(footage: Footage, root: Path, options: dict) -> list[Clip]:
         view = Path(tmp)
         (view / "tracks").mkdir()
         os.symlink(footage.tracks.resolve(), view / "tracks" / footage.tracks.name)
+        if footage.clip_rows is not None:  # its rows only: another video's bad row is that video's problem
+            (view / "clips.csv").write_text(footage.clip_rows, encoding="utf-8")
         kind = "frames" if footage.source.is_dir() else "videos"
         (view / kind).mkdir()
         os.symlink(footage.source.resolve(), view / kind / footage.source.name)
@@ -191,6 +228,8 @@ def read_footage(footage: Footage, root: Path, options: dict) -> list[Clip]:
         except DataError as exc:
             if exc.path is not None:
                 exc.path = exc.path.replace(str(view), str(root), 1)
+                if exc.path == str(root / "clips.csv") and exc.line is not None and exc.line >= 2:
+                    exc.line = footage.clip_lines[exc.line - 2]  # the view holds this video's rows only
             exc.message = exc.message.replace(str(view), str(root))
             raise
     return [_relocate(c, footage) for c in ds.clips]
@@ -212,11 +251,13 @@ class Ingester:
     ``settle``: seconds a video's files must keep the same sizes and mtimes before it is read (a file still being
     copied is never read half-written). ``retries``: reads of a video that fails to open or decode (it may still be
     incomplete) before it is reported, ``retry_wait`` seconds apart. ``lock``: held while the model runs (the
-    service shares its model with uploads).
+    service shares its model with uploads). ``detector`` (:func:`stvh.track.load_detector`): videos without tracks
+    are tracked (:func:`stvh.track.track_video` with ``track_options``) and their tracks and clip rows written
+    into ``root``, where the next scans find them complete.
     """
 
     def __init__(self, root: str | Path, encoder, ledger: Ledger, *, settle: float = 1.0, retries: int = 3,
-                 retry_wait: float = 2.0, lock=None, max_skipped: int = 200):
+                 retry_wait: float = 2.0, lock=None, max_skipped: int = 200, detector=None, track_options=None):
         import contextlib
 
         self.root = Path(root)
@@ -235,13 +276,19 @@ class Ingester:
         self.waiting: dict[str, tuple[str, str]] = {}           # incomplete videos: name -> (file, reason)
         self._now = time.monotonic()                            # the clock of the last poll
         self.max_skipped = max_skipped
+        self.detector, self.track_options = detector, track_options
 
     # ------------------------------------------------------------------ finding work
     def poll(self, now: float | None = None) -> list[tuple[Footage, str]]:
         """``(footage, fingerprint)`` of the videos to ingest now (settled, not done, not known bad)."""
         now = time.monotonic() if now is None else now
         self._now = now
-        complete, self.waiting = scan(self.root)
+        complete, waiting, untracked = scan(self.root)
+        if self.detector is not None:  # footage without tracks: tracked, not waited for
+            complete += untracked
+            for f in untracked:
+                waiting.pop(f.name, None)
+        self.waiting = waiting
         ready, present = [], set()
         for f in complete:
             present.add(f.name)
@@ -275,6 +322,9 @@ class Ingester:
         from .index.codes import pack_codes
 
         try:
+            if footage.tracks is None:
+                self._track(footage)
+                return None  # its tracks are in the folder now: read once they settle
             clips = read_footage(footage, self.root, self.options)
             if not clips:
                 raise IngestError(footage.tracks, f"no clip: no {self.frames_per_clip}-frame window with a tracked "
@@ -294,6 +344,18 @@ class Ingester:
         self._tries.pop(footage.name, None)
         return Batch(footage.name, fp, clips, pack_codes(np.asarray(out["codes"])),
                      np.asarray(out["activity"], dtype=np.int64))
+
+    def _track(self, footage: Footage) -> None:
+        """Detect and track a video without tracks; its tracks and clip rows go into the folder."""
+        from .track import TrackOptions, track_video
+
+        opts = dataclasses.replace(self.track_options or TrackOptions(), name=footage.name,
+                                   frames_per_clip=self.frames_per_clip, progress=False)
+        summary = track_video(footage.source, self.root, self.detector, opts)
+        self._seen.pop(footage.name, None)
+        if not summary.get("written"):
+            raise IngestError(footage.source, f"the detector found no clip: {summary.get('why_not_written')}")
+        log.info("%s: tracked (%s tracks, %s clips)", footage.name, summary.get("tracks"), summary.get("clips"))
 
     def _failed(self, footage: Footage, fp: str, exc: Exception, retry: bool) -> None:
         tried = self._tries.get(footage.name)
@@ -394,7 +456,7 @@ def open_index(path: Path, encoder):
 def ingest_folder(root: str | Path, run: str | Path, index_path: str | Path, *, settle: float = 1.0,
                   retries: int = 3, retry_wait: float = 2.0, save_every: float = 10.0, max_wait: float = 60.0,
                   checkpoint: str = "best",
-                  device: str = "cpu", progress: bool = False, encoder=None,
+                  device: str = "cpu", progress: bool = False, encoder=None, detector=None, track_options=None,
                   sleep: Callable[[float], None] = time.sleep) -> dict:
     """``stvh ingest``: every settled video of ``root`` not yet in the ledger goes into the index (saved every
     ``save_every`` seconds and at the end); videos still changing after ``max_wait`` seconds are left for the next
@@ -409,7 +471,8 @@ def ingest_folder(root: str | Path, run: str | Path, index_path: str | Path, *, 
         encoder = Encoder(run, checkpoint, device)
     ledger = Ledger.load(ledger_path(index_path))
     index = open_index(index_path, encoder)
-    ing = Ingester(root, encoder, ledger, settle=settle, retries=retries, retry_wait=retry_wait)
+    ing = Ingester(root, encoder, ledger, settle=settle, retries=retries, retry_wait=retry_wait, detector=detector,
+                   track_options=track_options)
     videos = clips = 0
     bar = tqdm(desc="ingest", unit="video", disable=not progress)
     started = last_save = time.monotonic()

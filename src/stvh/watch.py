@@ -34,8 +34,16 @@ class Watcher:
         self.folder = Path(folder)
         self.poll_s = float(poll)
         self.per_poll = int(per_poll)  # videos read between two scans (a bounded batch: new arrivals wait little)
+        detector = options = None
+        if service.settings.detector is not None:  # footage without tracks is tracked first (stvh.track)
+            from .track import RegionMask, TrackOptions, load_detector
+
+            detector = load_detector(service.settings.detector)
+            region = service.settings.region
+            options = TrackOptions(region=RegionMask.parse(region) if region else None)
         self.ingester = Ingester(self.folder, service.encoder, Ledger.load(ledger_path(service.settings.index)),
-                                 settle=settle, retries=retries, retry_wait=retry_wait, lock=service.model_lock)
+                                 settle=settle, retries=retries, retry_wait=retry_wait, lock=service.model_lock,
+                                 detector=detector, track_options=options)
         self.new: dict[str, None] = {}  # clip ids ingested since the server started, in order
         self.ids: set[str] = set(self.ingester.ingested_clips())  # every clip ingested from the folder
         self.started = time.time()
@@ -43,6 +51,12 @@ class Watcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        if service.encoder.backbone != "none":  # built before the server listens, not when the first video comes
+            try:
+                with service.model_lock:
+                    service.encoder.extractor()
+            except Exception as exc:  # noqa: BLE001 - said on the page; each video will name it again
+                self._error(f"the run's backbone cannot be built: {exc}")
 
     # ------------------------------------------------------------------ life
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -58,12 +72,6 @@ class Watcher:
 
     def _run(self) -> None:
         self._restore()
-        if self.service.encoder.backbone != "none":
-            try:
-                with self.service.model_lock:  # build the backbone now, not when the first video arrives
-                    self.service.encoder.extractor()
-            except Exception as exc:  # noqa: BLE001 - said on the page; each video will name it again
-                self._error(f"the run's backbone cannot be built: {exc}")
         while not self._stop.is_set():
             try:
                 self.step()

@@ -67,6 +67,8 @@ class ServeSettings:
     watch: Path | None = None       # --watch DIR: ingest new footage into the index (stvh.watch)
     watch_poll: float = 0.5         # seconds between scans of DIR
     watch_settle: float = 1.0       # seconds a video's files must stay unchanged before it is read
+    detector: str | None = None     # --detector FILE.onnx|hog: track watched footage that has no tracks
+    region: str | None = None       # --region: the detector's region mask (stvh.track.RegionMask.parse)
 
     def __post_init__(self):
         if not 0 <= int(self.port) <= 65535:
