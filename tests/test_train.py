@@ -11,7 +11,8 @@ import torch
 from stvh.data.formats import read_dataset
 from stvh.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from stvh.train.config import ConfigError, load_config
-from stvh.train.loop import fit, lr_factor
+from stvh.train.loop import fit
+from stvh.train.schedule import Schedule
 from stvh.train.tensors import clips_to_tensors, partition
 
 TINY = ["model.d=16", "model.d_v=8", "model.heads=2", "model.bits=16", "model.depth=2", "model.backbone=none",
@@ -45,10 +46,63 @@ def test_paper_configs_load():
 
 
 def test_volleyball_lr_schedule():
-    f = lr_factor(1e-5, [[11, 5e-6], [21, 1e-6]])
-    lrs = [1e-5 * f(e) for e in range(25)]  # e = finished epochs; epoch e + 1 runs with lrs[e]
-    assert lrs[9] == pytest.approx(1e-5) and lrs[10] == pytest.approx(5e-6)
+    s = Schedule(1e-5, [[11, 5e-6], [21, 1e-6]], epochs=25, batches_per_epoch=7)
+    lrs = []
+    for epoch in range(1, 26):
+        lrs.append(s.lr)  # epoch runs with s.lr
+        assert s.after_epoch(epoch, score=float(epoch)) == (epoch == 25)
+    assert lrs[9] == pytest.approx(1e-5) and lrs[10] == pytest.approx(5e-6)  # epochs 10 and 11
     assert lrs[19] == pytest.approx(5e-6) and lrs[20] == pytest.approx(1e-6)
+    assert s.epochs == 25 and s.finished
+
+
+def test_schedule_scaled_to_a_number_of_steps():
+    # 600 steps at 9 batches an epoch: ceil(600 / 9) = 67 epochs; lr step of epoch 19 (of 25) at 1 + round(18 * 67 / 25)
+    s = Schedule(1e-3, [[19, 3e-4]], epochs=25, batches_per_epoch=9, steps=600)
+    assert s.epochs == 67 and s.stages == [(1, 1e-3), (1 + round(18 * 67 / 25), 3e-4)] and s.stages[1][0] == 49
+    lrs = []
+    for epoch in range(1, 68):
+        lrs.append(s.lr)
+        s.after_epoch(epoch, 0.5 + epoch)
+    assert lrs[47] == 1e-3 and lrs[48] == 3e-4 and s.finished
+
+
+def test_schedule_patience_starts_the_next_stage_then_stops():
+    s = Schedule(1.0, [[10, 0.1]], epochs=20, batches_per_epoch=1, patience=3)
+    scores = [0.1, 0.5, 0.6, 0.6, 0.6 + 5e-5, 0.6]  # no gain > 1e-4 after epoch 3
+    seen = []
+    for epoch, score in enumerate(scores, start=1):
+        seen.append(s.lr)
+        done = s.after_epoch(epoch, score)
+    assert seen == [1.0] * 6 and s.lr == 0.1 and s.stage_start == 7 and not done  # 3 stalled epochs: stage 2 early
+    # in the last stage: counted from the stage's start (epoch 7), not from the old best
+    assert [s.after_epoch(e, 0.6) for e in (7, 8)] == [False, False]
+    assert s.after_epoch(9, 0.6) and s.stopped_at == 9 and s.finished
+    s2 = Schedule(1.0, [[10, 0.1]], epochs=20, batches_per_epoch=1, patience=3)
+    for epoch, score in enumerate([0.1, 0.5, 0.6, 0.6, 0.6, 0.7, 0.7], start=1):
+        s2.after_epoch(epoch, score)
+    assert s2.stage == 0 and s2.best_epoch == 6  # a gain at epoch 6 resets the count
+    s3 = Schedule(1.0, [[10, 0.1]], epochs=20, batches_per_epoch=1, patience=3)
+    s3.load_state_dict(s.state_dict(), epochs_done=9)
+    assert s3.finished and s3.lr == 0.1
+    s4 = Schedule(1.0, [[10, 0.1]], epochs=20, batches_per_epoch=1, patience=3)
+    s4.load_state_dict(None, epochs_done=12)  # a checkpoint of an older run: the nominal stage
+    assert s4.lr == 0.1 and not s4.finished
+
+
+def test_early_stop_is_finished_and_resume_trains_no_further(tiny_synth, tmp_path, monkeypatch):
+    import stvh.train.loop as loop
+
+    monkeypatch.setattr(loop, "validate", lambda *a, **k: {"val_map@10": 0.5, "val_mca": 0.5})  # a flat score
+    cfg = load_config(None, TINY + ["train.epochs=10", "train.patience=2", "train.select=val_map@10"])
+    out = tmp_path / "run"
+    result = fit(cfg, tiny_synth, None, out, progress=False)
+    state = load_checkpoint(out / "last.pt")
+    # epoch 1 sets the best; epochs 2 and 3 gain nothing: with no lr_steps stage left, training stops after 3
+    assert result["epochs_run"] == 3 and state["epoch"] == 3 and state["finished"] and (out / "filter.npz").exists()
+    again = fit(cfg, tiny_synth, None, out, progress=False, resume=True)
+    assert again["epochs_run"] == 0 and load_checkpoint(out / "last.pt")["epoch"] == 3
+    assert len((out / "metrics.csv").read_text().splitlines()) == 4
 
 
 def test_partition(tiny_synth):

@@ -38,7 +38,7 @@ def run_demo(out: str | Path, *, seed: int = 0, progress: bool = True, echo: Cal
     from .train.config import DEFAULT_CONFIG, fitted_defaults, load_config
     from .train.encode import encode
     from .train.extract import extract_with_config
-    from .train.loop import epochs_done, fit
+    from .train.loop import fit, training_finished
 
     out = Path(out)
     user_data = data is not None
@@ -68,7 +68,7 @@ def run_demo(out: str | Path, *, seed: int = 0, progress: bool = True, echo: Cal
     t = _stage(echo, 3, total, f"train {cfg['model']['name']} (K={cfg['model']['bits']}, "
                                f"depth {cfg['model']['depth']}) -> {run}")
     last = run / "last.pt"
-    done = last.exists() and epochs_done(load_checkpoint(last)) >= cfg["train"]["epochs"]
+    done = last.exists() and training_finished(load_checkpoint(last), cfg)
     if not done:
         fit(cfg, data, feats, run, resume=last.exists(), progress=progress)
     echo(f"      [{time.time() - t:.0f}s]")

@@ -282,7 +282,7 @@ def run_one(cfg: dict, data: Path, features: Path | None, run: Path, log: Callab
     from ..eval.evaluate import evaluate
     from .checkpoint import load_checkpoint
     from .encode import encode
-    from .loop import epochs_done, fit
+    from .loop import fit, training_finished
 
     check_same_config(run, cfg)
     done_path = run / "result.json"
@@ -296,9 +296,8 @@ def run_one(cfg: dict, data: Path, features: Path | None, run: Path, log: Callab
         return RunResult("", int(cfg["seed"]), "done before", values, float(saved.get("seconds", 0.0)))
     t0 = time.time()
     last = run / "last.pt"
-    have = epochs_done(load_checkpoint(last)) if last.exists() else 0
     status = "evaluated"
-    if have < cfg["train"]["epochs"]:
+    if not (last.exists() and training_finished(load_checkpoint(last), cfg)):
         status = "resumed" if last.exists() else "trained"
         fit(cfg, data, features, run, resume=last.exists(), progress=False, log=log)
     codes = run / "codes.npz"

@@ -218,10 +218,10 @@ class DataConfig(_Section):
     val_fraction: Fraction = _field(0.15, "a number in [0, 1)")
     reader: dict[str, Any] = _field({}, "a mapping of reader options")
     require_features: Annotated[bool, Strict()] = _field(False, "true (refuse clips without cached features) or false (leave them out)")
-    train_per_class: Optional[PosInt] = _field(None, "an integer >= 1 (at most that many train clips of each "
-                                                     "activity, for learning curves) or null (all)")
     unlisted: _choice(("ignore", "train")) = _field("ignore", "ignore (clips in no split stay out of training) or "
                                                               "train (they join the train split)")
+    train_per_class: Optional[PosInt] = _field(None, "an integer >= 1 (at most that many train clips of each "
+                                                     "activity, for learning curves) or null (all)")
 
     @model_validator(mode="after")
     def _reader_options(self):
@@ -293,6 +293,10 @@ class TrainConfig(_Section):
     device: Annotated[str, Strict()] = _field("auto", "auto, cpu, cuda, cuda:N or mps")
     log_every: NonNegInt = _field(0, "an integer >= 0 (0 = off)")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    steps: Optional[PosInt] = _field(None, "an integer >= 1 (optimizer steps: the run's epochs and lr_steps are "
+                                           "scaled to make about that many) or null (train.epochs)")
+    patience: Optional[PosInt] = _field(None, "an integer >= 1 (epochs without a gain of the selection score "
+                                              "before the next lr_steps stage, then the stop) or null (off)")
 
     @field_validator("device")
     @classmethod

@@ -49,6 +49,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import dump_config
 from ..models.filter import fit_filter
 from .augment import Augment, augment_batch
+from .schedule import Schedule
 from .tensors import ClipTensors, clips_to_tensors, limit_per_class, partition, partition_notes
 
 MSTVH_LIKE = ("mstvh", "mstvh_bd", "mstvh_ed")
@@ -318,20 +319,6 @@ def has_action_labels(clips) -> bool:
     return any(bool((c.actions[c.mask] >= 0).any()) for c in clips)
 
 
-def lr_factor(base_lr: float, steps) -> "callable":
-    """LambdaLR factor for ``lr_steps`` ``[[epoch, lr], ...]`` (1-based epochs, as the paper counts:
-    Volleyball uses 1e-5, then 5e-6 from epoch 11 and 1e-6 from epoch 21)."""
-    table = sorted((int(e), float(lr)) for e, lr in steps)
-
-    def factor(epoch: int) -> float:  # epoch: 0-based count of finished epochs
-        lr = base_lr
-        for start, value in table:
-            if epoch + 1 >= start:
-                lr = value
-        return lr / base_lr
-    return factor
-
-
 def _forward(model, batch):
     return model(batch["boxes"], batch["mask"], batch["image_size"], roi=batch.get("roi"))
 
@@ -426,6 +413,13 @@ def _tensorboard(out: Path):
 def epochs_done(state: dict) -> int:
     """Finished epochs recorded in a checkpoint (runs before 1-based numbering stored the 0-based index)."""
     return int(state["epoch"]) if state.get("epoch_base") == 1 else int(state["epoch"]) + 1
+
+
+def training_finished(state: dict, cfg: dict) -> bool:
+    """True when the checkpoint's run trained to its end (its last epoch, or an early stop: ``train.patience``)."""
+    if "finished" in state:
+        return bool(state["finished"])
+    return epochs_done(state) >= cfg["train"]["epochs"]  # runs saved before the flag
 
 
 def no_train_split_message(data_dir, dataset: ClipDataset) -> str:
@@ -524,8 +518,9 @@ def train_run(cfg: dict, data_dir: str | Path, features: str | Path | None, out:
         raise ValueError(f"train.select must be val_map@10, val_mca or val_both, got {t['select']!r}")
     aug = augmentation(cfg, dataset)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=t["lr"],
-                           weight_decay=t["weight_decay"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(t["lr"], t["lr_steps"]))
+                           weight_decay=t["weight_decay"], foreach=True)  # one kernel per step, not per tensor
+    batches = math.ceil(len(train) / t["batch_size"]) // (world if world > 1 else 1)
+    sched = Schedule(t["lr"], t["lr_steps"], t["epochs"], batches, t.get("steps"), t.get("patience"))
 
     start_epoch, best = 0, {"epoch": 0, "score": -math.inf}
     if resume and (out / "last.pt").exists():
@@ -536,7 +531,7 @@ def train_run(cfg: dict, data_dir: str | Path, features: str | Path | None, out:
             raise CheckpointError(f"checkpoint {out / 'last.pt'} does not match the run's model "
                                   f"({str(exc).splitlines()[-1].strip()[:160]}); start a new --out instead") from None
         opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        sched.load_state_dict(state.get("schedule"), epochs_done(state))
         torch.set_rng_state(state["rng"]["torch"])
         start_epoch, best = epochs_done(state), dict(state["best"])
         if state.get("epoch_base") != 1:
@@ -564,19 +559,22 @@ def train_run(cfg: dict, data_dir: str | Path, features: str | Path | None, out:
 
     epochs_run = 0
     try:
-        for epoch in range(start_epoch + 1, t["epochs"] + 1):  # 1-based
-            if stop_after is not None and epochs_run >= stop_after:
+        for epoch in range(start_epoch + 1, sched.epochs + 1):  # 1-based
+            if sched.finished or (stop_after is not None and epochs_run >= stop_after):
                 break
-            row = _train_epoch(net, model, train, val, opt, sched, lcfg, t, device, seed, epoch, rank, world,
-                               progress, aug)
+            for group in opt.param_groups:
+                group["lr"] = sched.lr
+            row = _train_epoch(net, model, train, val, opt, lcfg, t, device, seed, epoch, rank, world,
+                               progress, aug, sched.epochs)
             epochs_run += 1
+            sched.after_epoch(epoch, float(row["score"]))
             if rank != 0:
                 continue
             improved = row["score"] >= best["score"]  # ties go to the later epoch
             if improved:
                 best = {"epoch": epoch, "score": float(row["score"])}
-            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "epoch": epoch, "epoch_base": 1, "best": best, "config": cfg,
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "schedule": sched.state_dict(),
+                     "finished": sched.finished, "epoch": epoch, "epoch_base": 1, "best": best, "config": cfg,
                      "rng": {"torch": torch.get_rng_state()}}
             if improved:
                 save_checkpoint(out / "best.pt", state)
@@ -588,13 +586,17 @@ def train_run(cfg: dict, data_dir: str | Path, features: str | Path | None, out:
                         tb.add_scalar(k, v, epoch)
             if progress:
                 shown = " ".join(f"{k}={v:.4g}" for k, v in row.items() if k.startswith(("loss_total", "val_")))
-                tqdm.write(f"epoch {epoch}/{t['epochs']}: {shown} ({row['seconds']:.1f}s)")
+                tqdm.write(f"epoch {epoch}/{sched.epochs}: {shown} ({row['seconds']:.1f}s)")
+                if sched.finished and epoch < sched.epochs:
+                    tqdm.write(f"early stop after epoch {epoch}: no gain over {t['patience']} epochs of the last "
+                               f"learning-rate stage (train.patience); best epoch {best['epoch']}")
     except KeyboardInterrupt:
-        raise TrainingInterrupted(out, start_epoch + epochs_run, t["epochs"]) from None
+        raise TrainingInterrupted(out, start_epoch + epochs_run, sched.epochs) from None
     finally:
         if tb is not None:
             tb.close()
-    if rank == 0 and getattr(model, "depth", 1) > 1 and start_epoch + epochs_run >= t["epochs"] and (out / "best.pt").exists():
+    if (rank == 0 and getattr(model, "depth", 1) > 1 and sched.finished and (out / "best.pt").exists()
+            and (epochs_run or not (out / "filter.npz").exists())):  # a kill before F was saved: save it now
         model.load_state_dict(load_checkpoint(out / "best.pt")["model"])
         _save_filter(model, train, device, cfg, out / "filter.npz")
     if world > 1:
@@ -611,8 +613,8 @@ def augmentation(cfg: dict, dataset: ClipDataset) -> Augment:
                    mirror_action=torch.from_numpy(dataset.mirrored("actions")))
 
 
-def _train_epoch(net, model, train: ClipTensors, val, opt, sched, lcfg, t: dict, device, seed: int, epoch: int,
-                 rank: int, world: int, progress: bool, aug: Augment | None = None) -> dict:
+def _train_epoch(net, model, train: ClipTensors, val, opt, lcfg, t: dict, device, seed: int, epoch: int,
+                 rank: int, world: int, progress: bool, aug: Augment | None = None, epochs: int | None = None) -> dict:
     """One pass over the training clips (epoch is 1-based); returns the metrics.csv row."""
     net.train()
     g = torch.Generator().manual_seed(seed * 100003 + epoch - 1)
@@ -623,7 +625,7 @@ def _train_epoch(net, model, train: ClipTensors, val, opt, sched, lcfg, t: dict,
         batches = batches[:len(batches) // world * world][rank::world]
     sums: dict[str, float] = {}
     t0 = time.time()
-    bar = tqdm(batches, desc=f"epoch {epoch}/{t['epochs']}", disable=not progress or rank != 0,
+    bar = tqdm(batches, desc=f"epoch {epoch}/{epochs or t['epochs']}", disable=not progress or rank != 0,
                leave=False, unit="batch")
     for step, idx in enumerate(bar, start=1):
         batch = train.batch(idx, device)
@@ -643,7 +645,6 @@ def _train_epoch(net, model, train: ClipTensors, val, opt, sched, lcfg, t: dict,
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
         bar.set_postfix(loss=f"{terms['total'].item():.3f}")
-    sched.step()
     row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0, 3)}
     row.update({f"loss_{k}": v / max(len(batches), 1) for k, v in sorted(sums.items())})
     if val is not None:
