@@ -107,3 +107,19 @@ def test_bad_input_is_one_line_naming_the_file(footage, tmp_path, case):
     assert res.output.startswith("error: ") and len(res.output.strip().splitlines()) == 1
     assert bad.name in res.output and "Traceback" not in res.output
     assert not (tmp_path / "ds" / "tracks").exists()
+
+
+def test_a_frame_folder_is_tracked_and_copied(tmp_path):
+    from stvh.data.mot_export import _write_frames
+
+    folder = tmp_path / "cam1"
+    _write_frames(folder, scene((20, 40, 160), 6, 0))  # 000001.jpg .. 000006.jpg, 72x128
+    model = make_model(tmp_path / "m.onnx", ROWS, in_shape=(1, 3, 36, 64))
+    out = tmp_path / "ds"
+    res = invoke("track", folder, "--detector", model, "--out", out, "--no-progress", "--frames-per-clip", 3,
+                 "--min-track-len", 2)
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (out / "frames" / "cam1").iterdir()) == [f"{i:06d}.jpg" for i in range(1, 7)]
+    ds = read_mot(out, frames_per_clip=3)
+    assert [c.id for c in ds.clips] == ["cam1/000001", "cam1/000004"]
+    np.testing.assert_allclose(ds.clips[0].boxes[0, :2], [[16, 40, 48, 72], [80, 60, 112, 72]], atol=1e-4)
