@@ -143,3 +143,29 @@ def test_mstvh_total_eq15_and_ablation():
     assert "quant" not in off and "contrast" not in off
     assert off["total"].item() == pytest.approx((off["cls"] + 0.01 * off["recon"]).item(), rel=1e-6)
     assert LossConfig.stvh().recon == 0.0 and LossConfig.stvh().quant == 0.1 and LossConfig.stvh().contrast == 0.5
+
+
+def test_visual_group_loss_matches_a_loop_over_anchors():
+    import math
+
+    from stvh.losses import visual_group_loss
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(6, 8, generator=g)
+    group = torch.tensor([0, 1, 0, 2, 1, 0])  # clip 3 is alone: not an anchor
+    z = h / h.norm(dim=1, keepdim=True)
+    terms = []
+    for i in range(6):
+        pos = [j for j in range(6) if j != i and group[j] == group[i]]
+        if not pos:
+            continue
+        denom = sum(math.exp(float(z[i] @ z[a]) / 0.2) for a in range(6) if a != i)
+        terms.append(-sum(math.log(math.exp(float(z[i] @ z[p]) / 0.2) / denom) for p in pos) / len(pos))
+    assert float(visual_group_loss(h, group)) == pytest.approx(sum(terms) / len(terms), rel=1e-5)
+    # codes that put each group on its own direction score lower than codes that mix them
+    sep = torch.nn.functional.one_hot(group, 8).float() * 4 - 1
+    assert float(visual_group_loss(sep, group)) < float(visual_group_loss(sep[torch.tensor([1, 0, 3, 2, 5, 4])], group))
+    assert float(visual_group_loss(h, torch.arange(6))) == 0.0  # no positives: no term
+    h.requires_grad_(True)
+    visual_group_loss(h, group).backward()
+    assert h.grad is not None and bool(torch.isfinite(h.grad).all())

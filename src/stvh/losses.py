@@ -41,6 +41,7 @@ class LossConfig:
     recon: float = 0.01
     layer_weights: tuple[float, ...] | None = None
     filter: float = 0.0  # weight of filter_consistency (needs a model with joint_filter); 0 = the paper
+    visual: float = 0.0  # weight of visual_group_loss on the shallowest code (needs group labels); 0 = the paper
 
     @classmethod
     def stvh(cls, **kw) -> "LossConfig":
@@ -125,6 +126,32 @@ def filter_consistency(derived: list[Tensor], h: list[Tensor]) -> Tensor:
                         for x, t in zip(derived, h[:-1])]).mean()
 
 
+VISUAL_TAU = 0.2  # temperature of visual_group_loss (cosine similarities in [-1, 1])
+
+
+def visual_group_loss(h: Tensor, group: Tensor, tau: float = VISUAL_TAU) -> Tensor:
+    """Same-video contrast (an extension, ``loss.visual``; the paper has no such term): supervised
+    contrastive loss on the shallowest code with the clip's visual group (match / video id) as label.
+
+    ``h (B, K)``, ``group (B,)`` int64. For each anchor with another clip of its group in the batch:
+    ``-mean_p log(exp(c_ip / tau) / sum_{a != i} exp(c_ia / tau))`` over its positives p, ``c`` the cosine
+    similarity; averaged over those anchors (0 when no anchor has one). The paper's shallow code gets its
+    visual focus from L_recon alone (Eq. 13), which carries a clip's whole appearance (poses, positions,
+    players) rather than what makes two clips the same match.
+    """
+    B = h.shape[0]
+    same = (group[:, None] == group[None, :]) & ~torch.eye(B, dtype=torch.bool, device=h.device)  # (B, B)
+    anchors = same.any(1)
+    if not bool(anchors.any()):
+        return _zero(h)
+    z = F.normalize(h, dim=-1)
+    logits = (z @ z.T / tau).masked_fill(torch.eye(B, dtype=torch.bool, device=h.device), float("-inf"))
+    log_p = logits - torch.logsumexp(logits, dim=1, keepdim=True)  # (B, B), -inf on the diagonal
+    pos = same.to(h.dtype)
+    per_anchor = -(log_p.masked_fill(~same, 0.0) * pos).sum(1) / pos.sum(1).clamp_min(1.0)  # (B,)
+    return per_anchor[anchors].mean()
+
+
 def layer_weights(depth: int, weights: tuple[float, ...] | None = None) -> list[float]:
     """w_(tau) of Eq. 14, shallow first: given ones, or ``tau / sum(tau)``."""
     if weights is None:
@@ -141,7 +168,8 @@ def layered_activity_loss(logits: list[Tensor], target: Tensor, weights: tuple[f
     return sum(wt * activity_loss(lg, target) for wt, lg in zip(w, logits))
 
 
-def total_loss(out: ModelOutput, activity: Tensor, actions: Tensor, config: LossConfig) -> dict[str, Tensor]:
+def total_loss(out: ModelOutput, activity: Tensor, actions: Tensor, config: LossConfig,
+               group: Tensor | None = None) -> dict[str, Tensor]:
     """All terms of Eq. 9 / Eq. 15 for a model output; returns named terms and ``"total"``.
 
     ``activity (B,)`` and ``actions (B, N)`` are label ids (``-1`` = unknown).
@@ -172,6 +200,9 @@ def total_loss(out: ModelOutput, activity: Tensor, actions: Tensor, config: Loss
     if config.filter and out.derived:
         terms["filter"] = filter_consistency(out.derived, out.h)
         total = total + config.filter * terms["filter"]
+    if config.visual and group is not None:
+        terms["visual"] = visual_group_loss(out.h[0], group)
+        total = total + config.visual * terms["visual"]
     terms["total"] = total
     return terms
 

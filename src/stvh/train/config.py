@@ -271,6 +271,8 @@ class LossConfig(_Section):
     layer_weights: Optional[list[NonNegFloat]] = _field(None, "a list of numbers >= 0, one per depth, or null "
                                                               "(w_tau of Eq. 14)")
     filter: NonNegFloat = _field(0.0, "a number >= 0 (F of Eq. 16-17 trained with the model; 0 = fitted after)")
+    visual: NonNegFloat = _field(0.0, "a number >= 0 (same-video contrast on the shallowest code, trained with "
+                                      "the video id; 0 = the paper)")
 
 
 class AugmentConfig(_Section):

@@ -97,7 +97,7 @@ def loss_config(cfg: dict) -> L.LossConfig:
     # w_(tau) of Eq. 14 weigh M-STVH's per-depth heads; STVH has one code and one head (Eq. 6): no weights
     lw = tuple(lc["layer_weights"]) if lc["layer_weights"] and cfg["model"]["name"] in MSTVH_LIKE else None
     return L.LossConfig(acty=lc["acty"], action=lc["action"], quant=lc["quant"], contrast=lc["contrast"],
-                        recon=recon, layer_weights=lw, filter=lc.get("filter", 0.0))
+                        recon=recon, layer_weights=lw, filter=lc.get("filter", 0.0), visual=lc.get("visual", 0.0))
 
 
 def model_from_config(cfg: dict, num_activities: int, num_actions: int, in_channels: int | None):
@@ -632,7 +632,7 @@ def _train_epoch(net, model, train: ClipTensors, val, opt, lcfg, t: dict, device
         if aug is not None and aug.active:
             batch = augment_batch(batch, aug, g_aug)
         output = net(batch["boxes"], batch["mask"], batch["image_size"], roi=batch.get("roi"))
-        terms = L.total_loss(output, batch["activity"], batch["actions"], lcfg)
+        terms = L.total_loss(output, batch["activity"], batch["actions"], lcfg, batch.get("group"))
         if not torch.isfinite(terms["total"]):
             raise ValueError(f"the training loss is {terms['total'].item()} at epoch {epoch}, batch {step} "
                              f"({', '.join(k for k, v in terms.items() if not torch.isfinite(v))}); check the "

@@ -33,6 +33,14 @@ class ClipTensors:
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def group_ids(self) -> Tensor:
+        """``(M,)`` int64: each clip's visual group as an index into the sorted group names."""
+        if getattr(self, "_group_ids", None) is None:
+            names = {g: i for i, g in enumerate(sorted(set(self.groups)))}
+            self._group_ids = torch.tensor([names[g] for g in self.groups], dtype=torch.int64)
+        return self._group_ids
+
     def batch(self, index: Tensor, device: torch.device | str = "cpu") -> dict[str, Tensor]:
         """Model inputs and labels of the clips at ``index``."""
         out = {
@@ -41,6 +49,7 @@ class ClipTensors:
             "image_size": self.image_size[index].to(device),
             "activity": self.activity[index].to(device),
             "actions": self.actions[index].to(device),
+            "group": self.group_ids[index].to(device),
         }
         if self.roi is not None:  # the cache's dtype: the model converts (in chunks when encoding)
             n = index.numel()
