@@ -35,6 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from stvh.data.atomic import write_text_atomic  # noqa: E402
 from stvh.data.errors import Problems  # noqa: E402
 from stvh.data.volleyball import read_tracks  # noqa: E402
 from stvh.track.metrics import detection_pr, idf1, mota  # noqa: E402
@@ -148,7 +149,7 @@ def main(argv=None) -> int:
         result["hog"] = run_hog(args, truths, params)
     result["load_average"] = os.getloadavg()[0]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_text_atomic(args.out, json.dumps(result, indent=1) + "\n")
     hog = {k: ({kk: vv for kk, vv in v.items() if kk != "per_clip"} if isinstance(v, dict) else v)
            for k, v in result.get("hog", {}).items()}
     print(json.dumps({k: result[k] for k in ("annotated", "goals_met")} | {"hog": hog}, indent=1)[:4000])

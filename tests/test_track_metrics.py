@@ -44,3 +44,30 @@ def test_detection_recall_precision():
     r = detection_pr(truth, found)
     assert (r["tp"], r["gt"], r["found"]) == (1, 3, 3)
     assert r["recall"] == 1 / 3 and r["precision"] == 1 / 3
+
+
+def _bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "tracker_quality.py"
+    spec = importlib.util.spec_from_file_location("tracker_quality", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_benchmark_skips_without_the_sample(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert _bench().main(["--data", str(tmp_path), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("skipped: ") and not out.exists()
+
+
+def test_tracker_meets_the_goals_on_the_sample(volleyball_sample, tmp_path):
+    import json
+
+    out = tmp_path / "r.json"
+    assert _bench().main(["--data", str(volleyball_sample), "--seeds", "0", "--no-hog", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["goals_met"] and r["gt_boxes"] == 925
+    assert r["annotated"]["interpolated"]["mota"]["min"] > r["annotated"]["tracker"]["mota"]["max"]
