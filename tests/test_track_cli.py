@@ -123,3 +123,20 @@ def test_a_frame_folder_is_tracked_and_copied(tmp_path):
     ds = read_mot(out, frames_per_clip=3)
     assert [c.id for c in ds.clips] == ["cam1/000001", "cam1/000004"]
     np.testing.assert_allclose(ds.clips[0].boxes[0, :2], [[16, 40, 48, 72], [80, 60, 112, 72]], atol=1e-4)
+
+
+def test_adding_to_a_dataset_without_clips_csv_keeps_its_videos(footage, tmp_path):
+    import shutil
+
+    video, model = footage
+    out = tmp_path / "ds"
+    shutil.copytree(video.parents[1], out)  # v0: tracks + video, 3 clips of 10 frames
+    (out / "clips.csv").unlink()
+    other = tmp_path / "other.mp4"
+    shutil.copyfile(video, other)
+    res = invoke("track", other, "--detector", model, "--out", out, "--no-progress", "--overwrite",
+                 "--scene-threshold", 0, "--frames-per-clip", 15)
+    assert res.exit_code == 0, res.output
+    assert (out / "clips.csv").read_text() == ("video,start,end\nv0,1,15\nv0,16,30\nother,1,15\nother,16,30\n")
+    assert sorted(c.id for c in read_mot(out, frames_per_clip=15).clips) == [
+        "other/000001", "other/000016", "v0/000001", "v0/000016"]

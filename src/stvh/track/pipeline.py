@@ -135,7 +135,7 @@ def tracks_text(tracks: Tracks) -> str:
     return "".join(f"{f},{tid},{b[0]:.2f},{b[1]:.2f},{b[2] - b[0]:.2f},{b[3] - b[1]:.2f},1\n" for f, tid, b in rows)
 
 
-def _existing_rows(out: Path, name: str) -> tuple[list[str], list[dict]]:
+def _existing_rows(out: Path, name: str, T: int) -> tuple[list[str], list[dict]]:
     """Header and rows of ``out/clips.csv`` for the other videos. Without a clips.csv, the other videos'
     tracks (if any) get the reader's own windows as rows, so that adding a clips.csv hides none of them."""
     path = out / "clips.csv"
@@ -150,14 +150,14 @@ def _existing_rows(out: Path, name: str) -> tuple[list[str], list[dict]]:
     if others:
         from ..data.mot import read_mot
 
-        ds = read_mot(out, skip_bad=True)
+        ds = read_mot(out, frames_per_clip=T, skip_bad=True)
         rows = [{"video": c.video, "start": str(int(c.frame_ids[0])), "end": str(int(c.frame_ids[-1]))}
                 for c in ds.clips if c.video != name]
     return ["video", "start", "end"], rows
 
 
-def _write_clips(out: Path, name: str, spans: list[tuple[int, int]]) -> None:
-    header, rows = _existing_rows(out, name)
+def _write_clips(out: Path, name: str, spans: list[tuple[int, int]], T: int) -> None:
+    header, rows = _existing_rows(out, name, T)
     rows += [{"video": name, "start": str(s), "end": str(e)} for s, e in spans]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=header, extrasaction="ignore", lineterminator="\n", restval="")
@@ -217,6 +217,6 @@ def track_video(video: Path, out: Path, detector: Detector, options: TrackOption
         return summary
     _copy_media(video, out, name)
     write_text_atomic(out / "tracks" / f"{name}.txt", tracks_text(tracks))
-    _write_clips(out, name, spans)
+    _write_clips(out, name, spans, opts.frames_per_clip)
     summary.update(clips=len(spans), written=True)
     return summary
