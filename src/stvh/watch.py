@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from .ingest import Footage, Ingester, Ledger, ledger_path, read_footage
+from .ingest import Footage, Ingester, Ledger, ledger_path, read_footage, warm_up
 
 log = logging.getLogger("stvh.watch")
 
@@ -51,12 +51,12 @@ class Watcher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        if service.encoder.backbone != "none":  # built before the server listens, not when the first video comes
-            try:
-                with service.model_lock:
-                    service.encoder.extractor()
-            except Exception as exc:  # noqa: BLE001 - said on the page; each video will name it again
-                self._error(f"the run's backbone cannot be built: {exc}")
+        try:  # before the server listens: the first video must not pay for building and first calls
+            with service.model_lock:
+                warm_up(service.encoder, self.ingester.frames_per_clip, int(self.ingester.options.get("n_max", 12)))
+        except Exception as exc:  # noqa: BLE001 - said on the page; each video will name it again
+            log.warning("watch: the model cannot run: %s", exc)
+            self._error(f"the run's model cannot run: {exc}")
 
     # ------------------------------------------------------------------ life
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
