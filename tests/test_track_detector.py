@@ -18,10 +18,11 @@ from stvh.track.detector import guess_layout, letterbox, load_detector  # noqa: 
 FRAME = np.full((128, 256, 3), (10, 20, 30), np.uint8)
 
 
-def make_model(path: Path, out: np.ndarray, in_shape=(1, 3, 64, 64), meta: dict | None = None) -> Path:
+def make_model(path: Path, out: np.ndarray, in_shape=(1, 3, 64, 64), meta: dict | None = None,
+               in_type=TensorProto.FLOAT) -> Path:
     """A model whose first output is the constant ``out`` whatever the input."""
     out = np.asarray(out, np.float32)
-    inp = helper.make_tensor_value_info("images", TensorProto.FLOAT, list(in_shape))
+    inp = helper.make_tensor_value_info("images", in_type, list(in_shape))
     res = helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(out.shape))
     node = helper.make_node("Constant", [], ["output0"], value=numpy_helper.from_array(out, "c"))
     model = helper.make_model(helper.make_graph([node], "g", [inp], [res]),
@@ -145,6 +146,12 @@ def test_bad_files_and_shapes_name_the_file(tmp_path):
     with pytest.raises(FormatError, match="person class 5"):
         load_detector(make_model(tmp_path / "m.onnx", yolov8_output()), person_class=5)(FRAME)
     assert guess_layout([1, 84, 8400]) == "yolov8" and guess_layout([1, 25200, 85]) == "yolov5"
+
+
+def test_half_precision_input(tmp_path):
+    det = load_detector(make_model(tmp_path / "m.onnx", yolov8_output(), in_type=TensorProto.FLOAT16))
+    boxes, _ = det(FRAME)  # a float32 input would be refused by onnxruntime
+    np.testing.assert_allclose(boxes, EXPECTED, atol=1e-4)
 
 
 def test_hog_runs_offline():

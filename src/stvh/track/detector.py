@@ -194,6 +194,7 @@ class OnnxDetector:
         meta = _metadata(self.session)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
+        self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32  # half-precision exports
         if len(inp.shape) != 4:
             raise FormatError(f"input {inp.name} has shape {inp.shape}; expected (1, 3, H, W)", path=path)
         static = [d for d in inp.shape[2:] if isinstance(d, int) and d > 0]
@@ -232,7 +233,7 @@ class OnnxDetector:
 
     def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x, box = self.preprocess(frame)
-        raw = self.session.run(None, {self.input_name: x})[0]
+        raw = self.session.run(None, {self.input_name: x.astype(self.input_dtype, copy=False)})[0]
         if self.layout == "auto":
             self.layout = guess_layout(raw.shape, self.path)
         boxes, scores, classes = decode(raw, self.layout, int(self.person_class), self.score, self.path)
