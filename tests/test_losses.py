@@ -169,3 +169,20 @@ def test_visual_group_loss_matches_a_loop_over_anchors():
     h.requires_grad_(True)
     visual_group_loss(h, group).backward()
     assert h.grad is not None and bool(torch.isfinite(h.grad).all())
+
+
+def test_side_loss_by_hand():
+    from stvh.data.clip import side_ids
+    from stvh.losses import side_loss
+
+    names = ["r_set", "r_spike", "l_set", "l_spike", "queueing"]
+    sides = torch.from_numpy(side_ids(names))
+    assert sides.tolist() == [1, 1, 0, 0, -1] and side_ids(["Left pass", "right-win", "lr"]).tolist() == [0, 1, -1]
+    logits = torch.tensor([[0.0, 1.0, 2.0, 0.5, 3.0], [1.0, 0.0, 0.0, 0.0, 0.0], [0.0] * 5])
+    target = torch.tensor([1, 2, 4])  # r_spike, l_set, queueing (no side: left out)
+    e = [[math.exp(v) for v in row] for row in logits.tolist()]
+    p_right0 = (e[0][0] + e[0][1]) / (e[0][0] + e[0][1] + e[0][2] + e[0][3])
+    p_left1 = (e[1][2] + e[1][3]) / (e[1][0] + e[1][1] + e[1][2] + e[1][3])
+    expect = -(math.log(p_right0) + math.log(p_left1)) / 2
+    assert float(side_loss(logits, target, sides)) == pytest.approx(expect, rel=1e-6)
+    assert float(side_loss(logits, torch.tensor([4, -1, 4]), sides)) == 0.0

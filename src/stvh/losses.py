@@ -42,6 +42,8 @@ class LossConfig:
     layer_weights: tuple[float, ...] | None = None
     filter: float = 0.0  # weight of filter_consistency (needs a model with joint_filter); 0 = the paper
     visual: float = 0.0  # weight of visual_group_loss on the shallowest code (needs group labels); 0 = the paper
+    side: float = 0.0  # weight of side_loss on the deepest head (needs sides); 0 = the paper
+    sides: tuple[int, ...] | None = None  # court side of each activity: 0 left, 1 right, -1 none
 
     @classmethod
     def stvh(cls, **kw) -> "LossConfig":
@@ -126,6 +128,25 @@ def filter_consistency(derived: list[Tensor], h: list[Tensor]) -> Tensor:
                         for x, t in zip(derived, h[:-1])]).mean()
 
 
+def side_loss(logits: Tensor, target: Tensor, sides: Tensor) -> Tensor:
+    """Court-side cross-entropy (an extension, ``loss.side``): the activity head's probabilities summed
+    over each side's activities (``l_*`` vs ``r_*``), renormalised over the two sides, against the side
+    of the true activity. ``logits (B, C)``, ``target (B,)`` (-1 = none), ``sides (C,)`` in {0, 1, -1}.
+
+    Eq. 6's L_acty counts ``l_spike`` for ``r_spike`` as one wrong class among seven; most test errors
+    of small data are exactly that swap, and this term weighs the side on its own. Clips whose activity
+    has no side (or no label) are left out; 0 when none is left.
+    """
+    sides = sides.to(logits.device)
+    known = target >= 0
+    side_t = torch.where(known, sides[target.clamp_min(0)], torch.full_like(target, -1))  # (B,)
+    keep = side_t >= 0
+    if not bool(keep.any()) or not bool((sides == 0).any()) or not bool((sides == 1).any()):
+        return _zero(logits)
+    two = torch.stack([torch.logsumexp(logits[:, sides == 0], -1), torch.logsumexp(logits[:, sides == 1], -1)], -1)
+    return F.cross_entropy(two[keep], side_t[keep])  # log-softmax over the two side sums
+
+
 VISUAL_TAU = 0.2  # temperature of visual_group_loss (cosine similarities in [-1, 1])
 
 
@@ -200,6 +221,9 @@ def total_loss(out: ModelOutput, activity: Tensor, actions: Tensor, config: Loss
     if config.filter and out.derived:
         terms["filter"] = filter_consistency(out.derived, out.h)
         total = total + config.filter * terms["filter"]
+    if config.side and config.sides is not None:
+        terms["side"] = side_loss(out.activity_logits[-1], activity, torch.tensor(config.sides))
+        total = total + config.side * terms["side"]
     if config.visual and group is not None:
         terms["visual"] = visual_group_loss(out.h[0], group)
         total = total + config.visual * terms["visual"]

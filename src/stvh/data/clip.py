@@ -221,5 +221,19 @@ def mirror_ids(names) -> np.ndarray:
     return out
 
 
+def side_ids(names) -> np.ndarray:
+    """``(len(names),)``: 0 for a label with a left side word (``l_set``, ``Left pass``), 1 with a right
+    one, -1 without (``queueing``); the words as :func:`mirror_ids` reads them."""
+    import re
+
+    out = np.full(len(names), -1, dtype=np.int64)
+    for i, name in enumerate(names):
+        words = set(re.split(r"[_\-\s]+", str(name).lower()))
+        left, right = bool(words & {"l", "left"}), bool(words & {"r", "right"})
+        if left != right:
+            out[i] = 0 if left else 1
+    return out
+
+
 def _natural_key(s: str):
     return (0, int(s), "") if s.isdigit() else (1, 0, s)

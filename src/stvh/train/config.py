@@ -273,6 +273,8 @@ class LossConfig(_Section):
     filter: NonNegFloat = _field(0.0, "a number >= 0 (F of Eq. 16-17 trained with the model; 0 = fitted after)")
     visual: NonNegFloat = _field(0.0, "a number >= 0 (same-video contrast on the shallowest code, trained with "
                                       "the video id; 0 = the paper)")
+    side: NonNegFloat = _field(0.0, "a number >= 0 (court-side cross-entropy of the deepest activity head, "
+                                    "l_* vs r_*; 0 = the paper)")
 
 
 class AugmentConfig(_Section):

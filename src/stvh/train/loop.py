@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from .. import losses as L
 from ..data.atomic import atomic_path, write_text_atomic
-from ..data.clip import ClipDataset
+from ..data.clip import ClipDataset, side_ids
 from ..data.feature_cache import CacheError, CacheMismatch, FeatureCache
 from ..data.fingerprint import clip_fingerprints, data_identity
 from ..data.formats import read_dataset
@@ -97,7 +97,8 @@ def loss_config(cfg: dict) -> L.LossConfig:
     # w_(tau) of Eq. 14 weigh M-STVH's per-depth heads; STVH has one code and one head (Eq. 6): no weights
     lw = tuple(lc["layer_weights"]) if lc["layer_weights"] and cfg["model"]["name"] in MSTVH_LIKE else None
     return L.LossConfig(acty=lc["acty"], action=lc["action"], quant=lc["quant"], contrast=lc["contrast"],
-                        recon=recon, layer_weights=lw, filter=lc.get("filter", 0.0), visual=lc.get("visual", 0.0))
+                        recon=recon, layer_weights=lw, filter=lc.get("filter", 0.0), visual=lc.get("visual", 0.0),
+                        side=lc.get("side", 0.0))
 
 
 def model_from_config(cfg: dict, num_activities: int, num_actions: int, in_channels: int | None):
@@ -492,6 +493,8 @@ def train_run(cfg: dict, data_dir: str | Path, features: str | Path | None, out:
     val = clips_to_tensors(parts["val"], roi) if parts["val"] else None
 
     lcfg = loss_config(cfg)
+    if lcfg.side:
+        lcfg.sides = tuple(int(s) for s in side_ids(dataset.activities))
     notes = partition_notes(parts, cfg["data"]["val_fraction"], unlisted)
     if unused:
         notes.append(f"data.train_per_class={cfg['data']['train_per_class']}: training on {len(parts['train'])} "
