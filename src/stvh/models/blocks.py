@@ -32,16 +32,16 @@ class FFN(nn.Module):
         return self.net(x)
 
 
-#: Inference runs the blocks over clips in chunks of about this many person-frames: the FFN's
-#: ``(rows, 4d)`` intermediate then stays in cache and under the allocator's mmap threshold (a fresh
-#: multi-megabyte tensor per call costs page faults); clips never mix, so the result is the same.
+#: Inference runs the blocks over clips in chunks of about this many person-frames per torch thread:
+#: the FFN's ``(rows, 4d)`` intermediate then stays in cache and under the allocator's mmap threshold
+#: (a fresh multi-megabyte tensor per call costs page faults); clips never mix, so the result is the same.
 CHUNK_ROWS = 1024
 
 
 def in_chunks(block: nn.Module, f: Tensor, g: Graphs, rows: int | None = None) -> Tensor:
     """``block._forward`` over chunks of clips of ``f (B, N, T, d)`` (inference only)."""
     B, N, T, _ = f.shape
-    rows = CHUNK_ROWS if rows is None else rows
+    rows = CHUNK_ROWS * torch.get_num_threads() if rows is None else rows
     step = max(1, rows // max(N * T, 1))
     if step >= B:
         return block._forward(f, g)

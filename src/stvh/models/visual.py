@@ -521,10 +521,10 @@ class RoIEmbedding(nn.Module):
         return self.embed_reduced(self.reduce_roi(roi), mask)
 
     @torch.no_grad()
-    def infer(self, roi: Tensor, mask: Tensor, rows: int = 1024) -> tuple[Tensor, Tensor]:
+    def infer(self, roi: Tensor, mask: Tensor, rows: int | None = None) -> tuple[Tensor, Tensor]:
         """Inference path of :meth:`reduce_roi` + :meth:`embed_reduced`: the same function (equal to
         float32 rounding), without gradients, in channels-last layout and in chunks of about ``rows``
-        person-frames.
+        person-frames (default 1024 per torch thread).
 
         roi (B, N, T, C, s, s) of any float dtype (a float16 cache is converted chunk by chunk),
         mask (B, N) -> (f_v (B, N, T, d), pooled (B, N, T, d_v)): pooled is the spatial mean of the
@@ -541,6 +541,7 @@ class RoIEmbedding(nn.Module):
         self._check(roi)
         B, N, T, C, s, _ = roi.shape
         dv, d = self.d_v, self.d
+        rows = 1024 * torch.get_num_threads() if rows is None else rows
         w = self.reduce.weight
         dtype, device = w.dtype, w.device
         w_red = w.view(dv, C).t()  # (C, d_v)
