@@ -120,3 +120,11 @@ def test_boxes_before_bytetrack_gives_an_id_are_kept():
         np.testing.assert_allclose(track[f], walker(f), atol=1e-4)
     with pytest.raises(ValueError, match="frames must increase"):
         tracker.update(6, walker(6)[None], np.array([0.9]))
+
+
+def test_cuts_are_frame_numbers_not_positions():
+    det = CutDetector(threshold=27.0, min_scene_len=5)
+    frames = scene((20, 40, 160), 8, 0) + scene((200, 60, 30), 8, 1)
+    for number, f in enumerate(frames, start=38005):  # a frame folder named by broadcast frame numbers
+        det.add(f, number)
+    assert det.cuts() == [38013]

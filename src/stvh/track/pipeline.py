@@ -190,7 +190,7 @@ def track_video(video: Path, out: Path, detector: Detector, options: TrackOption
             ok &= inside
         n_dets += int(ok.sum())
         tracker.update(number, boxes[ok], scores[ok])
-        cuts.add(rgb)
+        cuts.add(rgb, number)
         n_frames += 1
     seconds = time.perf_counter() - t0
     if n_frames == 0:
