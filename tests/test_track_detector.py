@@ -157,3 +157,16 @@ def test_half_precision_input(tmp_path):
 def test_hog_runs_offline():
     boxes, scores = load_detector("hog")(np.zeros((90, 160, 3), np.uint8))  # smaller than its window
     assert boxes.shape == (0, 4) and scores.shape == (0,)
+
+
+def test_normalisation_and_stride_from_metadata(tmp_path):
+    meta = {"channels": "bgr", "mean": "[0.5, 0.5, 0.5]", "std": "0.5", "imgsz": "[60, 60]", "stride": "32"}
+    det = load_detector(make_model(tmp_path / "m.onnx", yolov8_output(), in_shape=(1, 3, "h", "w"), meta=meta))
+    assert det.input_size == (64, 64)  # 60 rounded up to the stride
+    x, _ = det.preprocess(FRAME)
+    np.testing.assert_allclose(x[0, :, 32, 32], [(30 / 255 - 0.5) / 0.5, (20 / 255 - 0.5) / 0.5,
+                                                 (10 / 255 - 0.5) / 0.5], rtol=1e-6)
+    flags = load_detector(tmp_path / "m.onnx", channels="rgb", mean=(0, 0, 0), std=(1, 1, 1))  # flags win
+    np.testing.assert_allclose(flags.preprocess(FRAME)[0][0, :, 32, 32], [10 / 255, 20 / 255, 30 / 255], rtol=1e-6)
+    with pytest.raises(FormatError, match="b.onnx.*metadata mean"):
+        load_detector(make_model(tmp_path / "b.onnx", yolov8_output(), meta={"mean": "[1, 2]"}))

@@ -812,9 +812,12 @@ def track_cmd(
     iou: float = typer.Option(0.45, help="NMS IoU threshold (class-wise)."),
     imgsz: Optional[str] = typer.Option(None, help="Model input HxW or N when the model's input is dynamic and "
                                                     "its metadata gives no imgsz."),
-    channels: str = typer.Option("rgb", help="Channel order the model takes: rgb or bgr."),
-    mean: str = typer.Option("0,0,0", help="Per-channel mean subtracted after scaling to 0-1."),
-    std: str = typer.Option("1,1,1", help="Per-channel std divided by after the mean."),
+    channels: Optional[str] = typer.Option(None, help="Channel order the model takes: rgb or bgr (default: the "
+                                                      "model's metadata, else rgb)."),
+    mean: Optional[str] = typer.Option(None, help="Per-channel mean a,b,c subtracted after scaling to 0-1 "
+                                                  "(default: the model's metadata, else 0,0,0)."),
+    std: Optional[str] = typer.Option(None, help="Per-channel std a,b,c divided by after the mean (default: "
+                                                 "the model's metadata, else 1,1,1)."),
     letterbox: bool = typer.Option(True, help="Letterbox (keep aspect, pad 114); --no-letterbox stretches."),
     region: Optional[str] = typer.Option(None, help="Keep boxes whose foot point is inside: x1,y1,x2,y2 or a file "
                                                     "of polygon points (JSON [[x,y],...] or one x,y per line)."),
@@ -836,7 +839,9 @@ def track_cmd(
     from .outputs import check_output
     from .track import RegionMask, TrackerParams, TrackOptions, load_detector, track_video
 
-    def triple(text: str, flag: str) -> tuple[float, float, float]:
+    def triple(text: Optional[str], flag: str) -> Optional[tuple[float, float, float]]:
+        if text is None:
+            return None
         try:
             a, b, c = (float(v) for v in text.split(","))
         except ValueError:
@@ -848,7 +853,7 @@ def track_cmd(
         size = _parse_size(imgsz) if "x" in imgsz.lower() else (int(imgsz), int(imgsz)) if imgsz.isdigit() else None
         if size is None:
             raise typer.BadParameter(f"--imgsz expects HxW or N, got {imgsz!r}")
-    if channels not in ("rgb", "bgr"):
+    if channels not in (None, "rgb", "bgr"):
         raise typer.BadParameter(f"--channels must be rgb or bgr, got {channels!r}")
     for flag, value in (("--max-gap", max_gap), ("--min-track-len", min_track_len), ("--min-hits", min_hits)):
         if value < (0 if flag == "--max-gap" else 1):

@@ -17,10 +17,13 @@ of the model input (the letterboxed image). A candidate's class is its best clas
 of the person class at or above the score threshold are kept, class-wise NMS removes
 overlaps (OpenCV's NMSBoxesBatched), and the boxes are mapped back through the letterbox to the frame and clipped.
 
-Input: the model's static input size, else ``imgsz`` from its metadata (ultralytics writes ``imgsz``,
-``names``, ``stride``), else ``--imgsz``. The frame is letterboxed (aspect kept, padded with 114 on
+Input: the model's static input size, else ``--imgsz``, else ``imgsz`` from its metadata (ultralytics
+writes ``imgsz``, ``names``, ``stride``), else 640x640; a dynamic size is rounded up to a multiple of the
+metadata's ``stride``. The frame is letterboxed (aspect kept, padded with 114 on
 both sides, as YOLO does), converted to the channel order asked (RGB by default), scaled to 0-1 and
-normalised with ``mean``/``std`` (per channel, after scaling; none by default).
+normalised with ``mean``/``std`` (per channel, after scaling). Channel order, mean and std come from the
+flags, else from the metadata keys ``channels`` (``rgb``/``bgr``), ``mean`` and ``std`` (``[a, b, c]``),
+else RGB, 0 and 1.
 """
 
 from __future__ import annotations
@@ -158,6 +161,19 @@ def _literal(text: str):
         return None
 
 
+def _triple(value, meta: dict, key: str, default: float, path) -> tuple[float, float, float]:
+    """A per-channel value: the flag's, else the metadata's (``[a, b, c]`` or one number), else ``default``."""
+    if value is not None:
+        return tuple(float(v) for v in value)
+    if key not in meta:
+        return (default,) * 3
+    v = _literal(meta[key])
+    v = [v] * 3 if isinstance(v, (int, float)) else v
+    if not isinstance(v, (list, tuple)) or len(v) != 3 or not all(isinstance(x, (int, float)) for x in v):
+        raise FormatError(f"metadata {key} {meta[key][:40]!r} is not [a, b, c] or a number", path=path)
+    return tuple(float(x) for x in v)
+
+
 @dataclass
 class OnnxDetector:
     """A YOLO-family (or plain ``xyxy``) person detector run with onnxruntime on the CPU."""
@@ -168,9 +184,9 @@ class OnnxDetector:
     score: float = 0.25
     iou: float = 0.45
     imgsz: tuple[int, int] | None = None  # (h, w) when the model's input is dynamic and has no metadata
-    channels: str = "rgb"
-    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    channels: str | None = None  # None: the metadata's, else rgb
+    mean: tuple[float, float, float] | None = None  # None: the metadata's, else 0
+    std: tuple[float, float, float] | None = None   # None: the metadata's, else 1
     pad: bool = True
     threads: int = 0  # 0: onnxruntime's default
     name: str = field(init=False, default="onnx")
@@ -207,6 +223,14 @@ class OnnxDetector:
             self.input_size = (int(v), int(v)) if isinstance(v, (int, float)) else (int(v[0]), int(v[1]))
         else:
             self.input_size = (640, 640)
+        stride = _literal(meta.get("stride", ""))
+        if len(static) != 2 and isinstance(stride, int) and stride > 0:  # dynamic input: YOLO wants multiples
+            self.input_size = tuple(-(-int(d) // stride) * stride for d in self.input_size)
+        self.channels = str(self.channels or meta.get("channels") or "rgb").lower()
+        if self.channels not in ("rgb", "bgr"):
+            raise FormatError(f"channels {self.channels!r} in the metadata: rgb or bgr expected", path=path)
+        self.mean = _triple(self.mean, meta, "mean", 0.0, path)
+        self.std = _triple(self.std, meta, "std", 1.0, path)
         names = _literal(meta.get("names", ""))
         if self.person_class is None:
             found = [int(k) for k, v in (names or {}).items() if str(v).lower() == "person"] \
