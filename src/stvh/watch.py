@@ -114,6 +114,12 @@ class Watcher:
                     if self._stop.is_set() and not self._loop.is_running():
                         future.cancel()
                         return added
+                except Exception as exc:  # noqa: BLE001 - e.g. an index that refuses the codes: this video only
+                    log.exception("watch: %s could not be added", footage.name)
+                    self.ingester.report_bad(footage.name, fp, str(footage.tracks or footage.source),
+                                             f"could not be added to the index: {type(exc).__name__}: {exc}")
+                    ids = None
+                    break
             if ids:
                 added += 1
         return added
