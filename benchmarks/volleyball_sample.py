@@ -344,6 +344,13 @@ def main(argv=None) -> int:
     if why:
         print(f"skip: the Volleyball sample is not available ({why}); pass --data DIR")
         return 0
+    if args.runs:
+        held = [Path(args.runs) / f"{m}-seed{s}" for s in args.seeds for m in args.models]
+        held = [run for run in held if (run / "last.pt").exists()]
+        if held:
+            print(f"error: --runs {args.runs}: {held[0]} already holds a run; choose another --runs folder",
+                  file=sys.stderr)
+            return 2
 
     import numpy as np
     import stvh
@@ -381,8 +388,6 @@ def main(argv=None) -> int:
                 cfg = make_config(args, name, seed)
                 configs[name] = cfg
                 run = root / f"{name}-seed{seed}"
-                if (run / "last.pt").exists():
-                    raise SystemExit(f"error: {run} already holds a run; choose another --runs folder")
                 print(f"# training {name}, seed {seed} ({cfg['train']['epochs']} epochs) ...", flush=True)
                 r = per_seed[seed][name] = train_and_eval(cfg, data, run)
                 print(f"#   {name}: best epoch {r['best_epoch']} (val {r['best_val']:.3f}), acc {r['acc']:.3f}, "

@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def vs():
-    spec = importlib.util.spec_from_file_location("bench_volleyball_sample", ROOT / "benchmarks" / "volleyball_sample.py")
+    path = ROOT / "benchmarks" / "volleyball_sample.py"
+    spec = importlib.util.spec_from_file_location("bench_volleyball_sample", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -131,3 +132,17 @@ def test_visual_baselines_use_stvh_evals_mixed_protocol(vs):
     # the activity baselines see only the official split: 20 test queries
     assert r["_sizes"]["test"] == 20 and r["_sizes"]["train"] == 40
     assert r["majority"]["acc"] == 0.5  # classes 0 and 1 tie on train (20 each): argmax takes 0
+
+
+def test_a_runs_folder_holding_a_run_is_refused_before_training(vs, tmp_path, capsys):
+    (tmp_path / "data" / "videos").mkdir(parents=True)
+    for v in vs.VIDEOS:  # only the presence check reads these; the refusal comes before any loading
+        (tmp_path / "data" / "videos" / v).mkdir()
+        (tmp_path / "data" / "videos" / v / "annotations.txt").write_text("")
+    (tmp_path / "runs" / "stvh-seed1").mkdir(parents=True)
+    (tmp_path / "runs" / "stvh-seed1" / "last.pt").write_bytes(b"")
+    code = vs.main(["--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"), "--seeds", "0", "1",
+                    "--out", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --runs ") and "stvh-seed1 already holds a run" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "r.json").exists()
