@@ -520,6 +520,11 @@ def prepare(ctx: Context, name: str, seed: int, cells: list[str]) -> None:
                      "--seed", str(seed), "--no-progress", *ctx.extract_flags], p["logs"] / "extract.log", env)
             times["extract_s"] = round(time.time() - t, 1)
             write_text_atomic(p["extracted"], json.dumps(times) + "\n")
+        elif not times:  # made by an earlier, interrupted run: its stage times
+            try:
+                times = json.loads(p["extracted"].read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                times = {}
     text = []
     for cell in todo:
         pc = unit_paths(ctx, cell, seed)
@@ -953,10 +958,11 @@ def main(argv=None) -> int:
         name, seed, cells = unit
         try:
             prepare(ctx, name, seed, cells)
-        except StepFailed as exc:
+        except (StepFailed, ImportError, OSError, ValueError, KeyError) as exc:  # baselines run in-process
             failed_data.add((name, seed))
-            failures.append(f"{name}/s{seed}: {exc}")
-            say(f"FAILED {name}/s{seed}: {exc}")
+            text = str(exc) if isinstance(exc, StepFailed) else f"baselines: {type(exc).__name__}: {exc}"
+            failures.append(f"{name}/s{seed}: {text}")
+            say(f"FAILED {name}/s{seed}: {text}")
         save(ctx, finished=False)
 
     def model_run(unit):
