@@ -61,8 +61,15 @@ def test_a_copied_video_becomes_searchable_without_a_restart(serve_world, footag
         (drop / "tracks" / "bad.txt").write_text("1,1,10\n")
         shutil.copytree(footage / "frames" / "v1", drop / "frames" / "bad")
         copy(footage, drop, names=("v1",))
-        status = wait_for(lambda: (lambda w: w if w["skipped"] and w["new_clips"] == 14 else None)(
-            c.get("/api/watch").json()))
+        def busy():  # while the watcher works: every answer is a 2xx or 4xx, never a 5xx
+            answers = [c.get("/api/clips", params={"new": "true"}), c.get("/api/index"), c.get("/api/health"),
+                       c.post("/api/search", json={"clip": V1[0], "k": 3}), c.get(f"/api/clips/{V1[1]}"),
+                       c.post("/api/search", json={"clip": V0[1], "k": 30, "focus": 1})]
+            assert all(r.status_code < 500 for r in answers), [r.text for r in answers if r.status_code >= 500]
+            w = c.get("/api/watch").json()
+            return w if w["skipped"] and w["new_clips"] == 14 else None
+
+        status = wait_for(busy)
         assert status["skipped"][0]["file"] == str(drop / "tracks" / "bad.txt")
         assert status["skipped"][0]["reason"].startswith("line 1: malformed line")
         assert status["folder"] == str(drop) and status["error"] is None
@@ -111,3 +118,34 @@ def test_serve_watch_errors_are_one_line(serve_world, tmp_path, extra, words):
                                  *[names.get(a, a) for a in extra]])
     assert r.exit_code == 2 and r.output.count("\n") == 1 and r.output.startswith("error: "), r.output
     assert words in r.output, r.output
+
+
+def test_the_page_shows_new_clips_and_skipped_files(serve_world, footage, encoder, chromium_browser,  # noqa: F811
+                                                    tmp_path):
+    """The page (headless Chromium): the "new" filter lists the clips that arrived; skipped files are listed."""
+    from stvh.ingest import ingest_folder
+    from test_serve_browser import Watched, serve_in_thread
+
+    drop = tmp_path / "drop"
+    copy(footage, drop, names=("v0",))
+    ingest_folder(drop, serve_world["run"], tmp_path / "watched.npz", settle=0, encoder=encoder)  # there before
+    service = Service(settings(serve_world, tmp_path, drop), encoder=encoder)
+    with serve_in_thread(create_app(service)) as base:
+        w = Watched(chromium_browser, base)
+        page = w.page
+        assert page.is_visible("#f-new") and page.locator("#clip-grid .card").count() == 7
+        copy(footage, drop, names=("v1",))
+        (drop / "tracks" / "bad.txt").write_text("1,1,10\n")
+        shutil.copytree(footage / "frames" / "v1", drop / "frames" / "bad")
+        page.wait_for_function("() => /7 new clips since start, 0 queued, 1 skipped/"
+                               ".test(document.querySelector('#watch-summary').textContent)", timeout=60_000)
+        page.check("#f-new")
+        page.wait_for_function("() => document.querySelectorAll('#clip-grid .card').length === 7 && "
+                               "document.querySelector('#clip-grid .card').dataset.clip === 'v1/000001'")
+        assert page.eval_on_selector_all("#clip-grid .card", "cs => cs.map(c => c.dataset.clip)") == V1
+        page.click("#watch summary")
+        skipped = page.inner_text("#watch-skipped")
+        assert f"{drop / 'tracks' / 'bad.txt'}: line 1: malformed line" in skipped
+        page.uncheck("#f-new")
+        page.wait_for_function("() => document.querySelectorAll('#clip-grid .card').length === 14")
+        w.close()
