@@ -10,6 +10,7 @@ from stvh.models import build
 from stvh.models.filter import standardise
 from stvh.models.heads import HashHead, side_maxes, side_means
 from stvh.models.tracks import camera_shift, clean_tracks, court_sides, smooth_boxes
+from stvh.train.config import ConfigError, load_config
 
 SMALL = dict(d=16, heads=2, num_activities=4, num_actions=3, dropout=0.0)
 
@@ -146,3 +147,25 @@ def test_shared_bits_put_the_shallow_codes_first_entries_into_the_deepest_code()
     for bad in (dict(shared_bits=16), dict(shared_bits=4, depth=1)):
         with pytest.raises(ValueError, match="shared_bits"):
             build("mstvh", **{"bits": 16, "depth": 3, **bad}, **SMALL)
+
+
+def test_shared_bits_middle_put_the_shallow_codes_first_entries_into_each_middle_code():
+    torch.manual_seed(0)
+    m = build("mstvh", bits=16, depth=4, shared_bits=4, shared_bits_middle=10, **SMALL)
+    boxes, mask = _boxes(), torch.ones(2, 4, dtype=torch.bool)
+    out = m(boxes, mask, torch.tensor([[120.0, 200.0]] * 2))
+    assert [hh.fc.out_features for hh in m.hash_heads] == [16, 6, 6, 12]
+    assert all(h.shape == (2, 16) for h in out.h)
+    for tau in (1, 2):
+        assert torch.equal(out.h[tau][:, :10], out.h[0][:, :10])
+        assert not torch.equal(out.h[tau][:, 10:], out.h[0][:, 10:])
+    assert torch.equal(out.h[3][:, :4], out.h[0][:, :4])
+    out.activity_logits[1].sum().backward()  # a middle code's losses do not reach the shared entries
+    assert m.hash_heads[0].fc.weight.grad is None and m.hash_heads[1].fc.weight.grad.abs().sum() > 0
+    for bad in (dict(shared_bits_middle=16), dict(shared_bits_middle=4, depth=2)):
+        with pytest.raises(ValueError, match="shared_bits_middle"):
+            build("mstvh", **{"bits": 16, "depth": 3, **bad}, **SMALL)
+    with pytest.raises(ConfigError, match="'model.shared_bits_middle'.*depth >= 3"):
+        load_config(None, ["model.depth=2", "model.shared_bits_middle=8"])
+    with pytest.raises(ConfigError, match="'model.shared_bits_middle'.*for model.name = stvh"):
+        load_config(None, ["model.name=stvh", "model.shared_bits_middle=8", "model.depth=3"])

@@ -29,6 +29,10 @@
   head gives the other ``K - s``. The deepest code then holds the clip's
   appearance in ``s`` bits, which the filter matrix F needs to derive the
   visual-focused codes from it (Sec. 5.4); storage stays ``M K + K^2``.
+* Option ``shared_bits_middle=s'`` (an extension; 0 = the paper): the same for
+  every depth between the first and the deepest, with its own ``s'`` (more than
+  the deepest's ``s`` gives Fig. 10's shape: visual focus falling with depth,
+  activity focus rising, instead of a middle code that drops the appearance).
 * Option ``pooling="sides"`` and ``tracks``: see ``models/heads.py`` and
   ``models/tracks.py`` (extensions; the paper's setting is ``"paper"`` / ``"raw"``).
 """
@@ -55,7 +59,8 @@ class MSTVH(HashingModel):
                  visual: dict | None = None, visual_module: nn.Module | None = None, ffn_mult: int = 4,
                  edge_hidden: int = 16, gcn_hidden: int = 64, max_frames: int = 64,
                  keep_attention: bool = False, hash_norm: str = "layer", recon_from: str = "block",
-                 pooling: str = "paper", tracks: str = "raw", joint_filter: bool = False, shared_bits: int = 0):
+                 pooling: str = "paper", tracks: str = "raw", joint_filter: bool = False, shared_bits: int = 0,
+                 shared_bits_middle: int = 0):
         super().__init__(bits=bits, d=d, num_activities=num_activities, num_actions=num_actions,
                          backbone=backbone, visual=visual, visual_module=visual_module,
                          max_frames=max_frames, gcn_hidden=gcn_hidden, keep_attention=keep_attention,
@@ -68,8 +73,12 @@ class MSTVH(HashingModel):
         if not 0 <= shared_bits < bits or (shared_bits and depth < 2):
             raise ValueError(f"shared_bits must be in [0, bits) and needs depth >= 2, got {shared_bits} "
                              f"(bits {bits}, depth {depth})")
-        self.pooling, self.shared_bits = pooling, shared_bits
-        widths = [bits] * (depth - 1) + [bits - shared_bits]  # the deepest head leaves room for the shared bits
+        if not 0 <= shared_bits_middle < bits or (shared_bits_middle and depth < 3):
+            raise ValueError(f"shared_bits_middle must be in [0, bits) and needs depth >= 3, got {shared_bits_middle} "
+                             f"(bits {bits}, depth {depth})")
+        self.pooling, self.shared_bits, self.shared_bits_middle = pooling, shared_bits, shared_bits_middle
+        self.shared = [0] + [shared_bits_middle] * (depth - 2) + [shared_bits] if depth > 1 else [0]  # per depth
+        widths = [bits - s for s in self.shared]  # a head leaves room for the bits it takes from the shallowest
         self.hash_heads = nn.ModuleList([HashHead(d, w, hash_norm, pooling) for w in widths])
         self.filter = FilterMatrix(bits) if joint_filter and depth > 1 else None  # F of Sec. 5.4, trained jointly
         self.activity_heads = nn.ModuleList([ActivityHead(bits, num_activities) for _ in range(depth)])
@@ -95,8 +104,9 @@ class MSTVH(HashingModel):
         feats = self._stack(f, g, clean, image_size)
         left = court_sides(clean, mask, image_size) if self.pooling == "sides" else None  # (B, N)
         h = [head(x, mask, left) for head, x in zip(self.hash_heads, feats)]  # each (B, K); deepest (B, K - s)
-        if self.shared_bits:  # the deepest code carries the shallowest code's first s entries
-            h[-1] = torch.cat([h[0][:, :self.shared_bits].detach(), h[-1]], -1)  # (B, K)
+        for tau, s in enumerate(self.shared):  # deeper codes carry the shallowest code's first s entries
+            if s:
+                h[tau] = torch.cat([h[0][:, :s].detach(), h[tau]], -1)  # (B, K)
         action_logits = self.action_head(feats[-1])  # (B, N, A)
         if self.recon_from == "code":  # the shallowest code must carry the clip's appearance
             B, N, T = feats[0].shape[:3]

@@ -249,6 +249,8 @@ class ModelConfig(_Section):
     shared_bits: NonNegInt = _field(0, "an integer >= 0 and < model.bits (deepest code's bits copied from the "
                                        "shallowest; 0 = the paper)")
     geometry_units: _choice(GEOMETRY_UNITS) = _field("image", _one_of(GEOMETRY_UNITS) + " (motion features' unit)")
+    shared_bits_middle: NonNegInt = _field(0, "an integer >= 0 and < model.bits (bits of the shallowest code "
+                                              "copied into each middle depth's; 0 = the paper)")
 
     @model_validator(mode="after")
     def _heads_divide_d(self):
@@ -257,6 +259,9 @@ class ModelConfig(_Section):
         if self.shared_bits and (self.shared_bits >= self.bits or self.depth < 2):
             raise BadKey("shared_bits", f"got {self.shared_bits}; expected fewer than model.bits = {self.bits}, "
                                         f"with model.depth >= 2 (it is {self.depth})")
+        if self.shared_bits_middle and (self.shared_bits_middle >= self.bits or self.depth < 3):
+            raise BadKey("shared_bits_middle", f"got {self.shared_bits_middle}; expected fewer than model.bits = "
+                                               f"{self.bits}, with model.depth >= 3 (it is {self.depth})")
         return self
 
 
@@ -341,7 +346,8 @@ class Config(_Section):
     def _cross_checks(self):
         check_options(self.synth, synth_options(), "synth", "the synthetic generator")
         if self.model.name == "stvh":  # one code: nothing to share with or derive from
-            for key, on in (("model.shared_bits", self.model.shared_bits), ("loss.filter", self.loss.filter)):
+            for key, on in (("model.shared_bits", self.model.shared_bits), ("loss.filter", self.loss.filter),
+                            ("model.shared_bits_middle", self.model.shared_bits_middle)):
                 if on:
                     raise BadKey(key, f"got {on!r}; expected 0 for model.name = stvh (one code per clip; "
                                       "the option is for the M-STVH family)")
@@ -706,6 +712,12 @@ def fitted_defaults(path: str | Path | None, overrides=()) -> tuple[list[str], l
         scaled = 0 if name == "stvh" or depth < 2 else min(bits - 1, shared * bits // base["model"]["bits"])
         fit("model.shared_bits", scaled, f"the shipped config's {shared} of {base['model']['bits']} bits, "
                                          f"fitted to model.name = {name}, model.bits = {bits}, model.depth = {depth}")
+    middle = m.get("shared_bits_middle")
+    if type(middle) is int and middle:
+        scaled = 0 if name == "stvh" or depth < 3 else min(bits - 1, middle * bits // base["model"]["bits"])
+        fit("model.shared_bits_middle", scaled, f"the shipped config's {middle} of {base['model']['bits']} bits, "
+                                                f"fitted to model.name = {name}, model.bits = {bits}, "
+                                                f"model.depth = {depth}")
     if name == "stvh" and loss.get("filter"):
         fit("loss.filter", 0.0, "STVH has one code: no filter matrix to train")
     lw = loss.get("layer_weights")

@@ -115,6 +115,8 @@ def model_from_config(cfg: dict, num_activities: int, num_actions: int, in_chann
         kwargs["recon_from"] = m["recon_from"]
         if m.get("shared_bits", 0):
             kwargs["shared_bits"] = m["shared_bits"]
+        if m.get("shared_bits_middle", 0):
+            kwargs["shared_bits_middle"] = m["shared_bits_middle"]
         if cfg["loss"].get("filter", 0.0) > 0 and m["depth"] > 1:
             kwargs["joint_filter"] = True  # F of Sec. 5.4 trained with the model
     if in_channels is not None:
