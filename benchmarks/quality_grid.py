@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import platform
 import resource
@@ -352,6 +353,16 @@ class Context:
         self.estimate_s: float | None = None
         self.total = len(data_units(args.cells, args.seeds)) + len(args.cells) * len(args.seeds) * len(args.models)
         self.done = 0
+
+    def epochs_for(self, train_clips: int) -> int:
+        """Epochs a training on ``train_clips`` clips runs at most: ``train.epochs``, or with ``train.steps``
+        about that many optimizer steps (:class:`stvh.train.schedule.Schedule`); ``train.patience`` may stop
+        it earlier."""
+        t = self.cfg["train"]
+        if not t.get("steps"):
+            return self.epochs
+        batches = max(1, math.ceil(train_clips / int(t["batch_size"])))
+        return max(1, math.ceil(int(t["steps"]) / batches))
 
     def cell_tag(self, cell: str) -> str:
         """Tag of a cell's trained models: the config, the overrides (the cell's too) and the training code."""
@@ -847,13 +858,14 @@ def makespan(durations: list[float], jobs: int) -> float:
 
 def stage_rates(reference: dict) -> dict:
     """Seconds a clip of each stage in a results JSON: ``synth``, ``extract``, ``baselines``, ``eval`` per clip
-    of the dataset, ``train:<model>`` per train clip and epoch; stages it lacks are left out."""
+    of the dataset, ``train:<model>`` per train clip and epoch, without :data:`COMMAND_S` a command; stages it
+    lacks are left out."""
     sums: dict[str, list[float]] = {}
 
-    def add(key, seconds, units):
-        if seconds is not None and units:
+    def add(key, seconds, units, command=True):
+        if seconds is not None and units:  # the start-up of a command is added back per command (estimate)
             acc = sums.setdefault(key, [0.0, 0.0])
-            acc[0], acc[1] = acc[0] + float(seconds), acc[1] + float(units)
+            acc[0], acc[1] = acc[0] + max(0.0, float(seconds) - (COMMAND_S if command else 0.0)), acc[1] + float(units)
 
     for c in reference.get("cells", {}).values():
         k = {**BASE, **c.get("knobs", {})}
@@ -864,7 +876,7 @@ def stage_rates(reference: dict) -> dict:
             b = unit.get("baselines") or {}
             add("synth", b.get("synth_s"), clips)
             add("extract", b.get("extract_s"), clips)
-            add("baselines", b.get("seconds"), clips)
+            add("baselines", b.get("seconds"), clips, command=False)
             for m in MODELS:
                 r = unit.get(m) or {}
                 epochs = r.get("epochs_run") or r.get("epochs") or reference.get("epochs") or REFERENCE_EPOCHS
@@ -900,7 +912,7 @@ def estimate(ctx: Context, rates: dict, skip_done: bool = True) -> dict:
             p, n = unit_paths(ctx, cell, seed), cell_clips(cell)
             for m in args.models:
                 if not (skip_done and p[m].is_file()):
-                    runs.append(rate(f"train:{m}") * n["train"] * ctx.epochs + rate("eval") * n["clips"]
+                    runs.append(rate(f"train:{m}") * n["train"] * ctx.epochs_for(n["train"]) + rate("eval") * n["clips"]
                                 + 2 * COMMAND_S)
     data_s, models_s = makespan(prep, args.jobs), makespan(runs, args.jobs)
     return {"data": data_s, "models": models_s, "total": data_s + models_s, "missing": sorted(missing)}
@@ -920,13 +932,17 @@ def say_estimate(ctx: Context) -> float | None:
     say(f"estimate: {clock(left['total'])} left to run (data {clock(left['data'])}, models {clock(left['models'])}); "
         f"{clock(scratch['total'])} from nothing; {args.jobs} job(s) at the per-job speed of {args.reference.name}'s "
         f"stage times ({reference.get('jobs', '?')} job(s) x {reference.get('threads', '?')} thread(s)), "
-        f"training scaled from {ref_epochs} to {ctx.epochs} epochs by train clips"
+        f"training scaled by train clips and epochs ({ref_epochs} there, "
+        + (f"{ctx.epochs} here" if not ctx.cfg["train"].get("steps") else
+           f"train.steps={ctx.cfg['train']['steps']} here: {ctx.epochs_for(cell_clips(args.cells[0])['train'])} "
+           f"for {args.cells[0]}") + ")"
+        + ("; train.patience may stop runs earlier" if ctx.cfg["train"].get("patience") else "")
         + (f"; no stage time for {', '.join(left['missing'])}" if left["missing"] else ""))
     goal = TIME_GOALS.get((args.axis, args.mode))
     if goal and set(args.cells) == set(MODES[(args.axis, args.mode)][0]):
         over = scratch["total"] - goal
         say(f"time goal (issue 16 item 3): <= {clock(goal)} from nothing: "
-            + ("met" if over <= 0 else f"over by {clock(over)} at {ctx.epochs} epochs"))
+            + ("met" if over <= 0 else f"over by {clock(over)}"))
     return round(left["total"], 1)
 
 
