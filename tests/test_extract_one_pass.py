@@ -45,13 +45,13 @@ def differing(a, b) -> list[str]:
 
 def test_each_clip_goes_through_the_backbone_once_with_pca(data, tmp_path, monkeypatch):
     seen: list[str] = []
-    raw = ex.RoIExtractor.raw
+    maps = ex.RoIExtractor.maps  # the backbone work
 
     def counting(self, clips, frames):
         seen.extend(c.id for c in clips)
-        return raw(self, clips, frames)
+        return maps(self, clips, frames)
 
-    monkeypatch.setattr(ex.RoIExtractor, "raw", counting)
+    monkeypatch.setattr(ex.RoIExtractor, "maps", counting)
     r = ex.extract(data, "efficientnet_lite0", tmp_path / "f", pca_clips=3, **OPTS)
     ids = sorted(FeatureCache(tmp_path / "f").ids())
     assert r["extracted"] == 12 and len(ids) == 12

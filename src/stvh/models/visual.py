@@ -63,6 +63,7 @@ __all__ = [
     "efficientnet_lite0_weights_path",
     "load_backbone_weights",
     "roi_features",
+    "roi_weights",
 ]
 
 # Input normalisation each family of ImageNet weights was trained with (pixels in [0, 1]).
@@ -444,18 +445,46 @@ def roi_features(fmap: Tensor, boxes: Tensor, image_size, roi_size: int = 5) -> 
     if fmap.ndim != 4 or fmap.shape[0] != B * T:
         raise ValueError(f"fmap must be (B*T, C, H', W') = ({B * T}, C, H', W'), got {tuple(fmap.shape)}")
     C, Hf, Wf = fmap.shape[1:]
-    size = _image_size_tensor(image_size, B, fmap.device, fmap.dtype)
+    rois = _map_rois(boxes, image_size, (Hf, Wf), fmap.device, fmap.dtype)
+    out = roi_align(fmap, rois, output_size=(roi_size, roi_size), spatial_scale=1.0,
+                    sampling_ratio=-1, aligned=True)
+    return out.view(B, T, N, C, roi_size, roi_size).permute(0, 2, 1, 3, 4, 5)
+
+
+def _map_rois(boxes: Tensor, image_size, map_hw: tuple[int, int], device, dtype, same_image: bool = False) -> Tensor:
+    """RoIAlign's ``rois (B*T*N, 5)`` (frame index, x1, y1, x2, y2 in map cells) of ``boxes (B, T, N, 4)``
+    clipped to the frame; frame index 0 for every box with ``same_image``."""
+    B, T, N, _ = boxes.shape
+    Hf, Wf = map_hw
+    size = _image_size_tensor(image_size, B, device, dtype)
     H, W = size[:, 0].view(B, 1, 1), size[:, 1].view(B, 1, 1)
-    b = boxes.to(device=fmap.device, dtype=fmap.dtype)
+    b = boxes.to(device=device, dtype=dtype)
     x1 = torch.minimum(b[..., 0].clamp(min=0), W) * (Wf / W)
     y1 = torch.minimum(b[..., 1].clamp(min=0), H) * (Hf / H)
     x2 = torch.minimum(b[..., 2].clamp(min=0), W) * (Wf / W)
     y2 = torch.minimum(b[..., 3].clamp(min=0), H) * (Hf / H)
-    idx = torch.arange(B * T, device=fmap.device, dtype=fmap.dtype).view(B, T, 1).expand(B, T, N)
-    rois = torch.stack([idx, x1, y1, x2, y2], dim=-1).reshape(-1, 5)
-    out = roi_align(fmap, rois, output_size=(roi_size, roi_size), spatial_scale=1.0,
-                    sampling_ratio=-1, aligned=True)
-    return out.view(B, T, N, C, roi_size, roi_size).permute(0, 2, 1, 3, 4, 5)
+    idx = torch.arange(B * T, device=device, dtype=dtype).view(B, T, 1).expand(B, T, N)
+    if same_image:
+        idx = torch.zeros_like(idx)
+    return torch.stack([idx, x1, y1, x2, y2], dim=-1).reshape(-1, 5)
+
+
+def roi_weights(boxes: Tensor, image_size, map_hw: tuple[int, int], roi_size: int = 5) -> Tensor:
+    """RoIAlign as a linear map: ``(B, T, N, s, s, P)`` weights, P = H' x W' map cells, such that
+    ``roi_features(fmap, ...)[b, n, t, :, i, j] == weights[b, t, n, i, j] @ fmap[b*T+t].flatten(1).T``
+    (to float32 rounding). RoIAlign of a one-hot map (channel p = cell p): its output for a cell is the
+    weight that cell gets, so the weights are exactly RoIAlign's (clipping, ``aligned=True``, the
+    adaptive sampling grid). Cheap when the map is small (P channels instead of C)."""
+    from torchvision.ops import roi_align
+
+    B, T, N, _ = boxes.shape
+    Hf, Wf = map_hw
+    P = Hf * Wf
+    dtype = boxes.dtype if boxes.is_floating_point() else torch.float32
+    eye = torch.eye(P, dtype=dtype, device=boxes.device).view(1, P, Hf, Wf)
+    rois = _map_rois(boxes, image_size, (Hf, Wf), boxes.device, dtype, same_image=True)
+    w = roi_align(eye, rois, output_size=(roi_size, roi_size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    return w.view(B, T, N, P, roi_size, roi_size).permute(0, 1, 2, 4, 5, 3)  # (B, T, N, s, s, P)
 
 
 # --------------------------------------------------------------------------------------
@@ -754,6 +783,20 @@ class VisualModule(nn.Module):
         return torch.cat([self.backbone(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)], dim=0)
 
     @torch.no_grad()
+    def feature_maps(self, frames: Tensor, chunk: int = 16) -> Tensor:
+        """``frames (B, T, 3, H, W)`` -> maps ``(B*T, C, H', W')`` of the frozen, eval-mode CNN, without
+        gradients; ``chunk`` frames per backbone call (what :meth:`extract_roi` runs)."""
+        if self.backbone is None:
+            raise ValueError(f"VisualModule({self.backbone_name!r}) has no CNN built "
+                             f"(backbone 'none' or in_channels given): cannot extract RoI features")
+        was_training = self.backbone.training
+        self.backbone.eval()
+        try:
+            return self._fmap(frames, chunk)
+        finally:
+            self.backbone.train(was_training)
+
+    @torch.no_grad()
     def extract_roi(self, frames: Tensor, boxes: Tensor, image_size, chunk: int = 16) -> Tensor:
         """Raw RoI features (B, N, T, C, s, s) of the (frozen, eval-mode) CNN, without gradients.
 
@@ -766,13 +809,7 @@ class VisualModule(nn.Module):
             raise ValueError("boxes must be a tensor (B, T, N, 4)")
         B, T = boxes.shape[:2]
         self._check_frames(frames, B, T)
-        was_training = self.backbone.training
-        self.backbone.eval()
-        try:
-            fmap = self._fmap(frames, chunk)
-        finally:
-            self.backbone.train(was_training)
-        return roi_features(fmap, boxes, image_size, self.roi_size)
+        return roi_features(self.feature_maps(frames, chunk), boxes, image_size, self.roi_size)
 
     def forward(self, boxes: Tensor, mask: Tensor, image_size, frames: Tensor | None = None,
                 roi: Tensor | None = None, geo_boxes: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -31,8 +31,8 @@ from ..data.fingerprint import clip_fingerprints, combine
 from ..data.formats import read_dataset
 from ..data.frames import read_frames
 from ..data.skipped import write_skipped
-from ..models.visual import VisualModule, efficientnet_lite0_weights_path
-from .pca import fit_pca, fit_rows, load_pca, project, save_pca
+from ..models.visual import VisualModule, efficientnet_lite0_weights_path, roi_features, roi_weights
+from .pca import Moments, fit_rows, load_pca, save_pca
 
 log = logging.getLogger(__name__)
 # Raw RoI features of the PCA sample's batches kept in memory until the fit (beyond: spilled to OUT/.pca-sample-*)
@@ -72,26 +72,54 @@ class RoIExtractor:
         self.projection = projection  # (mean, components, explained) or None
 
     @torch.no_grad()
-    def raw(self, clips, frames: list[np.ndarray]) -> np.ndarray:
-        """Unprojected RoI features ``(B, N, T, C, s, s)`` of clips of one frame size."""
+    def maps(self, clips, frames: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The backbone work for clips of one frame size: ``(maps (B*T, C, H', W'), boxes (B, T, N, 4),
+        image sizes (B, 2))``."""
         x = torch.stack([_resize(f, self.frame_size) for f in frames]).to(self.device)
         boxes = torch.from_numpy(np.stack([c.boxes for c in clips])).to(self.device)
         image_size = torch.tensor([c.image_size for c in clips], dtype=torch.float32, device=self.device)
-        return self.module.extract_roi(x, boxes, image_size).cpu().numpy()
+        return self.module.feature_maps(x).contiguous(), boxes, image_size
+
+    @torch.no_grad()
+    def rois(self, fmap: torch.Tensor, boxes: torch.Tensor, image_size: torch.Tensor, projection=None) -> np.ndarray:
+        """RoI features ``(B, N, T, C', s, s)`` of :meth:`maps`' result; with ``projection`` (mean,
+        components, ...) the maps are projected first: RoIAlign is linear with weights summing to the
+        same value for every channel, so ``comps @ (roi(F) - mean) == roi(comps @ F) - comps @ mean``
+        (to float32 rounding), and C' = k channels are interpolated instead of C."""
+        s = self.module.roi_size
+        if projection is None:
+            return roi_features(fmap, boxes, image_size, s).cpu().numpy()
+        comps = torch.from_numpy(np.ascontiguousarray(projection[1], dtype=np.float32)).to(fmap.device)  # (k, C)
+        mean = torch.from_numpy(np.asarray(projection[0], dtype=np.float32)).to(fmap.device)  # (C,)
+        g = torch.matmul(comps, fmap.flatten(2)).view(fmap.shape[0], -1, *fmap.shape[2:])  # (B*T, k, H', W')
+        roi = roi_features(g, boxes, image_size, s)  # (B, N, T, k, s, s)
+        return (roi - (comps @ mean)[:, None, None]).cpu().numpy()
+
+    def raw(self, clips, frames: list[np.ndarray]) -> np.ndarray:
+        """Unprojected RoI features ``(B, N, T, C, s, s)`` of clips of one frame size."""
+        return self.rois(*self.maps(clips, frames))
+
+    def groups(self, clips, frames: list[np.ndarray]) -> list[tuple[list[int], tuple]]:
+        """``[(indices of the clips of one frame size, their maps)]``: one backbone call per frame size."""
+        out = []
+        for size in sorted({c.image_size for c in clips}):
+            idx = [i for i, c in enumerate(clips) if c.image_size == size]
+            out.append((idx, self.maps([clips[i] for i in idx], [frames[i] for i in idx])))
+        return out
+
+    def finish(self, clips, groups, projection=None) -> list[np.ndarray]:
+        """Per clip features from :meth:`groups`' maps, padded persons zeroed."""
+        out: list[np.ndarray | None] = [None] * len(clips)
+        for idx, maps in groups:
+            for i, r in zip(idx, self.rois(*maps, projection)):
+                r[~clips[i].mask] = 0  # padded persons carry no features
+                out[i] = r
+        return out
 
     def __call__(self, clips, frames: list[np.ndarray] | None = None) -> list[np.ndarray]:
         """Features of ``clips`` (decoded here unless ``frames`` are given), padded persons zeroed."""
         frames = [read_frames(c.frames) for c in clips] if frames is None else frames
-        out: list[np.ndarray | None] = [None] * len(clips)
-        for size in sorted({c.image_size for c in clips}):  # one backbone call per frame size
-            idx = [i for i, c in enumerate(clips) if c.image_size == size]
-            roi = self.raw([clips[i] for i in idx], [frames[i] for i in idx])
-            for i, r in zip(idx, roi):
-                r[~clips[i].mask] = 0  # padded persons carry no features
-                if self.projection is not None:
-                    r = project(r, self.projection[0], self.projection[1], clips[i].mask)
-                out[i] = r
-        return out
+        return self.finish(clips, self.groups(clips, frames), self.projection)
 
 
 def reader_kwargs(cfg: dict) -> dict:
@@ -280,9 +308,16 @@ def extract_batch(extractor: RoIExtractor, group, skip_bad: bool, decoded=None) 
     return BatchResult(len(group), feats, skipped, sum(len(f) for f in frames))
 
 
-def run_batches(extractor: RoIExtractor, batches: list[list], skip_bad: bool):
-    """:func:`extract_batch` of each batch in order, the next batch's frames decoded in a thread meanwhile
-    (JPEG decoding releases the GIL: on a second core it hides behind the backbone)."""
+def map_batch(extractor: RoIExtractor, group, skip_bad: bool, decoded=None) -> BatchResult:
+    """:func:`extract_batch` up to the maps: ``features`` is ``[(clips kept, RoIExtractor.groups(...))]``."""
+    keep, frames, skipped = decode_batch(group, skip_bad) if decoded is None else decoded
+    feats = [(keep, extractor.groups(keep, frames))] if keep else []
+    return BatchResult(len(group), feats, skipped, sum(len(f) for f in frames))
+
+
+def run_batches(extractor: RoIExtractor, batches: list[list], skip_bad: bool, work=None):
+    """``work`` (default :func:`extract_batch`) of each batch in order, the next batch's frames decoded in a
+    thread meanwhile (JPEG decoding releases the GIL: on a second core it hides behind the backbone)."""
     if not batches:
         return
     with ThreadPoolExecutor(1, thread_name_prefix="stvh-decode") as pool:
@@ -291,7 +326,7 @@ def run_batches(extractor: RoIExtractor, batches: list[list], skip_bad: bool):
             decoded = ahead.result()  # a decoding error is raised here, in order
             if i + 1 < len(batches):
                 ahead = pool.submit(decode_batch, batches[i + 1], skip_bad)
-            yield extract_batch(extractor, group, skip_bad, decoded)
+            yield (work or extract_batch)(extractor, group, skip_bad, decoded)
 
 
 def file_sha256(path: Path) -> str:
@@ -371,23 +406,39 @@ def _pca_projection(out: Path, batches: list[list], k: int, n_clips: int, extrac
     for stale in out.glob(".pca-sample-*"):  # left by a killed fit (the command holds the --out lock)
         shutil.rmtree(stale, ignore_errors=True)
     kept = _Kept(out, PCA_KEEP_BYTES if keep_bytes is None else keep_bytes)
+    s = extractor.module.roi_size
     try:
-        results, rows, n = [], [], 0
-        for res in run_batches(extractor, [batches[i] for i in chosen], skip_bad):  # raw, padding zeroed
-            for c, r in res.features:
-                if n < n_clips and (c.split != "test" or not train_only):
-                    rows.append(fit_rows(r, c.mask))
-                    n += 1
-            results.append(res._replace(features=[(c, kept.keep(r)) for c, r in res.features]))
-        if not rows:
+        results, moments, n = [], Moments(), 0
+        for res in run_batches(extractor, [batches[i] for i in chosen], skip_bad, work=map_batch):
+            for clips, groups in res.features:
+                held = []
+                for idx, (fmap, boxes, size) in groups:
+                    weights = roi_weights(boxes, size, fmap.shape[-2:], s)  # (B, T, N, s, s, P)
+                    maps = fmap.flatten(2).view(len(idx), -1, *fmap.flatten(2).shape[1:])  # (B, T, C, P)
+                    for j, i in enumerate(idx):
+                        c = clips[i]
+                        if n < n_clips and (c.split != "test" or not train_only):
+                            if c.mask.any():  # fit_rows' rows: real persons, every frame, every second cell
+                                w = weights[j][:, torch.from_numpy(c.mask).to(weights.device)][:, :, ::2, ::2]
+                                moments.add(maps[j], w.reshape(w.shape[0], -1, w.shape[-1]))
+                            n += 1
+                    held.append((idx, (kept.keep(fmap.cpu().numpy()), boxes, size)))  # the maps wait for the fit
+                results.append(res._replace(features=[(clips, held)]))
+        if not n:
             raise ValueError("no clip of the PCA sample could be decoded (--pca needs frames)")
-        mean, comps, ratio = fit_pca(np.concatenate(rows), k)
-        del rows
+        mean, comps, ratio = moments.fit(k)
+        del moments
         out.mkdir(parents=True, exist_ok=True)
         save_pca(path, mean, comps, ratio)
         log.info("PCA %d -> %d channels keeps %.1f%% of the variance", comps.shape[1], k, 100 * ratio.sum())
-        projected = [res._replace(features=[(c, project(kept.get(r), mean, comps, c.mask)) for c, r in res.features])
-                     for res in results]
+        projected = []
+        for res in results:  # the main loop's computation on the same maps: the same bytes
+            feats = []
+            for clips, held in res.features:
+                groups = [(idx, (torch.from_numpy(kept.get(f)).to(extractor.device), b, sz))
+                          for idx, (f, b, sz) in held]
+                feats.extend(zip(clips, extractor.finish(clips, groups, (mean, comps, ratio))))
+            projected.append(res._replace(features=feats))
     finally:
         kept.close()
     left = [b for i, b in enumerate(batches) if i not in set(chosen)]

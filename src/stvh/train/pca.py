@@ -34,6 +34,50 @@ def fit_pca(samples: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.nda
     # between the leading eigenvalues), eigenpairs in float64
     cov = (x.T @ x).astype(np.float64) / (x.shape[0] - 1)  # (C, C)
     del x
+    return _top_components(cov, mean, k)
+
+
+class Moments:
+    """Sums of the fit rows of RoI features, accumulated from backbone maps without forming the rows.
+
+    A fit row is ``x = a @ F.T``: RoIAlign weights ``a (P,)`` of one RoI cell (``models.visual.roi_weights``)
+    applied to the frame's map ``F (C, P)``. For a frame's rows ``X = A F.T`` (``A (r, P)``), when
+    ``r > P``, ``X.T X = F R.T R F.T`` with ``A = Q R`` (QR, ``R (P, P)``): the Gram matrix, the cost of a
+    fit (rows x C^2), is summed over P rows of ``R F.T`` instead of r rows (at 112x200 the map has 28
+    cells, a frame of 12 persons 108 rows at 3x3 cells each). :meth:`fit` centres in float64.
+    """
+
+    def __init__(self):
+        self.factors: list[torch.Tensor] = []  # (rows', C) float32: sum of their outer products = X.T X
+        self.total: torch.Tensor | None = None  # (C,) float64: sum of the rows
+        self.n = 0
+
+    def add(self, fmap: torch.Tensor, weights: torch.Tensor) -> None:
+        """``fmap (T, C, P)`` of one clip, ``weights (T, r, P)``: the RoIAlign weights of its fit rows."""
+        T, r, P = weights.shape
+        fmap, weights = fmap.float(), weights.float()
+        total = torch.matmul(weights.sum(1, keepdim=True), fmap.transpose(1, 2)).sum((0, 1))  # (C,)
+        self.total = total.double() if self.total is None else self.total + total.double()
+        self.n += T * r
+        if r > P:
+            weights = torch.linalg.qr(weights, mode="r").R  # (T, P, P)
+        self.factors.append(torch.matmul(weights, fmap.transpose(1, 2)).reshape(-1, fmap.shape[1]))  # (T*r', C)
+
+    def fit(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:func:`fit_pca` of the rows added: ``(mean (C,), components (k, C), ratio (k,))``."""
+        if self.n < 2 or self.total is None:
+            raise ValueError("PCA needs at least 2 samples")
+        y = torch.cat(self.factors)  # (S', C)
+        if not 0 < k <= y.shape[1]:
+            raise ValueError(f"cannot keep {k} of {y.shape[1]} channels")
+        mean = self.total / self.n  # (C,) float64
+        gram = (y.T @ y).double()  # (C, C): float32 products, as fit_pca
+        cov = (gram - self.n * torch.outer(mean, mean)) / (self.n - 1)
+        return _top_components(cov.numpy(), mean.numpy(), k)
+
+
+def _top_components(cov: np.ndarray, mean: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-k eigenpairs of ``cov (C, C)`` float64 -> ``(mean, components (k, C), ratio (k,))`` float32."""
     c = cov.shape[0]
     # the top k eigenpairs only (LAPACK syevr): 3-4x faster than all 1280 of them
     values, vectors = scipy.linalg.eigh(cov, subset_by_index=[c - k, c - 1], driver="evr")  # ascending
