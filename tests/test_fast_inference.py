@@ -130,3 +130,21 @@ def test_batch_keeps_cache_dtype_and_views_runs():
     picked = data.batch(torch.tensor([4, 1, 1]))["roi"]
     assert torch.equal(picked, roi[[4, 1, 1]])
     assert data.batch(torch.tensor([3]))["roi"].shape == (1, N, T, 2, 2, 2)
+
+
+def test_box_geometry_in_chunks_equals_reference(monkeypatch):
+    from stvh.models.visual import BoxGeometryEmbedding
+
+    torch.manual_seed(5)
+    geo = BoxGeometryEmbedding(d=8, hidden=16).eval()
+    B, T, N = 3, 30, 12  # 1080 person-frames: two chunks of 1024 rows at 1 thread
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    xy = torch.rand(B, T, N, 2) * 300
+    boxes = torch.cat([xy, xy + 10 + torch.rand(B, T, N, 2) * 40], -1)
+    mask = torch.ones(B, N, dtype=torch.bool)
+    mask[2, 5:] = False
+    ref, feats = geo(boxes, mask, (240, 320))
+    with torch.no_grad():
+        out, feats2 = geo(boxes, mask, (240, 320))
+    _close(out, ref.detach())
+    assert torch.equal(feats2, feats.detach()) and (out[2, 5:] == 0).all()

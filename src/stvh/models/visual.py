@@ -678,7 +678,14 @@ class BoxGeometryEmbedding(nn.Module):
 
     def forward(self, boxes: Tensor, mask: Tensor, image_size) -> tuple[Tensor, Tensor]:
         feats = box_geometry_features(boxes, mask, image_size, self.units)
-        f_v = self.mlp(feats) * _person_mask(mask, feats.dtype).unsqueeze(-1).unsqueeze(-1)
+        if torch.is_grad_enabled():
+            h = self.mlp(feats)
+        else:  # inference: rows in chunks (the (rows, hidden) intermediate stays in cache), the same numbers
+            rows = feats.reshape(-1, feats.shape[-1])
+            step = 1024 * torch.get_num_threads()
+            h = torch.cat([self.mlp(rows[i:i + step]) for i in range(0, max(rows.shape[0], 1), step)])
+            h = h.view(*feats.shape[:-1], -1)
+        f_v = h * _person_mask(mask, feats.dtype).unsqueeze(-1).unsqueeze(-1)
         return f_v, feats
 
 

@@ -66,7 +66,11 @@ class RoIExtractor:
     def __init__(self, backbone: str, *, weights: str | None = None, frame_size=None, roi_size: int = 5,
                  device: str | torch.device = "cpu", seed: int = 0, projection=None):
         torch.manual_seed(seed)
-        self.module = VisualModule(backbone=backbone, weights=weights, roi_size=roi_size).to(device).eval()
+        # d = d_v = 1: extraction never runs the learnable RoI embedding, whose default size (a 512x512x27
+        # 3-D convolution) took longer to initialise than a batch of clips; the backbone is built first, so
+        # a randomly initialised one draws the same numbers as before
+        self.module = VisualModule(backbone=backbone, weights=weights, roi_size=roi_size, d=1,
+                                   d_v=1).to(device).eval()
         self.frame_size = tuple(frame_size) if frame_size else None
         self.device = torch.device(device)
         self.projection = projection  # (mean, components, explained) or None
