@@ -43,6 +43,7 @@ def test_depth_rows_resample_the_configs_layer_weights():
     assert A.stretch_layer_weights([0.1, 0.4, 1.0], 3) == [0.1, 0.4, 1.0]
     assert A.stretch_layer_weights([0.1, 0.4, 1.0], 2) == [0.1, 1.0]
     assert A.stretch_layer_weights([0.1, 0.4, 1.0], 5) == [0.1, 0.25, 0.4, 0.7, 1.0]
+    assert A.stretch_layer_weights([0.1, 0.4, 1.0], 1) == [1.0]  # one code: the deepest, activity-focused weight
     assert A.stretch_layer_weights([0.5], 3) == [0.5, 0.5, 0.5]
     over = [*NONE, "loss.layer_weights=[0.1, 0.4, 1.0]"]
     got = {r.name: A.run_config(None, over, r, 0)["loss"]["layer_weights"] for r in A.rows(6)}

@@ -676,6 +676,8 @@ def stretch_layer_weights(weights: list[float], depth: int) -> list[float]:
         return list(weights)
     if len(weights) == 1:
         return [float(weights[0])] * depth
+    if depth == 1:  # one code is the deepest, activity-focused one: it keeps the deepest weight
+        return [float(weights[-1])]
     src = np.linspace(0.0, 1.0, len(weights))
     return [round(float(v), 6) for v in np.interp(np.linspace(0.0, 1.0, depth), src, weights)]
 
