@@ -229,6 +229,8 @@ def test_clips_already_in_the_index_from_elsewhere_are_not_overwritten(serve_wor
     (["DIR", "--run", "RUN", "--index", "IDX", "--retries", "0"], "--retries"),
     (["DIR", "--run", "DIR", "--index", "IDX"], "run.json"),
     (["DIR", "--run", "RUN", "--index", "OTHER"], "holds 16-bit codes"),
+    (["DIR", "--run", "RUN", "--index", "IDX", "--region", "0,0,10,10"], "--region needs --detector"),
+    (["DIR", "--run", "RUN", "--index", "IDX", "--detector", "DIR/missing.onnx"], "missing.onnx"),
 ])
 def test_bad_arguments_are_one_line(serve_world, footage, tmp_path, args, words):
     from stvh.index.base import create_index

@@ -106,6 +106,8 @@ def test_without_watch_the_status_says_so(serve_world):
     (["--watch", "MISSING"], "--watch"),
     (["--watch", "DROP", "--poll", "0"], "--poll"),
     (["--watch", "DROP", "--settle", "-1"], "--settle"),
+    (["--detector", "hog"], "--detector and --region go with --watch DIR"),
+    (["--watch", "DROP", "--detector", "MISSING"], "missing"),
 ])
 def test_serve_watch_errors_are_one_line(serve_world, tmp_path, extra, words):
     from typer.testing import CliRunner
