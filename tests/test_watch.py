@@ -74,6 +74,13 @@ def test_a_copied_video_becomes_searchable_without_a_restart(serve_world, footag
         assert status["skipped"][0]["reason"].startswith("line 1: malformed line")
         assert status["folder"] == str(drop) and status["error"] is None
         assert c.get("/api/clips", params={"new": "true", "limit": 100}).json()["total"] == 14
+        service = c.app.state.service  # the catalogue grown row by row equals one rebuilt from the index
+        grown = service.catalogue
+        service.rebuild_catalogue()
+        for key in ("ids", "activity", "group", "split"):
+            assert getattr(grown, key).tolist() == getattr(service.catalogue, key).tolist(), key
+        assert (grown.splits, grown.groups) == (service.catalogue.splits, service.catalogue.groups) == (
+            ["watch"], ["v0", "v1"])
         assert c.get("/api/health").status_code == 200
     assert counting.clips[0] == "warm-up/000001" and sorted(counting.clips[1:]) == sorted(V0 + V1)  # warmed first
     assert sorted(load_index(tmp_path / "watched.npz").ids) == sorted(V0 + V1)  # saved

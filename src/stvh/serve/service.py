@@ -509,7 +509,11 @@ class Service:
                 self.images.drop(old)
             self.add_records(batch.clips)
             watcher.added(ids)
-            self.rebuild_catalogue()
+            if replaced:
+                self.rebuild_catalogue()
+            else:  # appended rows only: the catalogue grows without a pass over every clip on the event loop
+                self.catalogue = self.catalogue.extended(ids, batch.activity, [c.group for c in batch.clips],
+                                                         [WATCH_SPLIT] * len(ids))
             try:
                 await run_in_threadpool(self.save_index)
             except Exception as exc:  # noqa: BLE001 - searchable now; saved with the next video
