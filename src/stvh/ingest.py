@@ -263,6 +263,12 @@ class Ingester:
     def apply(self, index, batch: Batch) -> list[str] | None:
         """Put a batch into ``index`` in memory (its video's earlier clips replaced); the ledger entry becomes
         pending. Returns the clip ids, or ``None`` when they clash with clips that are not this video's."""
+        owned = self.begin(index, batch)
+        return None if owned is None else self.put(index, batch, owned)
+
+    def begin(self, index, batch: Batch) -> list[str] | None:
+        """First half of :meth:`apply` (no change to ``index``; may run off the event loop): the ids the batch
+        replaces, after the ledger's pending entry is saved, or ``None`` (reported) when its ids clash."""
         owned = [i for i in self.ledger.owned(batch.name) if i in index]
         clash = [i for i in batch.ids if i in index and i not in owned]
         if clash:
@@ -275,6 +281,10 @@ class Ingester:
                                               "state": "pending", "replaces": owned, "at": time.time()}
             self.ledger.bad.pop(batch.name, None)
             self.ledger.save()  # before the index changes: a crash from here on re-ingests this video
+        return owned
+
+    def put(self, index, batch: Batch, owned: list[str]) -> list[str]:
+        """Second half of :meth:`apply`: the index change itself (removals and one add, in memory)."""
         self._seen.pop(batch.name, None)
         if owned:
             index.remove(owned)

@@ -501,9 +501,10 @@ class Service:
 
         async with self.write_lock:
             replaced = watcher.ingester.ledger.owned(batch.name)
-            ids = watcher.ingester.apply(self.index, batch)
-            if ids is None:
+            owned = await run_in_threadpool(watcher.ingester.begin, self.index, batch)  # the ledger's fsync
+            if owned is None:
                 return None
+            ids = watcher.ingester.put(self.index, batch, owned)  # here, on the loop: searches see all or none
             for old in replaced:
                 self.ingested.pop(old, None)
                 self.images.drop(old)
