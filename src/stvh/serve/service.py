@@ -208,9 +208,11 @@ class Service:
     def list_clips(self, *, offset: int, limit: int, split: str | None, activity: str | None,
                    group: str | None, new: bool = False) -> dict:
         rows = self.catalogue.select(split or None, self.activity_filter(activity), group or None)
-        if new:  # ingested from --watch DIR since the server started
-            fresh = self.watcher.new if self.watcher is not None else {}
-            rows = rows[np.fromiter((self.catalogue.ids[r] in fresh for r in rows), bool, len(rows))]
+        if new:  # ingested from --watch DIR since the server started; catalogue rows are index positions
+            fresh = [i for i in (self.watcher.new if self.watcher is not None else ()) if i in self.index]
+            keep = np.zeros(len(self.catalogue), bool)
+            keep[self.index.positions(fresh) if fresh else []] = True
+            rows = rows[keep[rows]]
         page = rows[offset:offset + limit]
         cat = self.catalogue
         return {"total": int(len(rows)), "offset": offset, "limit": limit,
