@@ -1,7 +1,8 @@
 """Retrieval quality over a grid of synthetic data difficulties, through the CLI, with baselines and ceilings.
 
     python benchmarks/quality_grid.py --quick            # 2 cells x 1 seed, about 15 min on the 2-core reference VM
-    python benchmarks/quality_grid.py --jobs 2 --threads 1   # the full grid: 8 cells x 3 seeds, about 1.6 h
+    python benchmarks/quality_grid.py --jobs 2 --threads 1   # the full grid: 8 cells x 3 seeds, about 2 h
+    python benchmarks/quality_grid.py --estimate --axis matches   # the time it would take, run nothing
     python benchmarks/quality_grid.py --smoke            # 2 tiny cells, 1 seed, 2 epochs: checks the plumbing
     python benchmarks/quality_grid.py --config C --set train.epochs=40 --set model.d=192
     python benchmarks/quality_grid.py --quick --table    # print the table of the last results, run nothing
@@ -41,8 +42,8 @@ Resumable: each (cell, seed, model) writes its result file under ``--work`` (sha
 ``--quick``, whose units are a subset); a file that exists is not run again, and a killed ``stvh train`` is continued with ``--resume``, so a kill loses at most the run in
 progress. The results of another config, other ``--set`` overrides or other training code (``src/stvh``
 models, train, losses, eval) go to other files. Results: ``--out`` (default
-``benchmarks/results/quality_grid[_quick].json``, rewritten after every run) and a markdown table, printed
-and, with ``--readme``, written between the markers of its mode in benchmarks/README.md.
+``benchmarks/results/quality_grid[_AXIS][_quick].json``, rewritten after every run) and a markdown table,
+printed and, with ``--readme``, written between the markers of its axis and mode in benchmarks/README.md.
 """
 
 from __future__ import annotations
