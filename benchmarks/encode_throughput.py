@@ -9,7 +9,8 @@ demo's PCA-64 EfficientNet-Lite0 cache: per clip ``roi (N=12, T=10, C=64, 5, 5)`
 float16 plus boxes in a 180x320 frame.  The model is built from the model
 section of ``configs/synthetic.yaml`` (``--config``; M-STVH, K=64, depth 3,
 d=128) with random weights: the cost does not depend on the weight values.
-``predict`` includes the float16 -> float32 conversion of each batch, the
+``predict`` includes the float16 -> float32 conversion of each batch (done
+chunk by chunk inside the model's inference path since 2026-12-03), the
 forward pass and the stacking of codes and predictions, i.e. all of
 ``stvh encode`` except reading the cache from disk and writing the codes.
 
