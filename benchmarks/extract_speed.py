@@ -13,8 +13,8 @@ Timed, per backbone:
   (reading the annotations, building the backbone, JPEG decoding, backbone,
   RoIAlign, cache write with LZF float16 shards), once with the raw channels
   and once with ``pca=64`` (which also fits the PCA on the features of its
-  sample - whole batches, up to 24 training clips - which it keeps and writes:
-  the backbone runs once per clip).  ``wall`` is the whole call; ``loop`` is
+  sample - whole batches, up to 24 training clips - whose backbone maps it
+  keeps and writes projected after the fit: the backbone runs once per clip).  ``wall`` is the whole call; ``loop`` is
   the extraction as ``extract`` reports it (no dataset reading or backbone
   building; the PCA sample and fit are in it).
 * ``bare`` (the baseline) - ``build_backbone(name)`` forward only, eval mode,

@@ -47,8 +47,11 @@ def weights_identity(backbone: str, weights: str | None, seed: int) -> str:
     return file_sha256(path)
 
 
-def _resize(frames: np.ndarray, size: tuple[int, int] | None) -> torch.Tensor:
-    """``(T, H, W, 3) uint8`` → ``(T, 3, h, w)`` float in [0, 1], resized when ``size`` is given."""
+def _resize(frames: np.ndarray | torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
+    """``(T, H, W, 3) uint8`` → ``(T, 3, h, w)`` float in [0, 1], resized when ``size`` is given; a tensor is
+    taken as this function's result already (the decode thread resizes ahead, :func:`run_batches`)."""
+    if isinstance(frames, torch.Tensor):
+        return frames
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)
     if size is not None and tuple(x.shape[-2:]) != tuple(size):
         x = torch.nn.functional.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
@@ -319,17 +322,26 @@ def map_batch(extractor: RoIExtractor, group, skip_bad: bool, decoded=None) -> B
     return BatchResult(len(group), feats, skipped, sum(len(f) for f in frames))
 
 
+def _decode_resized(extractor: RoIExtractor, group, skip_bad: bool):
+    """:func:`decode_batch` with the frames resized as the backbone takes them (the same numbers as in
+    the main thread: the resize works frame by frame)."""
+    keep, frames, skipped = decode_batch(group, skip_bad)
+    size = getattr(extractor, "frame_size", None)
+    return keep, [_resize(f, size) for f in frames], skipped
+
+
 def run_batches(extractor: RoIExtractor, batches: list[list], skip_bad: bool, work=None):
-    """``work`` (default :func:`extract_batch`) of each batch in order, the next batch's frames decoded in a
-    thread meanwhile (JPEG decoding releases the GIL: on a second core it hides behind the backbone)."""
+    """``work`` (default :func:`extract_batch`) of each batch in order, the next batch's frames decoded and
+    resized in a thread meanwhile (JPEG decoding and torch release the GIL: on a second core it hides behind
+    the backbone)."""
     if not batches:
         return
     with ThreadPoolExecutor(1, thread_name_prefix="stvh-decode") as pool:
-        ahead = pool.submit(decode_batch, batches[0], skip_bad)
+        ahead = pool.submit(_decode_resized, extractor, batches[0], skip_bad)
         for i, group in enumerate(batches):
             decoded = ahead.result()  # a decoding error is raised here, in order
             if i + 1 < len(batches):
-                ahead = pool.submit(decode_batch, batches[i + 1], skip_bad)
+                ahead = pool.submit(_decode_resized, extractor, batches[i + 1], skip_bad)
             yield (work or extract_batch)(extractor, group, skip_bad, decoded)
 
 
