@@ -65,6 +65,23 @@ def test_fitted_defaults_follow_bits_depth_and_model():
     assert cfg["model"]["shared_bits"] == 0 and cfg["loss"]["filter"] == 0 and len(notes) == 2
 
 
+def test_an_explicit_epoch_count_wins_over_the_shipped_step_count(tmp_path):
+    from stvh.train import config as C
+
+    shipped = tmp_path / "shipped.yaml"
+    shipped.write_text("train: {epochs: 25, steps: 400}\n", encoding="utf-8")
+    real = C.is_shipped
+    C.is_shipped = lambda path: path == shipped or real(path)
+    try:
+        over, notes = fitted_defaults(shipped, ["train.epochs=2"])
+        assert over == ["train.steps=null"] and "train.epochs was given" in notes[0]
+        assert load_config(shipped, ["train.epochs=2", *over])["train"]["steps"] is None
+        assert fitted_defaults(shipped, ["train.epochs=2", "train.steps=50"]) == ([], [])  # both set: the user's
+        assert fitted_defaults(shipped, ["model.bits=64"]) == ([], [])
+    finally:
+        C.is_shipped = real
+
+
 @pytest.mark.parametrize("meta, expected", [
     ({"backbone": "resnet18", "frame_size": [90, 160], "reduction": "pca12"},
      {"model.backbone": "resnet18", "extract.frame_size": [90, 160], "extract.pca": 12}),

@@ -720,6 +720,8 @@ def fitted_defaults(path: str | Path | None, overrides=()) -> tuple[list[str], l
         fit("model.shared_bits_middle", scaled, f"the shipped config's {middle} of {base['model']['bits']} bits, "
                                                 f"fitted to model.name = {name}, model.bits = {bits}, "
                                                 f"model.depth = {depth}")
+    if raw.get("train", {}).get("steps") is not None and "train.epochs" in explicit and "train.steps" not in explicit:
+        fit("train.steps", None, "train.epochs was given: the run lasts that many epochs")
     if name == "stvh" and loss.get("filter"):
         fit("loss.filter", 0.0, "STVH has one code: no filter matrix to train")
     lw = loss.get("layer_weights")
