@@ -18,7 +18,7 @@ time or together (:data:`CELLS`). For every cell and seed the script runs what a
     stvh eval --run R --json
 
 for M = mstvh (the config's model, with its own recipe), stvh (plus ``loss.layer_weights=null
-model.shared_bits=0 loss.filter=0``: one code, one activity head, Eq. 9) and mstvh_bd (the transformer baseline of Table 5). In the same run it computes, in-process (:mod:`stvh.eval.baselines`):
+model.shared_bits=0 loss.filter=0 model.shared_bits_middle=0 loss.visual=0``: one code, one activity head, Eq. 9) and mstvh_bd (the transformer baseline of Table 5). In the same run it computes, in-process (:mod:`stvh.eval.baselines`):
 
 * the ceiling that the cell's label noise allows: codes of the true activity, scored against the written
   labels (activity mAP@10 and accuracy);
@@ -140,7 +140,8 @@ TRAIN_CODE = ("src/stvh/models", "src/stvh/train", "src/stvh/losses.py", "src/st
 K_TOP = 10
 # STVH has one code and one activity head (Eq. 9): the per-depth weights of Eq. 14, the bits shared between
 # depths and the trained filter matrix of the config are M-STVH options that do not apply to it.
-MODEL_OVERRIDES = {"stvh": ["loss.layer_weights=null", "model.shared_bits=0", "loss.filter=0"]}
+MODEL_OVERRIDES = {"stvh": ["loss.layer_weights=null", "model.shared_bits=0", "loss.filter=0",
+                            "model.shared_bits_middle=0", "loss.visual=0"]}
 _print_lock, _save_lock = threading.Lock(), threading.Lock()
 
 

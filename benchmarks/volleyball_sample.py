@@ -15,7 +15,7 @@ overrides the sample needs: ``model.backbone=none`` (frames exist for 5 of
 the 320 clips, so no CNN features: per person per frame box geometry only),
 ``data.reader={videos: [4, 7, 10], use_tracks: ...}`` and ``train.device=cpu``.
 STVH gets ``model.name=stvh model.depth=1 loss.layer_weights=null
-model.shared_bits=0 loss.filter=0`` (one code, one activity head at weight
+model.shared_bits=0 loss.filter=0 model.shared_bits_middle=0 loss.visual=0`` (one code, one activity head at weight
 1, as in benchmarks/quality_grid.py).  ``--epochs`` and ``--set KEY=VALUE``
 change the recipe for both models.
 
@@ -74,7 +74,8 @@ DEFAULT_OUT = REPO / "benchmarks" / "results" / "volleyball_sample.json"
 VIDEOS = ("4", "7", "10")
 # STVH as in benchmarks/quality_grid.py: one code whose activity loss has weight 1 (the shipped config's
 # layer weights fitted to depth 1 would keep only the shallowest weight, 0.1), no shared bits, no filter.
-STVH_OVERRIDES = ("model.depth=1", "loss.layer_weights=null", "model.shared_bits=0", "loss.filter=0")
+STVH_OVERRIDES = ("model.depth=1", "loss.layer_weights=null", "model.shared_bits=0", "loss.filter=0",
+                  "model.shared_bits_middle=0", "loss.visual=0")
 KEYS = ("acc", "mpca", "map@10", "visual@10")
 LABELS = {"majority": "majority class", "boxes": "boxes mean-pool LR+LSH", "boxes_nc": "boxes mean-pool NC+LSH",
           "stvh": "STVH", "mstvh": "M-STVH"}

@@ -43,7 +43,7 @@ def test_default_seeds_are_0_1_2_and_the_recipe_is_the_shipped_one(vs):
     for section, changed in (("model", {"backbone", "name"}), ("loss", set()), ("train", {"device"})):
         assert {k: v for k, v in cfg[section].items() if k not in changed} == \
             {k: v for k, v in shipped[section].items() if k not in changed}, section
-    assert cfg["model"]["shared_bits"] == 24 and cfg["loss"]["filter"] == 1.0 and cfg["train"]["epochs"] == 25
+    assert cfg["model"]["shared_bits"] == 12 and cfg["loss"]["filter"] == 1.0 and cfg["train"]["steps"] == 400
 
 
 def test_stvh_gets_one_code_with_activity_weight_1(vs):

@@ -48,21 +48,24 @@ def test_user_keys_name_file_lines_and_overrides(tmp_path):
 
 def test_fitted_defaults_follow_bits_depth_and_model():
     over, notes = fitted_defaults(None, ["model.bits=16", "model.depth=2"])
-    assert over == ["model.shared_bits=6", "loss.layer_weights=[0.1, 1.0]"] and len(notes) == 2
+    assert over == ["model.shared_bits=3", "model.shared_bits_middle=0", "loss.layer_weights=[0.1, 1.0]"]
+    assert len(notes) == 3
     cfg = load_config(DEFAULT_CONFIG, ["model.bits=16", "model.depth=2", *over])
-    assert cfg["model"]["shared_bits"] == 6 and cfg["loss"]["layer_weights"] == [0.1, 1.0]
-    assert fitted_defaults(None, ["model.bits=128"])[0] == ["model.shared_bits=48"]
+    assert cfg["model"]["shared_bits"] == 3 and cfg["loss"]["layer_weights"] == [0.1, 1.0]
+    assert fitted_defaults(None, ["model.bits=128"])[0] == ["model.shared_bits=24", "model.shared_bits_middle=64"]
     assert fitted_defaults(None, ["model.depth=5"])[0] == ["loss.layer_weights=[0.1, 0.25, 0.4, 0.7, 1.0]"]
-    assert fitted_defaults(None, ["model.name=stvh"])[0] == ["model.shared_bits=0", "loss.filter=0.0"]
+    assert fitted_defaults(None, ["model.name=stvh"])[0] == ["model.shared_bits=0", "model.shared_bits_middle=0",
+                                                             "loss.visual=0.0", "loss.filter=0.0"]
     assert fitted_defaults(None, ["model.depth=1"])[0][0] == "model.shared_bits=0"
     # what the user sets is theirs, and a user's file is never fitted
-    assert fitted_defaults(None, ["model.bits=16", "model.shared_bits=4"])[0] == []
+    assert fitted_defaults(None, ["model.bits=16", "model.shared_bits=4", "model.shared_bits_middle=8"])[0] == []
     assert fitted_defaults(ROOT / "configs" / "footage.yaml", ["model.bits=16"]) == ([], [])
     assert fitted_defaults(None, []) == ([], []) and fitted_defaults(None, ["model.bits=ten"]) == ([], [])
     with pytest.raises(ConfigError, match="model.shared_bits"):  # an explicit impossible value is still refused
         resolve_config(None, ["model.bits=16", "model.shared_bits=24"])
     cfg, notes = resolve_config(None, ["model.name=stvh"])
-    assert cfg["model"]["shared_bits"] == 0 and cfg["loss"]["filter"] == 0 and len(notes) == 2
+    assert cfg["model"]["shared_bits"] == 0 and cfg["loss"]["filter"] == 0 and cfg["loss"]["visual"] == 0
+    assert len(notes) == 4
 
 
 def test_an_explicit_epoch_count_wins_over_the_shipped_step_count(tmp_path):
@@ -121,7 +124,7 @@ def test_resolve_config_reads_the_cache_meta(tmp_path):
                                                  "reduction": "none", "channels": 512}))
     cfg, notes = resolve_config(None, ["model.bits=32"], feats)
     assert cfg["model"]["bits"] == 32 and cfg["model"]["backbone"] == "resnet18" and cfg["extract"]["pca"] is None
-    assert len(notes) == 4 and sum(str(feats) in n for n in notes) == 3 and "model.shared_bits = 12" in notes[0]
+    assert len(notes) == 5 and sum(str(feats) in n for n in notes) == 3 and "model.shared_bits = 6" in notes[0]
     with pytest.raises(ConfigError, match="override 'extract.pca=64'"):
         resolve_config(None, ["extract.pca=64"], feats)
     assert resolve_config(None, [], None) == (load_config(DEFAULT_CONFIG), [])
@@ -131,7 +134,7 @@ def test_config_show_prints_the_resolved_config(tmp_path):
     out = invoke("config", "show", "model.bits=32")
     assert "(the shipped default)" in out.splitlines()[0] and "# override: model.bits=32" in out
     shown = yaml.safe_load(out)
-    assert shown == resolve_config(None, ["model.bits=32"])[0] and shown["model"]["shared_bits"] == 12
+    assert shown == resolve_config(None, ["model.bits=32"])[0] and shown["model"]["shared_bits"] == 6
     shown = json.loads(invoke("config", "show", "--json", "--config", ROOT / "configs" / "volleyball.yaml"))
     assert shown["model"]["backbone"] == "inception_v3" and shown["model"]["bits"] == 128
     bad = runner.invoke(app, ["config", "show", "--features", str(tmp_path)])

@@ -47,6 +47,29 @@ def test_roi_embedding_infer_equals_reference(s, rows):
     assert (f_v[0, 3] == 0).all() and (pooled[2, 1] == 0).all() and f_v[0, 2].abs().sum() > 0
 
 
+@pytest.mark.parametrize("s", [5, 2])
+def test_roi_embedding_train_forward_equals_reference_with_gradients(s):
+    torch.manual_seed(1)
+    emb = RoIEmbedding(6, d_v=8, d=10, roi_size=s)
+    roi, mask = _roi(s=s)
+    probe = torch.randn(3, 4, 3, 10, generator=torch.Generator().manual_seed(2))  # an asymmetric loss
+    reduced = emb.reduce_roi(roi)
+    ref = emb.embed_reduced(reduced, mask)
+    (ref * probe).sum().backward()
+    ref_grads = {k: p.grad.clone() for k, p in emb.named_parameters()}
+    emb.zero_grad(set_to_none=True)
+    f_v, pooled = emb.train_forward(roi.half(), mask)  # the cache's float16, converted
+    ref16 = emb.embed_reduced(emb.reduce_roi(roi.half().float()), mask).detach()
+    _close(f_v.detach(), ref16)
+    f_v, pooled = emb.train_forward(roi, mask)
+    _close(f_v.detach(), ref.detach())
+    _close(pooled, (reduced.mean(dim=(-2, -1)) * mask[:, :, None, None]).detach())
+    assert not pooled.requires_grad
+    (f_v * probe).sum().backward()
+    for k, p in emb.named_parameters():
+        _close(p.grad, ref_grads[k], tol=1e-4)
+
+
 def _graphs(B=5, T=4, N=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     xy = torch.rand(B, T, N, 2, generator=g) * torch.tensor([300.0, 200.0])

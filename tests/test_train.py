@@ -57,14 +57,16 @@ def test_volleyball_lr_schedule():
 
 
 def test_schedule_scaled_to_a_number_of_steps():
-    # 600 steps at 9 batches an epoch: ceil(600 / 9) = 67 epochs; lr step of epoch 19 (of 25) at 1 + round(18 * 67 / 25)
-    s = Schedule(1e-3, [[19, 3e-4]], epochs=25, batches_per_epoch=9, steps=600)
-    assert s.epochs == 67 and s.stages == [(1, 1e-3), (1 + round(18 * 67 / 25), 3e-4)] and s.stages[1][0] == 49
+    # 500 steps at 11 batches an epoch: ceil(500 / 11) = 46 epochs; lr step of epoch 19 (of 25) at 1 + round(18 * 46 / 25)
+    s = Schedule(1e-3, [[19, 3e-4]], epochs=25, batches_per_epoch=11, steps=500)
+    assert s.epochs == 46 and s.stages == [(1, 1e-3), (34, 3e-4)] and 1 + round(18 * 46 / 25) == 34
     lrs = []
-    for epoch in range(1, 68):
+    for epoch in range(1, 47):
         lrs.append(s.lr)
         s.after_epoch(epoch, 0.5 + epoch)
-    assert lrs[47] == 1e-3 and lrs[48] == 3e-4 and s.finished
+    assert lrs[32] == 1e-3 and lrs[33] == 3e-4 and s.finished
+    assert Schedule(1e-3, [], epochs=25, batches_per_epoch=1, steps=600).epochs == 50  # at most twice train.epochs
+    assert Schedule(1e-3, [], epochs=25, batches_per_epoch=27, steps=400).epochs == 15  # the demo: ceil(400 / 27)
 
 
 def test_schedule_patience_starts_the_next_stage_then_stops():

@@ -549,56 +549,70 @@ class RoIEmbedding(nn.Module):
     def forward(self, roi: Tensor, mask: Tensor | None = None) -> Tensor:
         return self.embed_reduced(self.reduce_roi(roi), mask)
 
+    def _rows(self, x: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+        """The layers of :meth:`reduce_roi` + :meth:`embed_reduced` as channels-last matrix products.
+
+        x (b, N, T, s, s, C) float in the weights' dtype, m (b, N) float person mask ->
+        (f_v (b, N, T, d), pooled (b, N, T, d_v), detached). Differentiable (no in-place op on a tensor
+        autograd needs), so training uses it too.
+
+        Why it is faster: the 1x1 reduction is one ``addmm`` over (cells, C) rows instead of a
+        convolution on 5x5 maps; its output (rows ordered person, frame, y, x, channel) is already the
+        channels-last layout of the 3-D convolution, whose output is that of the 2-D convolution, whose
+        output is flattened for ``fc`` with fc's columns permuted to (y, x, channel): no transposes
+        between the layers.
+        """
+        b, N, T, s, _, C = x.shape
+        dv, d = self.d_v, self.d
+        c2 = self.conv2d.out_channels
+        s2 = int(round(math.sqrt(self.fc.in_features // c2)))
+        w_red = self.reduce.weight.view(dv, C).t()  # (C, d_v)
+        w_fc = self.fc.weight.view(d, c2, s2, s2).permute(0, 2, 3, 1).reshape(d, -1).t()  # (s2*s2*c2, d) in y, x, c
+        red = torch.addmm(self.reduce.bias, x.reshape(-1, C), w_red)  # (b*N*T*s*s, d_v)
+        red = red.view(b, N, -1) * m[:, :, None]  # padded persons zeroed
+        pooled = red.detach().view(b, N, T, s * s, dv).mean(3)  # (b, N, T, d_v)
+        x3 = red.view(b * N, T, s, s, dv).permute(0, 4, 1, 2, 3)  # (bN, d_v, T, s, s) channels-last-3d
+        y = F.relu(self.conv3d(x3))  # (bN, d_v, T, s, s) channels-last-3d
+        y = y.permute(0, 2, 3, 4, 1).reshape(b * N * T, s, s, dv).permute(0, 3, 1, 2)  # (bNT, d_v, s, s)
+        z = F.relu(self.conv2d(y))  # (bNT, c2, s2, s2) channels-last
+        z = z.permute(0, 2, 3, 1).reshape(b * N * T, -1)  # (bNT, s2*s2*c2) in y, x, c
+        h = F.relu(F.layer_norm(torch.addmm(self.fc.bias, z, w_fc), (d,), self.norm.weight, self.norm.bias,
+                                self.norm.eps))  # (bNT, d)
+        return h.view(b, N, T, d) * m[:, :, None, None], pooled
+
+    def train_forward(self, roi: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """The training path: :meth:`_rows` on the whole batch, with autograd (the reference layers'
+        function up to float32 rounding). roi (B, N, T, C, s, s), mask (B, N) -> (f_v, pooled)."""
+        self._check(roi)
+        w = self.reduce.weight
+        x = roi.to(device=w.device, dtype=w.dtype).permute(0, 1, 2, 4, 5, 3)  # (B, N, T, s, s, C)
+        return self._rows(x, mask.to(device=w.device, dtype=w.dtype))
+
     @torch.no_grad()
     def infer(self, roi: Tensor, mask: Tensor, rows: int | None = None) -> tuple[Tensor, Tensor]:
-        """Inference path of :meth:`reduce_roi` + :meth:`embed_reduced`: the same function (equal to
-        float32 rounding), without gradients, in channels-last layout and in chunks of about ``rows``
-        person-frames (default 1024 per torch thread).
+        """Inference path of :meth:`reduce_roi` + :meth:`embed_reduced`: :meth:`_rows` without gradients,
+        in chunks of about ``rows`` person-frames (default 1024 per torch thread).
 
         roi (B, N, T, C, s, s) of any float dtype (a float16 cache is converted chunk by chunk),
         mask (B, N) -> (f_v (B, N, T, d), pooled (B, N, T, d_v)): pooled is the spatial mean of the
-        reduced, masked RoI features (the reconstruction target).
-
-        Why it is faster: every layer is a matrix product over channels-last rows. The 1x1 reduction
-        is one ``addmm`` over (cells, C) rows instead of a convolution on 5x5 maps; its output
-        (rows ordered person, frame, y, x, channel) is already the channels-last layout of the 3-D
-        convolution, whose output is that of the 2-D convolution, whose output is flattened for ``fc``
-        with fc's columns permuted to (y, x, channel): no transposes between the layers. Chunks keep
-        the intermediates in cache and under the allocator's mmap threshold (a fresh 50 MB tensor
-        costs more in page faults than the float16 -> float32 conversion that fills it).
+        reduced, masked RoI features (the reconstruction target). Chunks keep the intermediates in cache
+        and under the allocator's mmap threshold (a fresh 50 MB tensor costs more in page faults than
+        the float16 -> float32 conversion that fills it).
         """
         self._check(roi)
         B, N, T, C, s, _ = roi.shape
-        dv, d = self.d_v, self.d
         rows = 1024 * torch.get_num_threads() if rows is None else rows
         w = self.reduce.weight
         dtype, device = w.dtype, w.device
-        w_red = w.view(dv, C).t()  # (C, d_v)
-        c2 = self.conv2d.out_channels
-        s2 = self.fc.in_features // c2
-        s2 = int(round(math.sqrt(s2)))
-        w_fc = self.fc.weight.view(d, c2, s2, s2).permute(0, 2, 3, 1).reshape(d, -1).t()  # (s2*s2*c2, d) in y, x, c
         keep = mask.to(device=device, dtype=dtype)  # (B, N)
-        f_v = torch.empty(B, N, T, d, dtype=dtype, device=device)
-        pooled = torch.empty(B, N, T, dv, dtype=dtype, device=device)
+        f_v = torch.empty(B, N, T, self.d, dtype=dtype, device=device)
+        pooled = torch.empty(B, N, T, self.d_v, dtype=dtype, device=device)
         step = max(1, rows // max(N * T, 1))
         for b0 in range(0, B, step):
             b1 = min(B, b0 + step)
-            b = b1 - b0
-            m = keep[b0:b1]  # (b, N)
-            x = torch.empty(b, N, T, s, s, C, dtype=dtype, device=device)
+            x = torch.empty(b1 - b0, N, T, s, s, C, dtype=dtype, device=device)
             x.copy_(roi[b0:b1].permute(0, 1, 2, 4, 5, 3))  # (b, N, T, s, s, C), converted on the way
-            red = torch.addmm(self.reduce.bias, x.view(-1, C), w_red)  # (b*N*T*s*s, d_v)
-            red = red.view(b, N, -1).mul_(m[:, :, None])  # padded persons zeroed
-            pooled[b0:b1] = red.view(b, N, T, s * s, dv).mean(3)  # (b, N, T, d_v)
-            x3 = red.view(b * N, T, s, s, dv).permute(0, 4, 1, 2, 3)  # (bN, d_v, T, s, s) channels-last-3d
-            y = F.relu_(self.conv3d(x3))  # (bN, d_v, T, s, s) channels-last-3d
-            y = y.permute(0, 2, 3, 4, 1).reshape(b * N * T, s, s, dv).permute(0, 3, 1, 2)  # (bNT, d_v, s, s)
-            z = F.relu_(self.conv2d(y))  # (bNT, c2, s2, s2) channels-last
-            z = z.permute(0, 2, 3, 1).reshape(b * N * T, -1)  # (bNT, s2*s2*c2) in y, x, c
-            h = F.relu_(F.layer_norm(torch.addmm(self.fc.bias, z, w_fc), (d,), self.norm.weight, self.norm.bias,
-                                     self.norm.eps))  # (bNT, d)
-            f_v[b0:b1] = h.view(b, N, T, d) * m[:, :, None, None]
+            f_v[b0:b1], pooled[b0:b1] = self._rows(x, keep[b0:b1])
         return f_v, pooled
 
 
@@ -848,12 +862,9 @@ class VisualModule(nn.Module):
                                  f"got {tuple(roi.shape) if isinstance(roi, Tensor) else type(roi).__name__}")
         param = self.roi_embed.reduce.weight
         mask = mask.to(param.device)
-        if torch.is_grad_enabled():  # training: the reference layers (autograd, training numerics unchanged)
-            roi = roi.to(device=param.device, dtype=param.dtype)
-            reduced = self.roi_embed.reduce_roi(roi)
-            f_v = self.roi_embed.embed_reduced(reduced, mask)
-            recon = reduced.detach().mean(dim=(-2, -1)) * mask.to(reduced.dtype).view(B, N, 1, 1)
-        else:  # inference (predict, encode): the same function, faster (RoIEmbedding.infer)
+        if torch.is_grad_enabled():  # training: the same layers as matrix products, with autograd
+            f_v, recon = self.roi_embed.train_forward(roi, mask)
+        else:  # inference (predict, encode): the same function in chunks, without autograd (RoIEmbedding.infer)
             f_v, recon = self.roi_embed.infer(roi, mask)
         if self.box_geometry is not None:
             f_v = f_v + self.box_geometry(geo_boxes.to(param.dtype), mask, size.to(param.dtype))[0]

@@ -722,6 +722,8 @@ def fitted_defaults(path: str | Path | None, overrides=()) -> tuple[list[str], l
                                                 f"model.depth = {depth}")
     if raw.get("train", {}).get("steps") is not None and "train.epochs" in explicit and "train.steps" not in explicit:
         fit("train.steps", None, "train.epochs was given: the run lasts that many epochs")
+    if loss.get("visual") and (name == "stvh" or depth < 2):
+        fit("loss.visual", 0.0, "one code per clip is the activity code: no shallow code to train on the video id")
     if name == "stvh" and loss.get("filter"):
         fit("loss.filter", 0.0, "STVH has one code: no filter matrix to train")
     lw = loss.get("layer_weights")

@@ -6,7 +6,7 @@ The paper trains a fixed number of epochs with step decays (Volleyball: 1e-5,
 Two options beyond the paper (docs/model.md, "Options beyond the paper"):
 
 * ``train.steps`` (a number of optimizer steps): the run lasts
-  ``ceil(steps / batches per epoch)`` epochs instead of ``train.epochs``, and the
+  ``ceil(steps / batches per epoch)`` epochs (at most twice ``train.epochs``) instead of ``train.epochs``, and the
   ``lr_steps`` epochs, written against ``train.epochs``, are scaled to that length.
   A fixed epoch count gives 9 steps an epoch to a cell of 144 training clips and 27
   to the demo's 426: the small set would get a third of the updates.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+MAX_STRETCH = 2  # train.steps makes at most this many times train.epochs
 MIN_DELTA = 1e-4  # a rise of the selection score smaller than this is not progress (mAP ties)
 
 
@@ -29,7 +30,8 @@ class Schedule:
     def __init__(self, base_lr: float, lr_steps, epochs: int, batches_per_epoch: int,
                  steps: int | None = None, patience: int | None = None):
         self.nominal = int(epochs)
-        self.epochs = self.nominal if steps is None else max(1, math.ceil(int(steps) / max(batches_per_epoch, 1)))
+        want = self.nominal if steps is None else max(1, math.ceil(int(steps) / max(batches_per_epoch, 1)))
+        self.epochs = min(want, MAX_STRETCH * self.nominal)  # a tiny set does not train for hundreds of epochs
         scale = self.epochs / self.nominal
         starts = sorted((int(e), float(lr)) for e, lr in lr_steps)
         self.stages = [(1, float(base_lr))] + [(max(2, 1 + round((e - 1) * scale)), lr) for e, lr in starts]
