@@ -363,8 +363,10 @@ class Context:
         t = self.cfg["train"]
         if not t.get("steps"):
             return self.epochs
+        from stvh.train.schedule import Schedule
+
         batches = max(1, math.ceil(train_clips / int(t["batch_size"])))
-        return max(1, math.ceil(int(t["steps"]) / batches))
+        return Schedule(t["lr"], t["lr_steps"], self.epochs, batches, t["steps"]).epochs  # at most 2 x train.epochs
 
     def cell_tag(self, cell: str) -> str:
         """Tag of a cell's trained models: the config, the overrides (the cell's too) and the training code."""
