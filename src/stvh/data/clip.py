@@ -200,6 +200,13 @@ class ClipDataset:
 _SIDES = {"l": "r", "r": "l", "left": "right", "right": "left"}
 
 
+def _label_words(name) -> list[str]:
+    """A label's words: lower case, split at ``_``, ``-`` and spaces (``Left pass`` -> ``left``, ``pass``)."""
+    import re
+
+    return re.split(r"[_\-\s]+", str(name).lower())
+
+
 def mirror_ids(names) -> np.ndarray:
     """``(len(names),)`` ids: the label a left-right flip turns each label into, by its side word.
 
@@ -207,16 +214,11 @@ def mirror_ids(names) -> np.ndarray:
     spaces: ``l_set``, ``Left pass``) are swapped; when the swapped words name a label of ``names``
     that is the mirror, else the label is its own mirror (``queueing``, ``spiking``).
     """
-    import re
-
-    def words(name) -> list[str]:
-        return re.split(r"[_\-\s]+", str(name).lower())
-
-    lookup = {tuple(words(n)): i for i, n in enumerate(names)}
+    lookup = {tuple(_label_words(n)): i for i, n in enumerate(names)}
     out = np.arange(len(names), dtype=np.int64)
     for i, name in enumerate(names):
-        swapped = tuple(_SIDES.get(w, w) for w in words(name))
-        if swapped != tuple(words(name)) and swapped in lookup:
+        swapped = tuple(_SIDES.get(w, w) for w in _label_words(name))
+        if swapped != tuple(_label_words(name)) and swapped in lookup:
             out[i] = lookup[swapped]
     return out
 
@@ -224,11 +226,9 @@ def mirror_ids(names) -> np.ndarray:
 def side_ids(names) -> np.ndarray:
     """``(len(names),)``: 0 for a label with a left side word (``l_set``, ``Left pass``), 1 with a right
     one, -1 without (``queueing``); the words as :func:`mirror_ids` reads them."""
-    import re
-
     out = np.full(len(names), -1, dtype=np.int64)
     for i, name in enumerate(names):
-        words = set(re.split(r"[_\-\s]+", str(name).lower()))
+        words = set(_label_words(name))
         left, right = bool(words & {"l", "left"}), bool(words & {"r", "right"})
         if left != right:
             out[i] = 0 if left else 1
