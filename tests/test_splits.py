@@ -117,6 +117,15 @@ def test_train_per_class_trains_on_fewer_clips(tiny_synth, tmp_path):
     assert json.loads((out / "run.json").read_text())["splits"]["train"] == len(per_class)
 
 
+def test_visual_contrast_is_off_when_the_training_clips_come_from_one_video(footage, tmp_path):
+    out = tmp_path / "run"  # the footage's train split is video v0 alone (v1 is in no split)
+    result = runner.invoke(app, ["train", "--data", str(footage), "--out", str(out), "--no-progress", *TINY,
+                                 "loss.visual=1"])
+    assert result.exit_code == 0, result.output
+    assert "the training clips come from one video: loss.visual (same-video contrast) is off" in result.output
+    assert "loss_visual" not in (out / "metrics.csv").read_text().splitlines()[0]
+
+
 def test_partition_carves_val_from_train_without_a_val_split():
     clips = [clip("t", i, "train") for i in range(4)] + [clip("u", i, "") for i in range(2)]
     parts = partition(clips, 0.5, seed=0)

@@ -495,9 +495,14 @@ def train_run(cfg: dict, data_dir: str | Path, features: str | Path | None, out:
     val = clips_to_tensors(parts["val"], roi) if parts["val"] else None
 
     lcfg = loss_config(cfg)
+    one_video = bool(lcfg.visual) and len({c.group for c in parts["train"]}) < 2  # no other video to tell apart
+    if one_video:
+        lcfg.visual = 0.0
     if lcfg.side:
         lcfg.sides = tuple(int(s) for s in side_ids(dataset.activities))
     notes = partition_notes(parts, cfg["data"]["val_fraction"], unlisted)
+    if one_video:
+        notes.append("the training clips come from one video: loss.visual (same-video contrast) is off")
     if unused:
         notes.append(f"data.train_per_class={cfg['data']['train_per_class']}: training on {len(parts['train'])} "
                      f"train clips, {len(unused)} left out (validation and test parts unchanged)")
