@@ -285,3 +285,32 @@ def test_footage_without_tracks_is_tracked_with_a_detector(serve_world, footage,
     ids = load_index(tmp_path / "b.npz").ids
     assert ids == V0  # windows of the run's 10 frames, as written to clips.csv by the tracker
     assert (src / "clips.csv").read_text().splitlines()[1:] == [f"v0,{s},{s + 9}" for s in range(1, 62, 10)]
+
+
+def test_sigterm_releases_the_index_lock(serve_world, footage, tmp_path):
+    """A `stvh ingest` stopped with SIGTERM (as service managers stop things) ends through its finally blocks:
+    exit status 143 and no lock file left beside the index."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from stvh.locks import holder, lock_path
+
+    src = copy(footage, tmp_path / "in", names=("v0",))
+    index = tmp_path / "idx.npz"
+    proc = subprocess.Popen([sys.executable, "-m", "stvh.cli", "ingest", str(src), "--run", str(serve_world["run"]),
+                             "--index", str(index), "--settle", "600", "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while holder(index) is None and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert holder(index) is not None and holder(index)["command"] == "stvh ingest"
+        time.sleep(1.0)  # into ingest_folder's wait for the video to settle
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert not lock_path(index).exists() and "Traceback" not in out

@@ -113,7 +113,9 @@ def test_without_watch_the_status_says_so(serve_world):
     (["--watch", "MISSING"], "--watch"),
     (["--watch", "DROP", "--poll", "0"], "--poll"),
     (["--watch", "DROP", "--settle", "-1"], "--settle"),
-    (["--detector", "hog"], "--detector and --region go with --watch DIR"),
+    (["--detector", "hog"], "--detector, --region and --track-config go with --watch DIR"),
+    (["--track-config", "MISSING"], "--detector, --region and --track-config go with --watch DIR"),
+    (["--watch", "DROP", "--track-config", "MISSING"], "track settings file not found"),
     (["--watch", "DROP", "--detector", "MISSING"], "missing"),
 ])
 def test_serve_watch_errors_are_one_line(serve_world, tmp_path, extra, words):
@@ -127,6 +129,7 @@ def test_serve_watch_errors_are_one_line(serve_world, tmp_path, extra, words):
                                  *[names.get(a, a) for a in extra]])
     assert r.exit_code == 2 and r.output.count("\n") == 1 and r.output.startswith("error: "), r.output
     assert words in r.output, r.output
+    assert not (tmp_path / "i.npz").exists()  # a start that fails leaves no empty index behind
 
 
 def test_the_page_shows_new_clips_and_skipped_files(serve_world, footage, encoder, chromium_browser,  # noqa: F811
@@ -158,3 +161,29 @@ def test_the_page_shows_new_clips_and_skipped_files(serve_world, footage, encode
         page.uncheck("#f-new")
         page.wait_for_function("() => document.querySelectorAll('#clip-grid .card').length === 14")
         w.close()
+
+
+def test_sigterm_stops_serve_watch_and_releases_the_index_lock(serve_world, tmp_path):
+    """SIGTERM (a service manager's stop): uvicorn shuts down, then the lock beside the index is removed."""
+    import signal
+    import subprocess
+    import sys
+
+    from stvh.locks import holder, lock_path
+
+    (tmp_path / "drop").mkdir()
+    index = tmp_path / "i.npz"
+    proc = subprocess.Popen([sys.executable, "-m", "stvh.cli", "serve", "--run", str(serve_world["run"]), "--index",
+                             str(index), "--watch", str(tmp_path / "drop"), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = proc.stdout.readline()  # "stvh serve: 0 clips, ..." once loaded, just before it listens
+        assert first.startswith("stvh serve: 0 clips"), first
+        assert holder(index)["command"] == "stvh serve --watch"
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        out = first + proc.communicate(timeout=60)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert not lock_path(index).exists() and index.exists() and "Traceback" not in out

@@ -83,6 +83,22 @@ def _version(value: bool) -> None:
 def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Print the version and exit.")) -> None:
     """Multi-focused video group activity hashing (STVH / M-STVH)."""
+    _exit_on_sigterm_installed()
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    """SIGTERM ends a command as Ctrl-C does: ``finally`` blocks run, so write locks and temporary files are
+    removed (the default action kills the process where it stands)."""
+    raise SystemExit(128 + signum)
+
+
+def _exit_on_sigterm_installed() -> None:
+    """Install :func:`_exit_on_sigterm` unless someone else handles SIGTERM (or this is not the main thread)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
 
 def _write_skipped_note(count: int, path: Path) -> None:
@@ -463,6 +479,9 @@ def ingest_cmd(
                                            "FILE.onnx or hog (stvh track's defaults; docs/live.md)."),
     region: Optional[str] = typer.Option(None, "--region", help="--detector: keep boxes whose foot point is inside "
                                          "x1,y1,x2,y2 or a polygon file (as stvh track)."),
+    track_config: Optional[Path] = typer.Option(None, "--track-config", metavar="FILE", help="Track footage that "
+                                                "comes without tracks as this file says (the track.yaml `stvh "
+                                                "track` writes; --detector/--region win over it)."),
     checkpoint: str = typer.Option("best", help="best or last."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -485,7 +504,7 @@ def ingest_cmd(
     _lock(index, "stvh ingest", flag="--index")
     import logging
     logging.getLogger("stvh.ingest").addHandler(logging.NullHandler())  # the skipped files are listed below
-    det, opts = _detector(detector, region)
+    det, opts = _detector(detector, region, track_config)
     result = ingest_folder(folder, run, index, settle=settle, retries=retries, checkpoint=checkpoint, device=device,
                            progress=progress and sys.stderr.isatty(), detector=det, track_options=opts)
     typer.echo(f"ingested {result['videos']} videos ({result['clips']} clips) into {index}; it holds "
@@ -498,15 +517,11 @@ def ingest_cmd(
             _fail(f"{len(result['skipped'])} file(s) skipped (--strict)")
 
 
-def _detector(spec: Optional[str], region: Optional[str]):
-    """``--detector`` / ``--region`` of ingest and serve --watch -> (detector or None, TrackOptions or None)."""
-    if spec is None:
-        if region is not None:
-            _fail("--region needs --detector (it masks the detector's boxes)")
-        return None, None
-    from .track import RegionMask, TrackOptions, load_detector
+def _detector(spec: Optional[str], region: Optional[str], config: Optional[Path]):
+    """``--detector`` / ``--region`` / ``--track-config`` of ingest -> (detector or None, TrackOptions or None)."""
+    from .track.settings import tracking_from
 
-    return load_detector(spec), TrackOptions(region=RegionMask.parse(region) if region else None)
+    return tracking_from(spec, region, config)
 
 
 def check_output_of_encode(run: Path, out: Path, data: Optional[Path], features: Optional[Path],
@@ -769,6 +784,9 @@ def serve_cmd(
                                            "FILE.onnx or hog (stvh track's defaults; docs/live.md)."),
     region: Optional[str] = typer.Option(None, "--region", help="--detector: keep boxes whose foot point is inside "
                                          "x1,y1,x2,y2 or a polygon file (as stvh track)."),
+    track_config: Optional[Path] = typer.Option(None, "--track-config", metavar="FILE", help="--watch: track "
+                                                "footage without tracks as this file says (the track.yaml `stvh "
+                                                "track` writes; --detector/--region win over it)."),
 ):
     """Serve the search page and the HTTP API (search by clip or upload, with a focus from visual to activity)."""
     from .serve import ServeSettings, UploadLimits, serve
@@ -786,13 +804,13 @@ def serve_cmd(
         if not watch.is_dir():
             _fail(f"--watch {watch} is not a folder (a MOT-layout folder: tracks/NAME.txt + videos/ or frames/)")
         _lock(index, "stvh serve --watch", flag="--index")
-    elif detector is not None or region is not None:
-        _fail("--detector and --region go with --watch DIR")
+    elif detector is not None or region is not None or track_config is not None:
+        _fail("--detector, --region and --track-config go with --watch DIR")
     try:
         serve(ServeSettings(run=run, index=index, data=data, host=host, port=port, allow_writes=allow_writes,
                             uploads=uploads, checkpoint=checkpoint, device=device, limits=limits, token=token,
                             allowed_hosts=tuple(allowed_host), watch=watch, watch_poll=poll, watch_settle=settle,
-                            detector=detector, region=region),
+                            detector=detector, region=region, track_config=track_config),
               echo=typer.echo)
     except CheckpointError as exc:
         _fail(str(exc))
@@ -836,8 +854,11 @@ def track_cmd(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
     """Detect and track people in videos with a detector you bring; write a MOT dataset (docs/live.md)."""
+    from pydantic import ValidationError
+
     from .outputs import check_output
-    from .track import RegionMask, TrackerParams, TrackOptions, load_detector, track_video
+    from .track import track_video
+    from .track.settings import TrackSettings
 
     def triple(text: Optional[str], flag: str) -> Optional[tuple[float, float, float]]:
         if text is None:
@@ -853,13 +874,6 @@ def track_cmd(
         size = _parse_size(imgsz) if "x" in imgsz.lower() else (int(imgsz), int(imgsz)) if imgsz.isdigit() else None
         if size is None:
             raise typer.BadParameter(f"--imgsz expects HxW or N, got {imgsz!r}")
-    if channels not in (None, "rgb", "bgr"):
-        raise typer.BadParameter(f"--channels must be rgb or bgr, got {channels!r}")
-    for flag, value in (("--max-gap", max_gap), ("--min-track-len", min_track_len), ("--min-hits", min_hits)):
-        if value < (0 if flag == "--max-gap" else 1):
-            raise typer.BadParameter(f"{flag} must be >= {0 if flag == '--max-gap' else 1}, got {value}")
-    if frames_per_clip < 1:
-        raise typer.BadParameter(f"--frames-per-clip must be >= 1, got {frames_per_clip}")
     names = [v.name if v.is_dir() else v.stem for v in videos]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -867,24 +881,31 @@ def track_cmd(
     for v in videos:
         if not v.exists():
             _fail(f"{v}: video not found")
-    mask = RegionMask.parse(region) if region else None
-    det = load_detector(detector, layout=layout, person_class=person_class, score=score, iou=iou, imgsz=size,
-                        channels=channels, mean=triple(mean, "--mean"), std=triple(std, "--std"), pad=letterbox,
-                        threads=threads)
+    try:  # one validated record of every flag (also written to OUT/track.yaml for ingest / serve --watch)
+        settings = TrackSettings(detector=detector, layout=layout, person_class=person_class, score=score, iou=iou,
+                                 imgsz=size, channels=channels, mean=triple(mean, "--mean"), std=triple(std, "--std"),
+                                 letterbox=letterbox, threads=threads, region=region, max_gap=max_gap,
+                                 min_track_len=min_track_len, frames_per_clip=frames_per_clip,
+                                 scene_threshold=scene_threshold, min_scene_len=min_scene_len,
+                                 lost_frames=lost_frames, activation=activation, match_iou=match_iou,
+                                 min_hits=min_hits)
+    except ValidationError as e:
+        err = e.errors()[0]
+        flag = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "an option"
+        raise typer.BadParameter(f"{flag}: {err['msg']}") from None
+    det, opts = settings.build(progress=progress)
     check_output(out, inputs=[(v, "video") for v in videos] + [(detector, "detector") if detector != "hog" else None],
                  overwrite=overwrite, kind="dir", what="MOT dataset")
     _lock(out, "stvh track")
-    opts = TrackOptions(frames_per_clip=frames_per_clip, max_gap=max_gap, min_track_len=min_track_len,
-                        region=mask, scene_threshold=scene_threshold, min_scene_len=min_scene_len,
-                        tracker=TrackerParams(lost_frames=lost_frames, activation=activation, high=activation,
-                                              match_iou=match_iou, min_hits=min_hits), progress=progress)
     summaries = []
     for v in videos:
         s = track_video(v, out, det, opts)
         if not s["written"]:
             typer.echo(f"note: {v}: nothing written ({s['why_not_written']})", err=True)
         summaries.append(s)
-    typer.echo(json.dumps({"out": str(out), "detector": det.name, "videos": summaries}, indent=2))
+    settings.save(out / "track.yaml")
+    typer.echo(json.dumps({"out": str(out), "detector": det.name, "videos": summaries,
+                           "settings": str(out / "track.yaml")}, indent=2))
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -34,13 +34,10 @@ class Watcher:
         self.folder = Path(folder)
         self.poll_s = float(poll)
         self.per_poll = int(per_poll)  # videos read between two scans (a bounded batch: new arrivals wait little)
-        detector = options = None
-        if service.settings.detector is not None:  # footage without tracks is tracked first (stvh.track)
-            from .track import RegionMask, TrackOptions, load_detector
+        from .track.settings import tracking_from  # footage without tracks is tracked first (stvh.track)
 
-            detector = load_detector(service.settings.detector)
-            region = service.settings.region
-            options = TrackOptions(region=RegionMask.parse(region) if region else None)
+        st = service.settings
+        detector, options = tracking_from(st.detector, st.region, getattr(st, "track_config", None))
         self.ingester = Ingester(self.folder, service.encoder, Ledger.load(ledger_path(service.settings.index)),
                                  settle=settle, retries=retries, retry_wait=retry_wait, lock=service.model_lock,
                                  detector=detector, track_options=options)

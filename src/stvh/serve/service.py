@@ -97,10 +97,9 @@ class Service:
             from ..train.encode import Encoder
             encoder = Encoder(settings.run, settings.checkpoint, settings.device)
         self.encoder = encoder
-        if fresh:
+        if fresh:  # saved once everything below has loaded: a start that fails leaves no empty index behind
             from ..ingest import open_index
             self.index = open_index(Path(settings.index), encoder)
-            self.index.save(settings.index)
         if (encoder.bits, encoder.depth) != (self.index.bits, self.index.depth):
             raise ConfigError(f"run {settings.run} makes {encoder.bits}-bit codes at {encoder.depth} depths but the "
                               f"index {settings.index} holds {self.index.bits} bits at {self.index.depth} depths")
@@ -126,6 +125,8 @@ class Service:
             self.watcher = Watcher(self, settings.watch, poll=settings.watch_poll, settle=settings.watch_settle)
         self._codes_splits = self._splits_from_codes()
         self.rebuild_catalogue()
+        if fresh:
+            self.index.save(settings.index)
 
     # ------------------------------------------------------------------ loading
     def _load_dataset(self) -> Path | None:

@@ -69,6 +69,7 @@ class ServeSettings:
     watch_settle: float = 1.0       # seconds a video's files must stay unchanged before it is read
     detector: str | None = None     # --detector FILE.onnx|hog: track watched footage that has no tracks
     region: str | None = None       # --region: the detector's region mask (stvh.track.RegionMask.parse)
+    track_config: Path | None = None  # --track-config: stvh track's track.yaml (stvh.track.settings)
 
     def __post_init__(self):
         if not 0 <= int(self.port) <= 65535:
