@@ -111,6 +111,7 @@ CELL_DATA: dict[str, str] = {}          # cell -> name of the dataset it shares 
 for _n in CURVE_SIZES:
     CELLS[f"curve-n{_n}"], CELL_TRAIN[f"curve-n{_n}"], CELL_DATA[f"curve-n{_n}"] = (
         dict(CURVE_KNOBS), [f"data.train_per_class={_n}"], "curve")
+CELL_DATA["m6-demo"] = "demo"  # the grid's demo cell (same knobs): the two axes share its data and its results
 for _n in (3, 6):
     CELLS[f"smoke-curve-n{_n}"], CELL_TRAIN[f"smoke-curve-n{_n}"], CELL_DATA[f"smoke-curve-n{_n}"] = (
         {"matches": 2, "clips_per_match": 48}, [f"data.train_per_class={_n}"], "smoke-curve")

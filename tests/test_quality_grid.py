@@ -47,6 +47,12 @@ def test_clip_counts_per_axis():
     curve = [qg.cell_clips(c) for c in qg.MODES[("curve", "full")][0]]
     assert {c["clips"] for c in curve} == {6 * 208} and [c["train"] for c in curve] == [80, 160, 320, 640]
     assert len({qg.data_name(c) for c in qg.MODES[("curve", "full")][0]}) == 1   # one dataset for the curve
+    # cells with the same knobs share one dataset (and, trained alike, one result): the matches axis's m6-demo
+    # is the grid's demo cell
+    for a in qg.CELLS:
+        for b in qg.CELLS:
+            if qg.knobs_of(a) == qg.knobs_of(b):
+                assert qg.data_name(a) == qg.data_name(b), (a, b)
 
 
 def test_curve_dataset_has_80_train_clips_of_every_class_at_seeds_0_to_2():
