@@ -103,7 +103,7 @@ class TrackSettings(BaseModel):
             if data[key] is not None:
                 data[key] = list(data[key])
         header = "# how stvh track tracked this footage; stvh ingest / serve --watch take it as --track-config\n"
-        write_text_atomic(path, header + yaml.safe_dump(data, sort_keys=False))
+        write_text_atomic(path, header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
 
 
 def load_track_settings(path: str | Path) -> TrackSettings:
