@@ -81,6 +81,10 @@ def test_an_explicit_epoch_count_wins_over_the_shipped_step_count(tmp_path):
         assert load_config(shipped, ["train.epochs=2", *over])["train"]["steps"] is None
         assert fitted_defaults(shipped, ["train.epochs=2", "train.steps=50"]) == ([], [])  # both set: the user's
         assert fitted_defaults(shipped, ["model.bits=64"]) == ([], [])
+        shipped.write_text("train: {epochs: 25, steps: 400, steps_per_video: 20}\n", encoding="utf-8")
+        over, notes = fitted_defaults(shipped, ["train.epochs=2"])
+        assert over == ["train.steps=null", "train.steps_per_video=null"]
+        assert load_config(shipped, ["train.epochs=2", *over])["train"]["steps_per_video"] is None
     finally:
         C.is_shipped = real
 

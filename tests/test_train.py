@@ -69,6 +69,18 @@ def test_schedule_scaled_to_a_number_of_steps():
     assert Schedule(1e-3, [], epochs=25, batches_per_epoch=27, steps=400).epochs == 15  # the demo: ceil(400 / 27)
 
 
+def test_step_budget_per_video():
+    from stvh.train.schedule import step_budget
+
+    assert step_budget(400, None, 55) == 400 and step_budget(None, None, 55) is None  # off: train.steps as given
+    assert step_budget(400, 20, 6) == 400          # the demo's 6 videos: 120 < 400
+    assert step_budget(400, 20, 20) == 400         # 20 videos: 400, unchanged
+    assert step_budget(400, 20, 55) == 1100        # 55 videos: 20 x 55
+    assert step_budget(None, 20, 55) == 1100 and step_budget(None, 20, 0) == 20
+    # 55 videos of about 770 training clips, batch 16: 49 batches an epoch -> ceil(1100 / 49) = 23 epochs
+    assert Schedule(1e-3, [], epochs=25, batches_per_epoch=49, steps=step_budget(400, 20, 55)).epochs == 23
+
+
 def test_schedule_patience_starts_the_next_stage_then_stops():
     s = Schedule(1.0, [[10, 0.1]], epochs=20, batches_per_epoch=1, patience=3)
     scores = [0.1, 0.5, 0.6, 0.6, 0.6 + 5e-5, 0.6]  # no gain > 1e-4 after epoch 3

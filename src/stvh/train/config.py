@@ -306,6 +306,8 @@ class TrainConfig(_Section):
                                            "scaled to make about that many) or null (train.epochs)")
     patience: Optional[PosInt] = _field(None, "an integer >= 1 (epochs without a gain of the selection score "
                                               "before the next lr_steps stage, then the stop) or null (off)")
+    steps_per_video: Optional[PosInt] = _field(None, "an integer >= 1 (train.steps is raised to this many steps "
+                                                     "per video of the training clips) or null (off)")
 
     @field_validator("device")
     @classmethod
@@ -720,8 +722,9 @@ def fitted_defaults(path: str | Path | None, overrides=()) -> tuple[list[str], l
         fit("model.shared_bits_middle", scaled, f"the shipped config's {middle} of {base['model']['bits']} bits, "
                                                 f"fitted to model.name = {name}, model.bits = {bits}, "
                                                 f"model.depth = {depth}")
-    if raw.get("train", {}).get("steps") is not None and "train.epochs" in explicit and "train.steps" not in explicit:
-        fit("train.steps", None, "train.epochs was given: the run lasts that many epochs")
+    for key in ("steps", "steps_per_video"):
+        if raw.get("train", {}).get(key) is not None and "train.epochs" in explicit and f"train.{key}" not in explicit:
+            fit(f"train.{key}", None, "train.epochs was given: the run lasts that many epochs")
     if loss.get("visual") and (name == "stvh" or depth < 2):
         fit("loss.visual", 0.0, "one code per clip is the activity code: no shallow code to train on the video id")
     if name == "stvh" and loss.get("filter"):

@@ -49,7 +49,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import dump_config
 from ..models.filter import fit_filter
 from .augment import Augment, augment_batch
-from .schedule import Schedule
+from .schedule import Schedule, step_budget
 from .tensors import ClipTensors, clips_to_tensors, limit_per_class, partition, partition_notes
 
 MSTVH_LIKE = ("mstvh", "mstvh_bd", "mstvh_ed")
@@ -530,7 +530,8 @@ def train_run(cfg: dict, data_dir: str | Path, features: str | Path | None, out:
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=t["lr"],
                            weight_decay=t["weight_decay"], foreach=True)  # one kernel per step, not per tensor
     batches = math.ceil(len(train) / t["batch_size"]) // (world if world > 1 else 1)
-    sched = Schedule(t["lr"], t["lr_steps"], t["epochs"], batches, t.get("steps"), t.get("patience"))
+    steps = step_budget(t.get("steps"), t.get("steps_per_video"), len(set(train.groups)))
+    sched = Schedule(t["lr"], t["lr_steps"], t["epochs"], batches, steps, t.get("patience"))
 
     start_epoch, best = 0, {"epoch": 0, "score": -math.inf}
     if resume and (out / "last.pt").exists():
