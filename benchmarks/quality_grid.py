@@ -344,7 +344,9 @@ class Context:
         self.epochs = int(self.cfg["train"]["epochs"])
         self.config_text = args.config.read_bytes()
         self.extract_flags = extract_flags(args.overrides)
-        self.feature_tag = digest(self.config_text, self.extract_flags)
+        # what the features are made from (not the whole config file: a new training key keeps the caches)
+        self.feature_tag = digest({"backbone": self.cfg["model"]["backbone"], "extract": self.cfg["extract"],
+                                   "data": self.cfg["data"]}, self.extract_flags)
         self.code = code_digest()
         self.train_tag = digest(self.config_text, args.overrides, self.code)
         threads = args.threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, (os.cpu_count() or 1)

@@ -115,3 +115,21 @@ def test_curve_axis_refuses_its_own_override(capsys):
     with pytest.raises(SystemExit) as exc:
         qg.parse_args(["--axis", "curve", "--set", "data.train_per_class=5"])
     assert exc.value.code == 2 and "--set data.train_per_class=5" in capsys.readouterr().err
+
+
+def test_feature_caches_are_keyed_by_what_makes_the_features(tmp_path):
+    """A new training key keeps the feature caches (and the data); a new extraction setting does not."""
+    shipped = (qg.REPO / "configs" / "synthetic.yaml").read_text(encoding="utf-8")
+    (tmp_path / "a.yaml").write_text(shipped, encoding="utf-8")
+    (tmp_path / "b.yaml").write_text(shipped + "\n# a comment\n", encoding="utf-8")
+
+    def tags(config, *extra):
+        ctx = qg.Context(qg.parse_args(["--smoke", "--config", str(tmp_path / config), "--work", str(tmp_path),
+                                        *extra]))
+        return ctx.feature_tag, ctx.train_tag
+
+    a, b = tags("a.yaml"), tags("b.yaml")
+    assert a[0] == b[0] and a[1] != b[1]
+    trained = tags("a.yaml", "--set", "train.steps=100")
+    assert trained[0] == a[0] and trained[1] != a[1]
+    assert tags("a.yaml", "--set", "extract.pca=32")[0] != a[0]
