@@ -359,17 +359,19 @@ class Context:
         self.total = len(data_units(args.cells, args.seeds)) + len(args.cells) * len(args.seeds) * len(args.models)
         self.done = 0
 
-    def epochs_for(self, train_clips: int) -> int:
-        """Epochs a training on ``train_clips`` clips runs at most: ``train.epochs``, or with ``train.steps``
-        about that many optimizer steps (:class:`stvh.train.schedule.Schedule`); ``train.patience`` may stop
-        it earlier."""
-        t = self.cfg["train"]
-        if not t.get("steps"):
-            return self.epochs
-        from stvh.train.schedule import Schedule
+    def epochs_for(self, train_clips: int, videos: int = 1) -> int:
+        """Epochs a training on ``train_clips`` clips of ``videos`` videos runs at most: ``train.epochs``, or
+        with ``train.steps`` / ``train.steps_per_video`` about that many optimizer steps
+        (:func:`stvh.train.schedule.step_budget`, :class:`stvh.train.schedule.Schedule`); ``train.patience``
+        may stop it earlier."""
+        from stvh.train.schedule import Schedule, step_budget
 
+        t = self.cfg["train"]
+        steps = step_budget(t.get("steps"), t.get("steps_per_video"), videos)
+        if not steps:
+            return self.epochs
         batches = max(1, math.ceil(train_clips / int(t["batch_size"])))
-        return Schedule(t["lr"], t["lr_steps"], self.epochs, batches, t["steps"]).epochs  # at most 2 x train.epochs
+        return Schedule(t["lr"], t["lr_steps"], self.epochs, batches, steps).epochs  # at most 2 x train.epochs
 
     def cell_tag(self, cell: str) -> str:
         """Tag of a cell's trained models: the config, the overrides (the cell's too) and the training code."""
@@ -919,7 +921,7 @@ def estimate(ctx: Context, rates: dict, skip_done: bool = True) -> dict:
             p, n = unit_paths(ctx, cell, seed), cell_clips(cell)
             for m in args.models:
                 if not (skip_done and p[m].is_file()):
-                    runs.append(rate(f"train:{m}") * n["train"] * ctx.epochs_for(n["train"]) + rate("eval") * n["clips"]
+                    runs.append(rate(f"train:{m}") * n["train"] * ctx.epochs_for(n["train"], knobs_of(cell)["matches"]) + rate("eval") * n["clips"]
                                 + 2 * COMMAND_S)
     data_s, models_s = makespan(prep, args.jobs), makespan(runs, args.jobs)
     return {"data": data_s, "models": models_s, "total": data_s + models_s, "missing": sorted(missing)}
@@ -941,8 +943,11 @@ def say_estimate(ctx: Context) -> float | None:
         f"stage times ({reference.get('jobs', '?')} job(s) x {reference.get('threads', '?')} thread(s)), "
         f"training scaled by train clips and epochs ({ref_epochs} there, "
         + (f"{ctx.epochs} here" if not ctx.cfg["train"].get("steps") else
-           f"train.steps={ctx.cfg['train']['steps']} here: {ctx.epochs_for(cell_clips(args.cells[0])['train'])} "
-           f"for {args.cells[0]}") + ")"
+           f"train.steps={ctx.cfg['train']['steps']}"
+           + (f", steps_per_video={ctx.cfg['train']['steps_per_video']}" if ctx.cfg["train"].get("steps_per_video")
+              else "")
+           + " here: " + ", ".join(f"{ctx.epochs_for(cell_clips(c)['train'], knobs_of(c)['matches'])} for {c}"
+                                   for c in args.cells)) + ")"
         + ("; train.patience may stop runs earlier" if ctx.cfg["train"].get("patience") else "")
         + (f"; no stage time for {', '.join(left['missing'])}" if left["missing"] else ""))
     goal = TIME_GOALS.get((args.axis, args.mode))

@@ -133,3 +133,18 @@ def test_feature_caches_are_keyed_by_what_makes_the_features(tmp_path):
     trained = tags("a.yaml", "--set", "train.steps=100")
     assert trained[0] == a[0] and trained[1] != a[1]
     assert tags("a.yaml", "--set", "extract.pca=32")[0] != a[0]
+
+
+def test_estimate_counts_the_steps_per_video(tmp_path):
+    """The time estimate runs each cell as long as the trainer will: train.steps raised to steps_per_video x videos
+    (step_budget), then ceil(steps / batches) epochs, at most twice train.epochs."""
+    def ctx(*extra):
+        return qg.Context(qg.parse_args(["--axis", "matches", "--work", str(tmp_path), "--set", "train.steps=400",
+                                         "--set", "train.batch_size=16", "--set", "train.epochs=25", *extra]))
+
+    per_video = ctx("--set", "train.steps_per_video=20")
+    assert per_video.epochs_for(654, 55) == 27      # max(400, 20 x 55) = 1100 steps / ceil(654 / 16) = 41 batches
+    assert per_video.epochs_for(357, 20) == 18      # 400 steps / 23 batches = 17.4
+    assert per_video.epochs_for(143, 6) == 45       # 400 / 9 = 44.4 (cap 50)
+    assert per_video.epochs_for(60, 55) == 50       # 1100 / 4: capped at 2 x 25
+    assert ctx("--set", "train.steps_per_video=null").epochs_for(654, 55) == 10   # 400 / 41
