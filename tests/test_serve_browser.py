@@ -311,6 +311,9 @@ def test_an_added_clip_can_be_deleted(server, watched):
     page = watched().page
     page.select_option("#f-split", "upload")
     page.wait_for_selector(f'#clip-grid .card[data-clip="{cid}"]')
+    # the unfiltered grid may still be shown (the new clip is on its first page too): wait for the filtered one
+    page.wait_for_function("() => { const c = document.querySelectorAll('#clip-grid .card');"
+                           " return c.length >= 1 && c.length === document.querySelectorAll('#clip-grid .card .delete').length; }")
     assert page.locator("#clip-grid .card").count() == page.locator("#clip-grid .card .delete").count() >= 1
     page.select_option("#f-split", "")
     page.wait_for_function(f"() => document.querySelector('#page-info').innerText.includes('of {clips}')")
